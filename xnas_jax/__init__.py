@@ -1,0 +1,27 @@
+"""xnas_jax: XNAS (Nayman et al., NeurIPS 2019) in JAX, Flax and optax."""
+
+from xnas_jax.optimizers import (
+    SoftmaxGDState,
+    XNASState,
+    active_experts,
+    darts,
+    expert_probabilities,
+    find_states,
+    softmax_gd,
+    theoretical_learning_rate,
+    xnas,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "SoftmaxGDState",
+    "XNASState",
+    "active_experts",
+    "darts",
+    "expert_probabilities",
+    "find_states",
+    "softmax_gd",
+    "theoretical_learning_rate",
+    "xnas",
+]

@@ -1,0 +1,213 @@
+"""The DARTS operations (experts) as Flax modules, NHWC.
+
+Shared by the search supernet (``affine=False`` batch norm inside the mixed
+operations, as in DARTS's search network) and the evaluation network
+(``affine=True``).  Layer shapes follow the reference DARTS implementation
+(Liu et al., 2019) exactly, so parameter counts match it:
+
+* ``sep_conv_kxk``: (ReLU, depthwise kxk, pointwise 1x1, BN) twice, the first
+  depthwise conv carrying the stride;
+* ``dil_conv_kxk``: ReLU, depthwise kxk with dilation 2, pointwise 1x1, BN;
+* ``max_pool_3x3`` / ``avg_pool_3x3`` (padding not counted in the average);
+* ``skip_connect``: identity, or :class:`FactorizedReduce` when strided;
+* ``none``: zeros.
+
+Convolutions have no bias (BN follows each), PyTorch's padding conventions
+are reproduced with explicit symmetric padding, and BN uses PyTorch's
+defaults (momentum 0.1 -> Flax 0.9, epsilon 1e-5).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Dtype = Any
+
+BN_MOMENTUM = 0.9
+BN_EPSILON = 1e-5
+
+
+def batch_norm(train: bool, affine: bool, dtype: Dtype = jnp.float32, name: str | None = None):
+    """BatchNorm with the DARTS conventions (statistics kept in float32)."""
+    return nn.BatchNorm(
+        use_running_average=not train,
+        momentum=BN_MOMENTUM,
+        epsilon=BN_EPSILON,
+        use_bias=affine,
+        use_scale=affine,
+        dtype=dtype,
+        param_dtype=jnp.float32,
+        name=name,
+    )
+
+
+def _pad(size: int) -> tuple[tuple[int, int], tuple[int, int]]:
+    return ((size, size), (size, size))
+
+
+class ReLUConvBN(nn.Module):
+    """ReLU, kxk convolution, BN (the 1x1 version preprocesses cell inputs)."""
+
+    features: int
+    kernel_size: int = 1
+    strides: int = 1
+    padding: int = 0
+    affine: bool = True
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        x = nn.relu(x)
+        x = nn.Conv(
+            self.features,
+            (self.kernel_size, self.kernel_size),
+            strides=self.strides,
+            padding=_pad(self.padding),
+            use_bias=False,
+            dtype=self.dtype,
+        )(x)
+        return batch_norm(train, self.affine, self.dtype)(x)
+
+
+class DilConv(nn.Module):
+    """ReLU, depthwise kxk convolution (dilated), pointwise 1x1, BN."""
+
+    features: int
+    kernel_size: int
+    strides: int
+    padding: int
+    dilation: int
+    affine: bool = True
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        channels = x.shape[-1]
+        x = nn.relu(x)
+        x = nn.Conv(
+            channels,
+            (self.kernel_size, self.kernel_size),
+            strides=self.strides,
+            padding=_pad(self.padding),
+            kernel_dilation=self.dilation,
+            feature_group_count=channels,
+            use_bias=False,
+            dtype=self.dtype,
+            name="depthwise",
+        )(x)
+        x = nn.Conv(self.features, (1, 1), use_bias=False, dtype=self.dtype, name="pointwise")(x)
+        return batch_norm(train, self.affine, self.dtype)(x)
+
+
+class SepConv(nn.Module):
+    """Two :class:`DilConv` blocks without dilation; the first is strided."""
+
+    features: int
+    kernel_size: int
+    strides: int
+    padding: int
+    affine: bool = True
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        channels = x.shape[-1]
+        x = DilConv(
+            channels, self.kernel_size, self.strides, self.padding, 1, self.affine, self.dtype
+        )(x, train)
+        return DilConv(
+            self.features, self.kernel_size, 1, self.padding, 1, self.affine, self.dtype
+        )(x, train)
+
+
+class FactorizedReduce(nn.Module):
+    """ReLU, two 1x1 stride-2 convolutions on offset grids, concatenated, BN."""
+
+    features: int
+    affine: bool = True
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        if self.features % 2:
+            raise ValueError(f"FactorizedReduce needs an even number of features, got {self.features}")
+        x = nn.relu(x)
+        half = self.features // 2
+        conv = lambda name: nn.Conv(  # noqa: E731
+            half, (1, 1), strides=2, padding="VALID", use_bias=False, dtype=self.dtype, name=name
+        )
+        x = jnp.concatenate([conv("conv_1")(x), conv("conv_2")(x[:, 1:, 1:, :])], axis=-1)
+        return batch_norm(train, self.affine, self.dtype)(x)
+
+
+class Pool(nn.Module):
+    """3x3 max or average pooling with padding 1 (the average ignores padding)."""
+
+    kind: str  # "max" or "avg"
+    strides: int = 1
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        del train
+        if self.kind == "max":
+            return nn.max_pool(x, (3, 3), strides=(self.strides,) * 2, padding=_pad(1))
+        return nn.avg_pool(
+            x, (3, 3), strides=(self.strides,) * 2, padding=_pad(1), count_include_pad=False
+        )
+
+
+class Identity(nn.Module):
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        del train
+        return x
+
+
+class Zero(nn.Module):
+    """The 'none' operation: zeros of the (possibly strided) output shape."""
+
+    strides: int = 1
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        del train
+        return jnp.zeros_like(x[:, :: self.strides, :: self.strides, :])
+
+
+OpFactory = Callable[[int, int, bool, Dtype], nn.Module]
+
+# name -> (channels, stride, affine, dtype) -> module, the DARTS OPS table.
+OPS: dict[str, OpFactory] = {
+    "none": lambda c, s, affine, dtype: Zero(s),
+    "max_pool_3x3": lambda c, s, affine, dtype: Pool("max", s),
+    "avg_pool_3x3": lambda c, s, affine, dtype: Pool("avg", s),
+    "skip_connect": lambda c, s, affine, dtype: (
+        Identity() if s == 1 else FactorizedReduce(c, affine, dtype)
+    ),
+    "sep_conv_3x3": lambda c, s, affine, dtype: SepConv(c, 3, s, 1, affine, dtype),
+    "sep_conv_5x5": lambda c, s, affine, dtype: SepConv(c, 5, s, 2, affine, dtype),
+    "dil_conv_3x3": lambda c, s, affine, dtype: DilConv(c, 3, s, 2, 2, affine, dtype),
+    "dil_conv_5x5": lambda c, s, affine, dtype: DilConv(c, 5, s, 4, 2, affine, dtype),
+}
+
+
+def make_op(
+    name: str, channels: int, strides: int, affine: bool, dtype: Dtype = jnp.float32
+) -> nn.Module:
+    """Builds the operation ``name`` (a key of :data:`OPS`)."""
+    if name not in OPS:
+        raise ValueError(f"unknown operation {name!r}; valid: {sorted(OPS)}")
+    return OPS[name](channels, strides, affine, dtype)
+
+
+def preprocess(
+    features: int, reduction_prev: bool, affine: bool, dtype: Dtype = jnp.float32, name=None
+) -> nn.Module:
+    """A cell's input preprocessing: FactorizedReduce after a reduction, else 1x1 ReLUConvBN."""
+    if reduction_prev:
+        return FactorizedReduce(features, affine, dtype, name=name)
+    return ReLUConvBN(features, 1, 1, 0, affine, dtype, name=name)
