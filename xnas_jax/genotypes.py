@@ -1,0 +1,839 @@
+"""The discrete side of the DARTS cell search space.
+
+A cell is a small DAG (Liu et al., DARTS, ICLR 2019; used unchanged by XNAS,
+Nayman et al., NeurIPS 2019, section 2.1).  Its states are numbered
+
+* 0 -- the output of cell k-2, and 1 -- the output of cell k-1 (the inputs);
+* 2 .. steps+1 -- the intermediate nodes; node ``i`` (0-based) is state ``i+2``.
+
+During the search node ``i`` sums one mixed edge from every earlier state
+``0 .. i+1``.  The edges are numbered node by node and, inside a node, by
+source state (:func:`edge_list`); the supernet stores its mixture weights as
+arrays of shape ``(num_edges(steps), num_ops)`` in that order.
+
+After the search every node keeps two edges with one operation each.  That
+discrete cell is a :class:`Genotype`, in the format of the DARTS repository:
+``normal`` lists ``(op_name, input_state)`` pairs, two per node, node by node,
+and ``normal_concat`` the states concatenated into the cell's output
+(``reduce`` and ``reduce_concat`` likewise for the reduction cell).
+
+This module turns mixture weights into a genotype (:func:`discretize`),
+validates genotypes (:func:`validate_genotype`), reads and writes them as
+JSON, prints them, draws them (:func:`plot_cell`) and holds the published cells
+(:data:`PUBLISHED`).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any, NamedTuple
+
+import numpy as np
+
+__all__ = [
+    "PRIMITIVES",
+    "XNAS_PRIMITIVES",
+    "Genotype",
+    "GenotypeError",
+    "edge_list",
+    "num_edges",
+    "discretize",
+    "validate_genotype",
+    "genotype_to_dict",
+    "genotype_from_dict",
+    "save_genotype",
+    "load_genotype",
+    "format_genotype",
+    "get_genotype",
+    "plot_cell",
+    "DARTS_V1",
+    "DARTS_V2",
+    "XNAS",
+    "PUBLISHED",
+]
+
+# The DARTS operation set, in the DARTS order (index = position in the last
+# axis of the mixture weights when a search uses all of them).
+PRIMITIVES: tuple[str, ...] = (
+    "none",
+    "max_pool_3x3",
+    "avg_pool_3x3",
+    "skip_connect",
+    "sep_conv_3x3",
+    "sep_conv_5x5",
+    "dil_conv_3x3",
+    "dil_conv_5x5",
+)
+
+# The seven experts of every XNAS forecaster (paper section 4.1): DARTS's set
+# without "none".
+XNAS_PRIMITIVES: tuple[str, ...] = tuple(op for op in PRIMITIVES if op != "none")
+
+_NONE = "none"
+_CELLS = ("normal", "reduce")
+_FIELDS = ("normal", "normal_concat", "reduce", "reduce_concat")
+_FORMAT = "xnas_jax.genotype"
+
+
+class GenotypeError(ValueError):
+    """A genotype, or its JSON form, is malformed."""
+
+
+class Genotype(NamedTuple):
+    """A discrete normal cell and reduction cell, in the DARTS format.
+
+    ``normal[2*i]`` and ``normal[2*i+1]`` are the two ``(op_name, input_state)``
+    edges of intermediate node ``i`` (state ``i+2``); an input state of node
+    ``i`` is one of ``0 .. i+1``.
+    """
+
+    normal: list[tuple[str, int]]  # 2 * steps pairs, node by node.
+    normal_concat: list[int]  # states concatenated into the output, e.g. [2, 3, 4, 5].
+    reduce: list[tuple[str, int]]  # 2 * steps pairs, node by node.
+    reduce_concat: list[int]
+
+
+# --------------------------------------------------------------------------
+# The cell graph.
+
+
+def _check_steps(steps: Any) -> int:
+    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
+        raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+    return int(steps)
+
+
+def num_edges(steps: int = 4) -> int:
+    """The number of mixed edges of a search cell: ``2 + 3 + ... + (steps+1)``.
+
+    Args:
+      steps: the number of intermediate nodes (>= 1); DARTS and XNAS use 4.
+
+    Returns:
+      ``steps * (steps + 3) // 2`` (14 for 4 steps).
+    """
+    steps = _check_steps(steps)
+    return steps * (steps + 3) // 2
+
+
+def edge_list(steps: int = 4) -> list[tuple[int, int]]:
+    """The edges of a search cell, in the order the mixture weights use.
+
+    Node ``i`` takes one edge from each of the states ``0 .. i+1``; edges are
+    listed node by node and, inside a node, by source state.  Every edge comes
+    after the edges into its source, so a single pass over this list computes
+    the cell.
+
+    Args:
+      steps: the number of intermediate nodes (>= 1).
+
+    Returns:
+      ``num_edges(steps)`` pairs ``(source_state, node_index)``, with
+      ``node_index`` 0-based (the node's state is ``node_index + 2``).
+    """
+    steps = _check_steps(steps)
+    return [(source, node) for node in range(steps) for source in range(node + 2)]
+
+
+# --------------------------------------------------------------------------
+# Discretization.
+
+
+def _check_ops(ops: Any) -> tuple[str, ...]:
+    if isinstance(ops, str) or not isinstance(ops, Sequence):
+        raise ValueError(f"ops must be a sequence of operation names, got {ops!r}")
+    ops = tuple(ops)
+    unknown = [op for op in ops if op not in PRIMITIVES]
+    if unknown:
+        raise ValueError(
+            f"ops contains unknown operation name(s) {unknown}; valid names: {list(PRIMITIVES)}"
+        )
+    if len(set(ops)) != len(ops):
+        raise ValueError(f"ops contains duplicate names: {list(ops)}")
+    if all(op == _NONE for op in ops):
+        raise ValueError(f"ops needs at least one operation other than 'none', got {list(ops)}")
+    return ops
+
+
+def _discretize_cell(
+    name: str, weights: Any, ops: tuple[str, ...], steps: int
+) -> list[tuple[str, int]]:
+    weights = np.asarray(weights)
+    expected = (num_edges(steps), len(ops))
+    if weights.shape != expected:
+        raise ValueError(
+            f"{name} must have shape (num_edges(steps={steps}), len(ops)) = {expected}, "
+            f"got {weights.shape}"
+        )
+    if not (np.issubdtype(weights.dtype, np.integer) or np.issubdtype(weights.dtype, np.floating)):
+        raise ValueError(f"{name} must hold real numbers, got dtype {weights.dtype}")
+    weights = weights.astype(np.float64)
+    if not np.all(np.isfinite(weights)):
+        raise ValueError(f"{name} holds non-finite values (nan or inf)")
+    # "none" never wins: it neither makes an edge strong nor labels it.
+    candidates = np.array([op != _NONE for op in ops])
+    scores = np.where(candidates, weights, -np.inf)
+    strength = scores.max(axis=1)  # XNAS section 2.1: max_i u_i over the real experts.
+    best_op = scores.argmax(axis=1)  # argmax returns the first maximum: lowest op index.
+
+    pairs = []
+    first_edge = 0
+    for node in range(steps):
+        sources = range(node + 2)
+        # Strongest first; a stable sort keeps the lower source on ties.
+        ranked = sorted(sources, key=lambda s: -strength[first_edge + s])
+        for source in ranked[:2]:
+            pairs.append((ops[best_op[first_edge + source]], source))
+        first_edge += node + 2
+    return pairs
+
+
+def discretize(
+    normal_weights: Any, reduce_weights: Any, ops: Sequence[str], steps: int = 4
+) -> Genotype:
+    """The discrete cells chosen by the mixture weights (DARTS / XNAS section 2.1).
+
+    For each intermediate node, the two incoming edges with the largest
+    strength are kept, the strength of an edge being ``max_i u_i`` over its
+    experts other than "none"; each kept edge then becomes its strongest
+    expert other than "none".  As in DARTS, a node's two pairs are listed
+    strongest edge first, and every intermediate state is concatenated into
+    the output.
+
+    Ties are broken deterministically, lowest index wins: between equally
+    strong edges the one from the lower source state, between equally strong
+    experts the one earlier in ``ops``.
+
+    Args:
+      normal_weights: mixture weights of the normal cell, numpy or jax, shape
+        ``(num_edges(steps), len(ops))``, edges in :func:`edge_list` order.
+      reduce_weights: the same for the reduction cell.
+      ops: the operation name of each column, a subset of :data:`PRIMITIVES`
+        with at least one name other than "none" (e.g. :data:`XNAS_PRIMITIVES`).
+      steps: the number of intermediate nodes.
+
+    Returns:
+      The :class:`Genotype`.
+
+    Raises:
+      ValueError: on unknown or duplicate op names, or weights of the wrong
+        shape, of a non-real dtype or with non-finite values.
+    """
+    steps = _check_steps(steps)
+    ops = _check_ops(ops)
+    concat = list(range(2, 2 + steps))
+    return Genotype(
+        normal=_discretize_cell("normal_weights", normal_weights, ops, steps),
+        normal_concat=concat,
+        reduce=_discretize_cell("reduce_weights", reduce_weights, ops, steps),
+        reduce_concat=list(concat),
+    )
+
+
+# --------------------------------------------------------------------------
+# Validation.
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def _check_pairs(field: str, pairs: Any, ops: tuple[str, ...]) -> list[tuple[str, int]]:
+    if isinstance(pairs, (str, bytes)) or not isinstance(pairs, Sequence):
+        raise GenotypeError(
+            f"{field} must be a list of (op_name, input_state) pairs, got {pairs!r}"
+        )
+    if len(pairs) == 0 or len(pairs) % 2:
+        raise GenotypeError(
+            f"{field} has {len(pairs)} pairs; a cell needs exactly 2 per intermediate node "
+            f"(an even number >= 2)"
+        )
+    checked = []
+    for index, pair in enumerate(pairs):
+        where = f"{field}[{index}]"
+        is_pair = isinstance(pair, Sequence) and not isinstance(pair, (str, bytes))
+        if not is_pair or len(pair) != 2:
+            raise GenotypeError(f"{where} must be an (op_name, input_state) pair, got {pair!r}")
+        op, source = pair
+        if op not in ops:
+            raise GenotypeError(f"{where}: unknown op {op!r}; valid ops: {list(ops)}")
+        if not _is_int(source):
+            raise GenotypeError(f"{where}: input state must be an integer, got {source!r}")
+        node = index // 2
+        if not 0 <= source <= node + 1:
+            raise GenotypeError(
+                f"{where} = {tuple(pair)!r}: input {source} is out of range for node {node} "
+                f"(state {node + 2}), which may only read states 0..{node + 1}"
+            )
+        checked.append((str(op), int(source)))
+    return checked
+
+
+def _check_concat(field: str, concat: Any, steps: int) -> list[int]:
+    valid = f"a non-empty list of distinct intermediate states in 2..{steps + 1}"
+    if isinstance(concat, (str, bytes)) or not isinstance(concat, Sequence):
+        raise GenotypeError(f"{field} must be {valid}, got {concat!r}")
+    concat = list(concat)
+    if (
+        not concat
+        or not all(_is_int(state) and 2 <= state <= steps + 1 for state in concat)
+        or len(set(concat)) != len(concat)
+    ):
+        raise GenotypeError(f"{field} must be {valid}, got {concat!r}")
+    return [int(state) for state in concat]
+
+
+def validate_genotype(
+    genotype: Any, ops: Sequence[str] = PRIMITIVES, steps: int | None = None
+) -> Genotype:
+    """Checks a genotype and returns it in canonical form.
+
+    Args:
+      genotype: a :class:`Genotype` or any 4-tuple in its field order (e.g.
+        a DARTS ``namedtuple`` genotype, whose concat may be a ``range``).
+      ops: the operation names allowed on its edges, a subset of
+        :data:`PRIMITIVES`.
+      steps: the expected number of intermediate nodes; None infers it from
+        the number of pairs (half of it).
+
+    Returns:
+      An equal :class:`Genotype` made of fresh lists of ``(str, int)``
+      tuples and lists of ints, so that equal cells compare equal.
+
+    Raises:
+      GenotypeError: naming the offending field and value: an unknown op, an
+        input state a node may not read, a wrong number of pairs, a concat
+        that is not a non-empty list of distinct intermediate states.
+      ValueError: if ``ops`` or ``steps`` themselves are invalid.
+    """
+    ops = _check_ops(ops)
+    if not isinstance(genotype, tuple) or len(genotype) != len(_FIELDS):
+        raise GenotypeError(
+            f"a genotype must be a Genotype{_FIELDS} tuple, got {type(genotype).__name__}: "
+            f"{genotype!r}"
+        )
+    normal, normal_concat, reduce, reduce_concat = genotype
+    normal = _check_pairs("normal", normal, ops)
+    reduce = _check_pairs("reduce", reduce, ops)
+    if len(reduce) != len(normal):
+        raise GenotypeError(
+            f"reduce has {len(reduce)} pairs but normal has {len(normal)}: "
+            f"both cells must have the same number of nodes"
+        )
+    if steps is not None:
+        steps = _check_steps(steps)
+        if len(normal) != 2 * steps:
+            raise GenotypeError(
+                f"normal has {len(normal)} pairs; {steps} steps need {2 * steps} (2 per node)"
+            )
+    steps = len(normal) // 2
+    return Genotype(
+        normal=normal,
+        normal_concat=_check_concat("normal_concat", normal_concat, steps),
+        reduce=reduce,
+        reduce_concat=_check_concat("reduce_concat", reduce_concat, steps),
+    )
+
+
+# --------------------------------------------------------------------------
+# JSON and text.
+
+
+def genotype_to_dict(genotype: Genotype, ops: Sequence[str] = PRIMITIVES) -> dict[str, Any]:
+    """A JSON-ready dict: the four genotype fields plus ``ops`` and ``steps``.
+
+    Args:
+      genotype: the genotype (validated against ``ops``).
+      ops: the operation set of the search space it comes from, stored so a
+        reader knows which names the file may use.
+
+    Returns:
+      ``{"format", "steps", "ops", "normal", "normal_concat", "reduce",
+      "reduce_concat"}`` with pairs as ``[op_name, input_state]`` lists.
+    """
+    ops = _check_ops(ops)
+    genotype = validate_genotype(genotype, ops)
+    return {
+        "format": _FORMAT,
+        "steps": len(genotype.normal) // 2,
+        "ops": list(ops),
+        "normal": [[op, source] for op, source in genotype.normal],
+        "normal_concat": list(genotype.normal_concat),
+        "reduce": [[op, source] for op, source in genotype.reduce],
+        "reduce_concat": list(genotype.reduce_concat),
+    }
+
+
+def genotype_from_dict(data: Any) -> Genotype:
+    """The genotype held by a dict of :func:`genotype_to_dict`'s form.
+
+    The four genotype fields are required.  ``ops`` and ``steps`` are optional
+    (a hand-written file may leave them out: ``ops`` then defaults to
+    :data:`PRIMITIVES` and ``steps`` to half the number of pairs); when present
+    they are checked.
+
+    Raises:
+      GenotypeError: on a missing key, a bad ``ops`` or ``steps``, or any
+        problem :func:`validate_genotype` finds.
+    """
+    if not isinstance(data, Mapping):
+        raise GenotypeError(
+            f"a genotype must be a JSON object, got {type(data).__name__}: {data!r}"
+        )
+    missing = [key for key in _FIELDS if key not in data]
+    if missing:
+        raise GenotypeError(f"genotype is missing key(s) {missing}; required: {list(_FIELDS)}")
+    ops = data.get("ops", PRIMITIVES)
+    try:
+        ops = _check_ops(ops)
+    except ValueError as error:
+        raise GenotypeError(f"bad 'ops' field: {error}") from None
+    steps = data.get("steps")
+    if steps is not None and (not _is_int(steps) or steps < 1):
+        raise GenotypeError(f"'steps' must be an integer >= 1, got {steps!r}")
+    return validate_genotype(tuple(data[key] for key in _FIELDS), ops, steps)
+
+
+def save_genotype(
+    genotype: Genotype, path: str | os.PathLike, ops: Sequence[str] = PRIMITIVES
+) -> None:
+    """Writes ``genotype_to_dict(genotype, ops)`` to ``path`` as indented JSON."""
+    data = genotype_to_dict(genotype, ops)
+    with open(path, "w", encoding="utf-8") as file:
+        json.dump(data, file, indent=2)
+        file.write("\n")
+
+
+def _parse_json(text: str, source: str) -> Genotype:
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise GenotypeError(f"{source} is not valid JSON: {error}") from None
+    return genotype_from_dict(data)
+
+
+def load_genotype(path: str | os.PathLike) -> Genotype:
+    """Reads a genotype written by :func:`save_genotype`.
+
+    Raises:
+      OSError: if the file cannot be read.
+      GenotypeError: if it is not valid JSON or not a valid genotype.
+    """
+    with open(path, "rb") as file:
+        raw = file.read()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        message = f"genotype file {os.fspath(path)!r} is not UTF-8 text: {error}"
+        raise GenotypeError(message) from None
+    return _parse_json(text, f"genotype file {os.fspath(path)!r}")
+
+
+def format_genotype(genotype: Genotype) -> str:
+    """A readable multi-line text form, node by node, inputs by state number.
+
+    For example ``node 2 <- sep_conv_3x3(0) + sep_conv_3x3(1)`` says that
+    state 2 (the first intermediate node) adds a 3x3 separable convolution of
+    state 0 (cell k-2) and one of state 1 (cell k-1).
+    """
+    genotype = validate_genotype(genotype)
+    lines = []
+    for cell in _CELLS:
+        pairs = getattr(genotype, cell)
+        concat = getattr(genotype, f"{cell}_concat")
+        lines.append(f"{cell} cell (output = concat of states {', '.join(map(str, concat))}):")
+        for node in range(len(pairs) // 2):
+            inputs = " + ".join(f"{op}({source})" for op, source in pairs[2 * node : 2 * node + 2])
+            lines.append(f"  node {node + 2} <- {inputs}")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------
+# Published cells.
+
+# DARTS, first-order search (Liu et al. 2019), as listed in the DARTS repository
+# (quark0/darts, cnn/genotypes.py).
+DARTS_V1 = Genotype(
+    normal=[
+        ("sep_conv_3x3", 1), ("sep_conv_3x3", 0),
+        ("skip_connect", 0), ("sep_conv_3x3", 1),
+        ("skip_connect", 0), ("sep_conv_3x3", 1),
+        ("sep_conv_3x3", 0), ("skip_connect", 2),
+    ],
+    normal_concat=[2, 3, 4, 5],
+    reduce=[
+        ("max_pool_3x3", 0), ("max_pool_3x3", 1),
+        ("skip_connect", 2), ("max_pool_3x3", 0),
+        ("max_pool_3x3", 0), ("skip_connect", 2),
+        ("skip_connect", 2), ("avg_pool_3x3", 0),
+    ],
+    reduce_concat=[2, 3, 4, 5],
+)  # fmt: skip
+
+# DARTS, second-order search: the cell of the DARTS paper's CIFAR-10 results.
+DARTS_V2 = Genotype(
+    normal=[
+        ("sep_conv_3x3", 0), ("sep_conv_3x3", 1),
+        ("sep_conv_3x3", 0), ("sep_conv_3x3", 1),
+        ("sep_conv_3x3", 1), ("skip_connect", 0),
+        ("skip_connect", 0), ("dil_conv_3x3", 2),
+    ],
+    normal_concat=[2, 3, 4, 5],
+    reduce=[
+        ("max_pool_3x3", 0), ("max_pool_3x3", 1),
+        ("skip_connect", 2), ("max_pool_3x3", 1),
+        ("max_pool_3x3", 0), ("skip_connect", 2),
+        ("skip_connect", 2), ("max_pool_3x3", 1),
+    ],
+    reduce_concat=[2, 3, 4, 5],
+)  # fmt: skip
+
+# XNAS, searched on CIFAR-10 (the cell behind XNAS-Small/Medium/Large and the
+# transfer results), as listed in the authors' repository (NivNayman/XNAS,
+# genotypes.py, the default architecture of its test.py).
+XNAS = Genotype(
+    normal=[
+        ("sep_conv_3x3", 1), ("skip_connect", 0),
+        ("sep_conv_3x3", 0), ("sep_conv_3x3", 2),
+        ("sep_conv_3x3", 3), ("sep_conv_3x3", 1),
+        ("dil_conv_5x5", 4), ("sep_conv_3x3", 0),
+    ],
+    normal_concat=[2, 3, 4, 5],
+    reduce=[
+        ("max_pool_3x3", 0), ("avg_pool_3x3", 1),
+        ("avg_pool_3x3", 0), ("skip_connect", 2),
+        ("dil_conv_3x3", 3), ("max_pool_3x3", 0),
+        ("dil_conv_5x5", 4), ("avg_pool_3x3", 0),
+    ],
+    reduce_concat=[2, 3, 4, 5],
+)  # fmt: skip
+
+PUBLISHED: dict[str, Genotype] = {"DARTS_V1": DARTS_V1, "DARTS_V2": DARTS_V2, "XNAS": XNAS}
+
+
+def get_genotype(name_or_path: str | os.PathLike) -> Genotype:
+    """A genotype from a published name, a JSON file or a JSON string.
+
+    Args:
+      name_or_path: a key of :data:`PUBLISHED` (any case, e.g. "xnas"), a
+        path to a file written by :func:`save_genotype`, or that file's
+        content as a string (anything starting with "{").  A published
+        name wins over a file of the same name.
+
+    Returns:
+      A fresh, validated :class:`Genotype` (mutating it leaves
+      :data:`PUBLISHED` alone).
+
+    Raises:
+      GenotypeError: for an unknown name (the message lists the published
+        ones) or a malformed file or string.
+    """
+    if not isinstance(name_or_path, (str, os.PathLike)):
+        raise GenotypeError(
+            f"name_or_path must be a str or a path, got {type(name_or_path).__name__}: "
+            f"{name_or_path!r}"
+        )
+    text = os.fspath(name_or_path)
+    if text.lstrip().startswith("{"):
+        return _parse_json(text, "the genotype string")
+    by_name = {name.lower(): genotype for name, genotype in PUBLISHED.items()}
+    if text.strip().lower() in by_name:
+        return validate_genotype(by_name[text.strip().lower()])
+    if os.path.isfile(text):
+        return load_genotype(text)
+    raise GenotypeError(
+        f"unknown genotype {text!r}: not a published name ({', '.join(PUBLISHED)}), "
+        f"an existing JSON file, or a JSON object string"
+    )
+
+
+# --------------------------------------------------------------------------
+# Drawing.
+
+# Edge colours by operation family, so the kind of a cell shows at a glance.
+_OP_COLORS = {
+    "none": "#bbbbbb",
+    "max_pool_3x3": "#d98c00",
+    "avg_pool_3x3": "#b8860b",
+    "skip_connect": "#666666",
+    "sep_conv_3x3": "#1f5fb4",
+    "sep_conv_5x5": "#1f5fb4",
+    "dil_conv_3x3": "#7b3fa0",
+    "dil_conv_5x5": "#7b3fa0",
+}
+_CONCAT_COLOR = "#999999"
+_INPUT_COLOR = "#b4dcb4"
+_NODE_COLOR = "#b4d2f0"
+_OUTPUT_COLOR = "#f0e0a0"
+# Geometry in data units, drawn at 1 unit per inch.
+_X_GAP = 2.6  # between columns: room for a label between two nodes.
+_Y_GAP = 1.4  # between the nodes of a column.
+_NODE_RADIUS = 0.3
+_NODE_SIZE = (2 * _NODE_RADIUS * 72) ** 2  # the same circle as a marker area, points^2.
+_BULGES = (0.0, 0.3, -0.3, 0.55, -0.55, 0.8, -0.8, 1.1, -1.1)  # how far an edge may arc.
+_LABEL_SPOTS = (0.5, 0.4, 0.6, 0.3, 0.7, 0.22, 0.78)  # where along its edge a label may sit.
+_LABEL_FONT = 8  # points.
+_MAX_LAYOUTS = 20000  # beyond this many candidate layouts, take the plain one.
+
+
+def _bezier_points(start: np.ndarray, end: np.ndarray, rad: float, count: int = 24) -> np.ndarray:
+    # matplotlib's "arc3" connection: a quadratic Bezier whose control point is
+    # the chord's midpoint moved by rad * (dy, -dx); the curve's middle lies
+    # half way to it.
+    delta = end - start
+    control = (start + end) / 2 + rad * np.array([delta[1], -delta[0]])
+    t = np.linspace(0.0, 1.0, count)[:, None]
+    return (1 - t) ** 2 * start + 2 * t * (1 - t) * control + t**2 * end
+
+
+def _clearance_cost(points: np.ndarray, obstacles: np.ndarray) -> float:
+    # How deep a drawn edge cuts into the space around nodes it does not touch.
+    if not len(obstacles):
+        return 0.0
+    distance = np.linalg.norm(points[:, None, :] - obstacles[None, :, :], axis=2).min(axis=0)
+    return float(np.maximum(0.0, 1.6 * _NODE_RADIUS - distance).sum())
+
+
+def _segments_cross(a: np.ndarray, b: np.ndarray, c: np.ndarray, d: np.ndarray) -> bool:
+    def side(p, q, r):
+        return np.sign((q[0] - p[0]) * (r[1] - p[1]) - (q[1] - p[1]) * (r[0] - p[0]))
+
+    return side(a, b, c) * side(a, b, d) < 0 and side(c, d, a) * side(c, d, b) < 0
+
+
+def _others(pos: dict[str, np.ndarray], u: str, v: str) -> np.ndarray:
+    return np.array([p for n, p in pos.items() if n not in (u, v)]).reshape(-1, 2)
+
+
+def _cell_layout(edges: list[tuple[str, str]], layers: dict[str, int]) -> dict[str, np.ndarray]:
+    """Node positions: one column per layer, left to right.
+
+    Inside each column the order of the nodes, and for columns shorter than the
+    tallest a shift by half a row, are chosen to minimize edge crossings and
+    straight edges running through nodes (exhaustively: a cell has few nodes;
+    the inputs keep c_{k-2} above c_{k-1}).
+    """
+    columns: dict[int, list[str]] = {}
+    for name, layer in sorted(layers.items(), key=lambda item: item[1]):
+        columns.setdefault(layer, []).append(name)
+    tallest = max(len(column) for column in columns.values())
+
+    def arrangements(layer: int) -> list[tuple[tuple[str, ...], float]]:
+        column = columns[layer]
+        orders = [tuple(column)] if layer == 0 else list(itertools.permutations(column))
+        shifts = (0.0,) if layer == 0 or len(column) == tallest else (0.0, 0.5, -0.5)
+        return [(order, shift) for order in orders for shift in shifts]
+
+    choices = [arrangements(layer) for layer in sorted(columns)]
+    if math.prod(len(c) for c in choices) > _MAX_LAYOUTS:
+        choices = [[(tuple(columns[layer]), 0.0)] for layer in sorted(columns)]
+
+    best, best_cost = None, math.inf
+    for choice in itertools.product(*choices):
+        pos = {}
+        for layer, (order, shift) in zip(sorted(columns), choice):
+            for rank, name in enumerate(order):
+                y = ((len(order) - 1) / 2 - rank + shift) * _Y_GAP
+                pos[name] = np.array([layer * _X_GAP, y])
+        cost = 0.0
+        for i, (u, v) in enumerate(edges):
+            cost += 3.0 * _clearance_cost(_bezier_points(pos[u], pos[v], 0.0), _others(pos, u, v))
+            for x, y in edges[i + 1 :]:
+                if len({u, v, x, y}) == 4 and _segments_cross(pos[u], pos[v], pos[x], pos[y]):
+                    cost += 1.0
+        # Tie-breaks: short edges, centred columns.
+        cost += 0.01 * sum(abs(pos[u][1] - pos[v][1]) for u, v in edges)
+        cost += 0.02 * sum(abs(shift) for _, shift in choice)
+        if cost < best_cost - 1e-9:
+            best, best_cost = pos, cost
+    return best
+
+
+def _choose_curves(edges: list[tuple[str, str]], pos: dict[str, np.ndarray]) -> list[float]:
+    """An arc3 ``rad`` per edge: the least arc that misses the nodes the edge
+    does not touch and does not run along an edge placed before it (so two
+    edges between the same nodes get distinct arcs).  Short edges are placed
+    first: long ones have more room to give way."""
+    rads = [0.0] * len(edges)
+    placed: list[np.ndarray] = []
+    lengths = [float(np.linalg.norm(pos[v] - pos[u])) for u, v in edges]
+    for index in sorted(range(len(edges)), key=lambda i: lengths[i]):
+        u, v = edges[index]
+        length = lengths[index]
+        obstacles = _others(pos, u, v)
+        previous = np.concatenate(placed) if placed else np.zeros((0, 2))
+
+        def interior(points: np.ndarray) -> np.ndarray:
+            # Edges sharing an end meet there anyway: only the stretch away
+            # from both ends can run along another edge.
+            away = np.minimum(
+                np.linalg.norm(points - pos[u], axis=1), np.linalg.norm(points - pos[v], axis=1)
+            )
+            return points[away > 2 * _NODE_RADIUS]
+
+        def cost(bulge: float) -> float:
+            points = _bezier_points(pos[u], pos[v], 2 * bulge / length)
+            mine = interior(points)
+            hugging = 0.0
+            if len(mine) and len(previous):
+                gaps = np.linalg.norm(mine[:, None, :] - previous[None, :, :], axis=2).min(axis=1)
+                hugging = float(np.mean(gaps < 0.15))
+            return round(_clearance_cost(points, obstacles), 3) + 0.5 * hugging + 0.05 * abs(bulge)
+
+        rads[index] = 2 * min(_BULGES, key=cost) / length
+        placed.append(interior(_bezier_points(pos[u], pos[v], rads[index])))
+    return rads
+
+
+def _label_box(center: np.ndarray, text: str) -> np.ndarray:
+    # (x0, y0, x1, y1) in data units (inches); a DejaVu Sans character is about
+    # 0.6 em wide, plus the bbox padding.
+    half_width = (0.6 * len(text) + 0.4) * _LABEL_FONT / 72 / 2
+    half_height = 1.4 * _LABEL_FONT / 72 / 2
+    return np.array([center[0] - half_width, center[1] - half_height,
+                     center[0] + half_width, center[1] + half_height])  # fmt: skip
+
+
+def _overlap(a: np.ndarray, b: np.ndarray) -> float:
+    return max(0.0, min(a[2], b[2]) - max(a[0], b[0])) * max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+
+
+def _place_labels(
+    drawn: list[tuple[str, str, str | None, float]], pos: dict[str, np.ndarray]
+) -> list[np.ndarray | None]:
+    """Label positions along the drawn edges (None for unlabelled ones), slid
+    away from the middle where they would cover other labels, nodes or lines
+    (greedy, edge by edge)."""
+    curves = [_bezier_points(pos[u], pos[v], rad, count=101) for u, v, _, rad in drawn]
+    pad = _NODE_RADIUS + 0.05
+    taken = [np.array([x - pad, y - pad, x + pad, y + pad]) for x, y in pos.values()]
+    placed: list[np.ndarray | None] = []
+    for index, (_, _, op, _) in enumerate(drawn):
+        if op is None:
+            placed.append(None)
+            continue
+        others = np.concatenate([c for i, c in enumerate(curves) if i != index])
+
+        def cost(t: float) -> float:
+            box = _label_box(curves[index][round(t * 100)], op)
+            covered = np.sum(
+                (others[:, 0] > box[0]) & (others[:, 0] < box[2])
+                & (others[:, 1] > box[1]) & (others[:, 1] < box[3])
+            )  # fmt: skip
+            overlap = sum(_overlap(box, other) for other in taken)
+            return 10 * overlap + 0.01 * covered + 0.01 * abs(t - 0.5)
+
+        t = min(_LABEL_SPOTS, key=cost)
+        placed.append(curves[index][round(t * 100)])
+        taken.append(_label_box(placed[-1], op))
+    return placed
+
+
+def plot_cell(
+    genotype: Genotype,
+    cell: str = "normal",
+    path: str | os.PathLike | None = None,
+    title: str | None = None,
+):
+    """Draws one cell of a genotype as a left-to-right graph.
+
+    The inputs ``c_{k-2}`` and ``c_{k-1}`` stand on the left, the intermediate
+    nodes (numbered 0..steps-1, node i being state i+2) in columns by their
+    depth (as graphviz's "dot" ranks them), the output ``c_{k}`` on the right,
+    fed by dashed concatenation edges.  Each operation edge carries its name,
+    coloured by family (separable convolutions blue, dilated purple, pooling
+    ochre, skip grey).  Drawn with networkx on a plain matplotlib ``Figure``
+    with the Agg canvas: no display needed, pyplot's state left alone.
+
+    Args:
+      genotype: the genotype.
+      cell: "normal" or "reduce".
+      path: if given, the figure is saved there (PNG unless the suffix says
+        otherwise).
+      title: the figure title; None gives e.g. "normal cell".
+
+    Returns:
+      The ``matplotlib.figure.Figure``.
+    """
+    import networkx as nx
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    if cell not in _CELLS:
+        raise ValueError(f"cell must be 'normal' or 'reduce', got {cell!r}")
+    genotype = validate_genotype(genotype)
+    pairs = getattr(genotype, cell)
+    concat = getattr(genotype, f"{cell}_concat")
+    steps = len(pairs) // 2
+
+    def name(state: int) -> str:
+        return ("$c_{k-2}$", "$c_{k-1}$")[state] if state < 2 else str(state - 2)
+
+    output = "$c_{k}$"
+    # (source, destination, op or None for a concatenation edge).
+    edges = [(name(source), name(2 + index // 2), op) for index, (op, source) in enumerate(pairs)]
+    edges += [(name(state), output, None) for state in concat]
+    graph = nx.DiGraph()
+    graph.add_nodes_from([name(state) for state in range(2 + steps)] + [output])
+    graph.add_edges_from((u, v) for u, v, _ in edges)
+
+    # A node's column is one more than its deepest input's.
+    layers = {name(0): 0, name(1): 0}
+    for node in range(steps):
+        layers[name(node + 2)] = 1 + max(layers[name(s)] for _, s in pairs[2 * node : 2 * node + 2])
+    layers[output] = 1 + max(layers[name(state)] for state in concat)
+    pos = _cell_layout(list(graph.edges), layers)
+    rads = _choose_curves([(u, v) for u, v, _ in edges], pos)
+    drawn = [(u, v, op, rad) for (u, v, op), rad in zip(edges, rads)]
+    labels = _place_labels(drawn, pos)
+
+    # Frame everything drawn: nodes, arcs and labels.
+    extent = [np.array([[x - _NODE_RADIUS, y - _NODE_RADIUS], [x + _NODE_RADIUS, y + _NODE_RADIUS]])
+              for x, y in pos.values()]  # fmt: skip
+    extent += [_bezier_points(pos[u], pos[v], rad) for u, v, _, rad in drawn]
+    extent += [
+        _label_box(spot, op).reshape(2, 2) for (_, _, op, _), spot in zip(drawn, labels) if op
+    ]
+    low, high = np.concatenate(extent).min(axis=0) - 0.25, np.concatenate(extent).max(axis=0) + 0.25
+    title_room = 0.45
+    width, height = high - low + np.array([0.0, title_room])
+    fig = Figure(figsize=(width, height), dpi=150)
+    FigureCanvasAgg(fig)
+    ax = fig.add_axes((0, 0, 1, 1))
+    ax.set_xlim(low[0], high[0])
+    ax.set_ylim(low[1], high[1] + title_room)
+    ax.set_aspect("equal")
+    ax.axis("off")
+
+    node_colors = [
+        _INPUT_COLOR if layers[n] == 0 else _OUTPUT_COLOR if n == output else _NODE_COLOR
+        for n in graph.nodes
+    ]
+    nx.draw_networkx_nodes(
+        graph, pos, ax=ax, node_size=_NODE_SIZE, node_color=node_colors,
+        edgecolors="#333333", linewidths=1.0,
+    )  # fmt: skip
+    nx.draw_networkx_labels(graph, pos, ax=ax, font_size=11)
+    for (u, v, op, rad), spot in zip(drawn, labels):
+        color = _OP_COLORS[op] if op is not None else _CONCAT_COLOR
+        nx.draw_networkx_edges(
+            graph, pos, edgelist=[(u, v)], ax=ax, node_size=_NODE_SIZE, arrows=True,
+            arrowstyle="-|>", arrowsize=14, width=1.4 if op else 1.0, edge_color=color,
+            style="solid" if op else "dashed", connectionstyle=f"arc3,rad={rad}",
+        )  # fmt: skip
+        if op is not None:
+            ax.text(
+                *spot, op, fontsize=_LABEL_FONT, color=color, ha="center", va="center", zorder=5,
+                bbox=dict(boxstyle="round,pad=0.2", facecolor="white", edgecolor="none", alpha=0.9),
+            )  # fmt: skip
+    ax.text(
+        (low[0] + high[0]) / 2, high[1] + title_room / 2,
+        title if title is not None else f"{cell} cell", ha="center", va="center", fontsize=12,
+    )  # fmt: skip
+    if path is not None:
+        fig.savefig(path)
+    return fig
