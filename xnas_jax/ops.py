@@ -73,6 +73,32 @@ class ReLUConvBN(nn.Module):
         return batch_norm(train, self.affine, self.dtype)(x)
 
 
+class DepthwiseConv(nn.Module):
+    """Depthwise kxk convolution without bias (one group per channel), kernel (k, k, 1, C)."""
+
+    kernel_size: int
+    strides: int
+    padding: int
+    dilation: int
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        channels, k = x.shape[-1], self.kernel_size
+        kernel = self.param(
+            "kernel", nn.initializers.lecun_normal(), (k, k, 1, channels), jnp.float32
+        )
+        return jax.lax.conv_general_dilated(
+            x.astype(self.dtype),
+            kernel.astype(self.dtype),
+            (self.strides,) * 2,
+            _pad(self.padding),
+            rhs_dilation=(self.dilation,) * 2,
+            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+            feature_group_count=channels,
+        )
+
+
 class DilConv(nn.Module):
     """ReLU, depthwise kxk convolution (dilated), pointwise 1x1, BN."""
 
@@ -86,17 +112,9 @@ class DilConv(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        channels = x.shape[-1]
         x = nn.relu(x)
-        x = nn.Conv(
-            channels,
-            (self.kernel_size, self.kernel_size),
-            strides=self.strides,
-            padding=_pad(self.padding),
-            kernel_dilation=self.dilation,
-            feature_group_count=channels,
-            use_bias=False,
-            dtype=self.dtype,
+        x = DepthwiseConv(
+            self.kernel_size, self.strides, self.padding, self.dilation, self.dtype,
             name="depthwise",
         )(x)
         x = nn.Conv(self.features, (1, 1), use_bias=False, dtype=self.dtype, name="pointwise")(x)
@@ -178,30 +196,35 @@ class Zero(nn.Module):
         return jnp.zeros_like(x[:, :: self.strides, :: self.strides, :])
 
 
-OpFactory = Callable[[int, int, bool, Dtype], nn.Module]
+OpFactory = Callable[..., nn.Module]
 
-# name -> (channels, stride, affine, dtype) -> module, the DARTS OPS table.
+# name -> (channels, stride, affine, dtype, **module kwargs) -> module: the DARTS OPS table.
 OPS: dict[str, OpFactory] = {
-    "none": lambda c, s, affine, dtype: Zero(s),
-    "max_pool_3x3": lambda c, s, affine, dtype: Pool("max", s),
-    "avg_pool_3x3": lambda c, s, affine, dtype: Pool("avg", s),
-    "skip_connect": lambda c, s, affine, dtype: (
-        Identity() if s == 1 else FactorizedReduce(c, affine, dtype)
+    "none": lambda c, s, affine, dtype, **kw: Zero(s, **kw),
+    "max_pool_3x3": lambda c, s, affine, dtype, **kw: Pool("max", s, **kw),
+    "avg_pool_3x3": lambda c, s, affine, dtype, **kw: Pool("avg", s, **kw),
+    "skip_connect": lambda c, s, affine, dtype, **kw: (
+        Identity(**kw) if s == 1 else FactorizedReduce(c, affine, dtype, **kw)
     ),
-    "sep_conv_3x3": lambda c, s, affine, dtype: SepConv(c, 3, s, 1, affine, dtype),
-    "sep_conv_5x5": lambda c, s, affine, dtype: SepConv(c, 5, s, 2, affine, dtype),
-    "dil_conv_3x3": lambda c, s, affine, dtype: DilConv(c, 3, s, 2, 2, affine, dtype),
-    "dil_conv_5x5": lambda c, s, affine, dtype: DilConv(c, 5, s, 4, 2, affine, dtype),
+    "sep_conv_3x3": lambda c, s, affine, dtype, **kw: SepConv(c, 3, s, 1, affine, dtype, **kw),
+    "sep_conv_5x5": lambda c, s, affine, dtype, **kw: SepConv(c, 5, s, 2, affine, dtype, **kw),
+    "dil_conv_3x3": lambda c, s, affine, dtype, **kw: DilConv(c, 3, s, 2, 2, affine, dtype, **kw),
+    "dil_conv_5x5": lambda c, s, affine, dtype, **kw: DilConv(c, 5, s, 4, 2, affine, dtype, **kw),
 }
 
 
 def make_op(
-    name: str, channels: int, strides: int, affine: bool, dtype: Dtype = jnp.float32
+    name: str,
+    channels: int,
+    strides: int,
+    affine: bool,
+    dtype: Dtype = jnp.float32,
+    module_name: str | None = None,
 ) -> nn.Module:
-    """Builds the operation ``name`` (a key of :data:`OPS`)."""
+    """Builds the operation ``name`` (a key of :data:`OPS`), as submodule ``module_name``."""
     if name not in OPS:
         raise ValueError(f"unknown operation {name!r}; valid: {sorted(OPS)}")
-    return OPS[name](channels, strides, affine, dtype)
+    return OPS[name](channels, strides, affine, dtype, name=module_name)
 
 
 def preprocess(

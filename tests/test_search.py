@@ -1,0 +1,230 @@
+"""End-to-end search through the CLI: outputs, resume, the DARTS baseline, bad input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+from PIL import Image
+
+from conftest import assert_usage_error
+from xnas_jax import genotypes, search, search_step
+
+FEW_OPS = "max_pool_3x3,skip_connect,sep_conv_3x3,dil_conv_3x3"
+TINY = [
+    "--channels", "4", "--layers", "3", "--ops", FEW_OPS, "--epochs", "2",
+    "--batch-size", "16", "--max-steps-per-epoch", "3", "--max-examples", "200",
+    "--no-progress",
+]  # fmt: skip
+
+
+def run_main(argv, capsys) -> tuple[int, str, str]:
+    try:
+        search.main(argv)
+        code = 0
+    except SystemExit as exit_:
+        code = exit_.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def final_state(out_dir: Path, step: int):
+    return ocp.StandardCheckpointer().restore(out_dir / "checkpoints" / str(step) / "state")
+
+
+def read_log(out_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (out_dir / "log.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def tiny_search(tmp_path_factory, compilation_cache):
+    out_dir = tmp_path_factory.mktemp("search")
+    try:
+        search.main(TINY + compilation_cache + ["--out-dir", str(out_dir)])
+    except SystemExit as exit_:
+        pytest.fail(f"search exited with {exit_.code}")
+    return out_dir
+
+
+def test_search_writes_every_output(tiny_search):
+    for name in ("genotype.json", "genotype.txt", "normal.png", "reduce.png", "log.jsonl",
+                 "arch_normal.png", "arch_reduce.png", "active_experts.png", "losses.png"):
+        assert (tiny_search / name).stat().st_size > 0, name
+    genotype = genotypes.load_genotype(tiny_search / "genotype.json")
+    log = read_log(tiny_search)
+    assert [r["epoch"] for r in log] == [1, 2] and [r["step"] for r in log] == [3, 6]
+    # The saved genotype is the discretization of the final mixture weights.
+    arch = log[-1]["arch"]
+    expected = genotypes.discretize(
+        np.array(arch["normal"]), np.array(arch["reduce"]), FEW_OPS.split(",")
+    )
+    assert genotype == expected
+    for record in log:
+        for kind in ("normal", "reduce"):
+            u = np.array(record["arch"][kind])
+            assert u.shape == (14, 4)
+            np.testing.assert_allclose(u.sum(-1), 1.0, atol=1e-5)
+            assert record["active_experts"][kind] == int((u > 0).sum())
+    # The horizon is the run's 6 steps: at t = T every forecaster keeps its leader only.
+    assert log[-1]["active_experts"] == {"normal": 14, "reduce": 14}
+    assert log[0]["active_experts"]["normal"] > 14
+    assert np.isfinite(log[-1]["train_loss"]) and log[-1]["images_per_second"] > 0
+
+
+def test_resume_after_a_lost_epoch_gives_the_same_result(tiny_search, compilation_cache, tmp_path,
+                                                         capsys):
+    resumed = tmp_path / "resumed"
+    shutil.copytree(tiny_search, resumed)
+    shutil.rmtree(resumed / "checkpoints" / "6")  # as if the run died during epoch 2
+    code, out, err = run_main(TINY + compilation_cache + ["--out-dir", str(resumed), "--resume"],
+                              capsys)
+    assert code == 0, err
+    assert "resuming at step 3" in out
+    assert [r["epoch"] for r in read_log(resumed)] == [1, 2]
+    assert (resumed / "genotype.json").read_text() == (tiny_search / "genotype.json").read_text()
+    expected, got = final_state(tiny_search, 6), final_state(resumed, 6)
+    for a, b in zip(jax.tree.leaves(expected), jax.tree.leaves(got)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_interrupt_mid_epoch_saves_and_resumes(tiny_search, compilation_cache, tmp_path,
+                                               monkeypatch, capsys):
+    out_dir = tmp_path / "interrupted"
+    make_step = search_step.make_search_step
+    calls = {"n": 0}
+
+    class Interrupting:  # a compiled step that is interrupted at its 5th call
+        def __init__(self, jitted):
+            self.jitted = jitted
+
+        def lower(self, *args):
+            lowered = self.jitted.lower(*args)
+
+            class Compiled:
+                def compile(_):
+                    compiled = lowered.compile()
+
+                    def call(*a):
+                        calls["n"] += 1
+                        if calls["n"] == 5:
+                            raise KeyboardInterrupt
+                        return compiled(*a)
+
+                    return call
+
+            return Compiled()
+
+    monkeypatch.setattr(search_step, "make_search_step", lambda *a: Interrupting(make_step(*a)))
+    code, _, err = run_main(TINY + compilation_cache + ["--out-dir", str(out_dir)], capsys)
+    assert code == 130 and "--resume" in err
+    assert (out_dir / "checkpoints" / "4").is_dir()  # the 4 steps done are saved
+    monkeypatch.setattr(search_step, "make_search_step", make_step)
+    code, out, err = run_main(TINY + compilation_cache + ["--out-dir", str(out_dir), "--resume"],
+                              capsys)
+    assert code == 0, err
+    assert "resuming at step 4" in out
+    assert (out_dir / "genotype.json").read_text() == (tiny_search / "genotype.json").read_text()
+    for a, b in zip(jax.tree.leaves(final_state(tiny_search, 6)),
+                    jax.tree.leaves(final_state(out_dir, 6))):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_darts_baseline_runs_on_the_same_supernet(compilation_cache, tmp_path, capsys):
+    flags = TINY + compilation_cache + ["--optimizer", "darts", "--epochs", "1",
+                                        "--out-dir", str(tmp_path)]
+    code, out, err = run_main(flags, capsys)
+    assert code == 0, err
+    (record,) = read_log(tmp_path)
+    # Softmax weights are never exactly 0: nothing is wiped out, nothing skipped.
+    assert record["active_experts"] == {"normal": 56, "reduce": 56}
+    u = np.array(record["arch"]["normal"])
+    assert not np.allclose(u, 0.25)  # the architecture weights moved
+    assert "node 2 <-" in out
+
+
+def test_summary_of_the_darts_search_network(capsys):
+    code, out, _ = run_main(["--dataset", "cifar10", "--summary"], capsys)
+    assert code == 0
+    summary = json.loads(out)
+    assert summary["params"] == 1_930_618  # as the reference DARTS search network
+    assert summary["mixture_weights"] == {"normal": [14, 7], "reduce": [14, 7]}
+    assert summary["channels"] == 16 and summary["layers"] == 8
+
+
+def test_help_documents_every_flag(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        search.main(["--help"])
+    assert exit_.value.code == 0
+    text = capsys.readouterr().out
+    for action in search._parser()._actions:
+        for flag in action.option_strings:
+            assert flag in text
+        if action.option_strings and action.dest != "help":
+            assert action.help, action.option_strings
+
+
+def _odd_image_folder(root: Path) -> Path:
+    for label in ("a", "b"):
+        (root / "train" / label).mkdir(parents=True)
+        for i in range(4):
+            Image.fromarray(np.full((6, 6, 3), 40 * i, np.uint8)).save(
+                root / "train" / label / f"{i}.png"
+            )
+    return root
+
+
+@pytest.mark.parametrize(
+    "flags, fragments",
+    [
+        (["--dataset", "nope"], ["--dataset", "nope"]),
+        (["--epochs", "-1"], ["--epochs", "-1"]),
+        (["--epochs", "0"], ["--epochs"]),
+        (["--wipeout-factor", "1.5"], ["--wipeout-factor", "1.5"]),
+        (["--ops", "sep_conv_3x3,conv_9x9"], ["conv_9x9"]),
+        (["--dataset", "cifar10", "--layers", "8", "--data-dir", "/nonexistent/dir"],
+         ["/nonexistent/dir"]),
+    ],
+)
+def test_bad_flags_fail_fast(flags, fragments, tmp_path, capsys):
+    code, _, err = run_main(flags + ["--out-dir", str(tmp_path)], capsys)
+    assert_usage_error(code, err, *fragments)
+
+
+def test_image_too_small_for_the_reductions(tmp_path, capsys):
+    data = _odd_image_folder(tmp_path / "data")
+    flags = ["--dataset", "image_folder", "--data-dir", str(data), "--layers", "3",
+             "--batch-size", "2", "--out-dir", str(tmp_path / "out")]
+    code, _, err = run_main(flags, capsys)
+    assert_usage_error(code, err, "6x6", "reduction")
+
+
+def test_unwritable_out_dir(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    code, _, err = run_main(TINY + ["--out-dir", str(blocker / "out")], capsys)
+    assert_usage_error(code, err, "--out-dir")
+
+
+def test_existing_checkpoints_need_resume(tiny_search, tmp_path, capsys):
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_search, copy)
+    code, _, err = run_main(TINY + ["--out-dir", str(copy)], capsys)
+    assert_usage_error(code, err, "--resume")
+
+
+def test_resume_with_other_settings_or_a_corrupt_checkpoint(tiny_search, tmp_path, capsys):
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_search, copy)
+    code, _, err = run_main(TINY + ["--out-dir", str(copy), "--resume", "--seed", "7"], capsys)
+    assert_usage_error(code, err, "seed")
+    for file in (copy / "checkpoints" / "6" / "state").rglob("*"):
+        if file.is_file():
+            file.write_bytes(b"garbage")
+    code, _, err = run_main(TINY + ["--out-dir", str(copy), "--resume"], capsys)
+    assert_usage_error(code, err, str(copy / "checkpoints"))
+    assert (copy / "checkpoints" / "6").is_dir()  # never removed or overwritten

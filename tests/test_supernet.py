@@ -1,0 +1,224 @@
+"""The supernet: XNAS rewards by autodiff, the scanned cells against an unrolled
+reference, shapes, collections, parameter count, and skipping wiped-out experts."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from xnas_jax import genotypes
+from xnas_jax.supernet import ARCH, MixedOp, SearchCell, SearchNetwork, count_params
+
+OPS = genotypes.XNAS_PRIMITIVES
+# Cell and network tests use fewer experts (one of each kind) to compile fast.
+FEW_OPS = ("max_pool_3x3", "skip_connect", "sep_conv_3x3", "dil_conv_3x3")
+
+
+def _mixed_op(strides=1, computed=OPS):
+    return MixedOp(ops=OPS, computed=computed, channels=4, strides=strides, train=True)
+
+
+@pytest.fixture(scope="module")
+def mixed_setup():
+    x = jax.random.normal(jax.random.key(0), (3, 6, 6, 4))
+    op = _mixed_op()
+    u = jax.nn.softmax(jax.random.normal(jax.random.key(1), (len(OPS),)))
+    variables = op.init(jax.random.key(2), x, u)
+    return op, variables, x, u
+
+
+def test_autodiff_gives_the_xnas_reward(mixed_setup):
+    """dL/du_i equals -R_i = grad_p L . f_i (Algorithm 1 line 8), computed apart."""
+    op, variables, x, u = mixed_setup
+    target = jax.random.normal(jax.random.key(3), (3, 6, 6, 4))
+
+    def head(p):  # any non-linear loss of the forecaster's prediction p
+        return jnp.sum(jnp.tanh(p) * target) + 0.1 * jnp.sum(p**2)
+
+    def predict(weights):
+        out, _ = op.apply(variables, x, weights, mutable=["batch_stats"])
+        return out
+
+    grads_u = jax.grad(lambda w: head(predict(w)))(u)
+    # Independently: each expert's prediction f_i (u enters linearly, so the
+    # one-hot mixture gives f_i), p = sum u_i f_i, and grad_p of the loss.
+    experts = np.stack([np.asarray(predict(jnp.eye(len(OPS))[i]), np.float64) for i in range(len(OPS))])
+    p = np.tensordot(np.asarray(u, np.float64), experts, axes=1)
+    np.testing.assert_allclose(p, np.asarray(predict(u)), rtol=1e-5, atol=1e-5)
+    grad_p = np.asarray(jax.grad(head)(jnp.asarray(p, jnp.float32)), np.float64)
+    rewards = -np.tensordot(experts, grad_p, axes=grad_p.ndim)
+    np.testing.assert_allclose(np.asarray(grads_u), -rewards, rtol=1e-4, atol=1e-4)
+    assert np.ptp(rewards) > 1e-2  # the experts really differ
+
+
+def test_skipping_zero_weight_experts_changes_nothing(mixed_setup):
+    op, variables, x, _ = mixed_setup
+    u = jnp.array([0.0, 0.3, 0.0, 0.5, 0.0, 0.2, 0.0])
+    alive = tuple(name for name, w in zip(OPS, u) if w > 0)
+    full = jax.value_and_grad(
+        lambda w: jnp.sum(op.apply(variables, x, w, mutable=["batch_stats"])[0] ** 2)
+    )(u)
+    skipped = _mixed_op(computed=alive)
+    reduced = jax.value_and_grad(
+        lambda w: jnp.sum(skipped.apply(variables, x, w, mutable=["batch_stats"])[0] ** 2)
+    )(u)
+    np.testing.assert_allclose(reduced[0], full[0], rtol=1e-6)
+    mask = np.asarray(u) > 0  # gradients of the computed experts are unchanged
+    np.testing.assert_allclose(np.asarray(reduced[1])[mask], np.asarray(full[1])[mask], rtol=1e-5)
+
+
+# ------------------------------------------------------- scan vs unrolled reference
+
+
+def _reference_cell(cell: SearchCell, variables, s0, s1, weights):
+    """The cell computed edge by edge in Python with the scan's stacked parameters."""
+    params, stats = variables["params"], variables["batch_stats"]
+    pre0 = cell.reduction_prev
+    from xnas_jax import ops as ops_lib
+
+    p0 = ops_lib.preprocess(cell.channels, pre0, False)
+    p1 = ops_lib.preprocess(cell.channels, False, False)
+    h0, _ = p0.apply(
+        {"params": params["preprocess0"], "batch_stats": stats["preprocess0"]}, s0, True,
+        mutable=["batch_stats"],
+    )
+    h1, _ = p1.apply(
+        {"params": params["preprocess1"], "batch_stats": stats["preprocess1"]}, s1, True,
+        mutable=["batch_stats"],
+    )
+    states = [h0, h1]
+    edges = genotypes.edge_list(cell.steps)
+    if cell.reduction:
+        groups = {"input_edges": [e for e, (s, _) in enumerate(edges) if s < 2],
+                  "node_edges": [e for e, (s, _) in enumerate(edges) if s >= 2]}
+    else:
+        groups = {"edges": list(range(len(edges)))}
+    slot = {e: (name, k) for name, members in groups.items() for k, e in enumerate(members)}
+    nodes = [None] * cell.steps
+    for e, (source, node) in enumerate(edges):
+        name, k = slot[e]
+        strides = 2 if cell.reduction and source < 2 else 1
+        op = MixedOp(ops=cell.ops, computed=cell.computed, channels=cell.channels,
+                     strides=strides, train=True)
+        take = lambda tree: jax.tree.map(lambda a: a[k], tree["mixed"])  # noqa: E731,B023
+        y, _ = op.apply(
+            {"params": take(params[name]), "batch_stats": take(stats[name])},
+            states[source], weights[e], mutable=["batch_stats"],
+        )
+        nodes[node] = y if nodes[node] is None else nodes[node] + y
+        if e == len(edges) - 1 or edges[e + 1][1] != node:  # the node is complete
+            states.append(nodes[node])
+    return jnp.concatenate(nodes, axis=-1)
+
+
+@pytest.mark.parametrize("reduction, reduction_prev", [(False, False), (True, False), (False, True)])
+def test_scanned_cell_matches_unrolled_reference(reduction, reduction_prev):
+    cell = SearchCell(channels=4, reduction=reduction, reduction_prev=reduction_prev,
+                      ops=FEW_OPS, computed=FEW_OPS)
+    size0 = 8 if reduction_prev else 4
+    s0 = jax.random.normal(jax.random.key(0), (2, size0, size0, 6))
+    s1 = jax.random.normal(jax.random.key(1), (2, 4, 4, 5))
+    weights = jax.nn.softmax(jax.random.normal(jax.random.key(2), (14, len(FEW_OPS))), -1)
+    variables = jax.jit(cell.init)(jax.random.key(3), s0, s1, weights)
+
+    def scanned(params, w):
+        out, _ = cell.apply({**variables, "params": params}, s0, s1, w, mutable=["batch_stats"])
+        return out
+
+    def reference(params, w):
+        return _reference_cell(cell, {**variables, "params": params}, s0, s1, w)
+
+    out = jax.jit(scanned)(variables["params"], weights)
+    ref = jax.jit(reference)(variables["params"], weights)
+    side = 2 if reduction else 4
+    assert out.shape == (2, side, side, 16)
+    np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
+
+    loss = lambda f: lambda p, w: jnp.sum(jnp.sin(f(p, w)))  # noqa: E731
+    g_scan = jax.jit(jax.grad(loss(scanned), argnums=(0, 1)))(variables["params"], weights)
+    g_ref = jax.jit(jax.grad(loss(reference), argnums=(0, 1)))(variables["params"], weights)
+    for a, b in zip(jax.tree.leaves(g_scan), jax.tree.leaves(g_ref)):
+        np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-4)
+
+
+# ------------------------------------------------------------------ the network
+
+
+def test_mixture_weights_live_in_their_own_collection():
+    net = SearchNetwork(num_classes=10, channels=4, layers=3)
+    shapes = jax.eval_shape(lambda: net.init(jax.random.key(0), jnp.zeros((2, 8, 8, 1))))
+    assert set(shapes) == {"params", "batch_stats", ARCH}
+    assert {k: v.shape for k, v in shapes[ARCH].items()} == {"normal": (14, 7), "reduce": (14, 7)}
+    leaves = jax.tree_util.tree_flatten_with_path(shapes["params"])[0]
+    assert not any("arch" in jax.tree_util.keystr(path) for path, _ in leaves)
+
+
+def _reference_param_count(c: int, layers: int, classes: int, ops, image_channels=3) -> int:
+    """Counts the DARTS search network layer by layer (PyTorch conventions)."""
+    def per_op_params(k):  # weights of one expert at k channels; cell BNs have no affine
+        return {
+            "none": 0, "max_pool_3x3": 0, "avg_pool_3x3": 0, "skip_connect": 0,
+            "sep_conv_3x3": 2 * (9 * k + k * k), "sep_conv_5x5": 2 * (25 * k + k * k),
+            "dil_conv_3x3": 9 * k + k * k, "dil_conv_5x5": 25 * k + k * k,
+        }
+
+    total = 9 * image_channels * 3 * c + 2 * 3 * c  # stem conv + affine BN
+    c_pp, c_p, k = 3 * c, 3 * c, c
+    for i in range(layers):
+        reduction = i in (layers // 3, 2 * layers // 3)
+        if reduction:
+            k *= 2
+        expert = per_op_params(k)
+        total += c_pp * k + c_p * k  # the two preprocessing 1x1 convs (or FR: 2 x c_pp*k/2)
+        for source, _ in genotypes.edge_list(4):
+            total += sum(expert[name] for name in ops)
+            if reduction and source < 2 and "skip_connect" in ops:
+                total += k * k  # strided skip = factorized reduce
+        c_pp, c_p = c_p, 4 * k
+    return total + c_p * classes + classes
+
+
+def test_default_search_network_parameter_count():
+    net = SearchNetwork(num_classes=10)
+    shapes = jax.eval_shape(lambda: net.init(jax.random.key(0), jnp.zeros((2, 32, 32, 3))))
+    count = count_params(shapes["params"])
+    assert count == _reference_param_count(16, 8, 10, OPS)
+    # The reference PyTorch DARTS search network (C=16, 8 cells, 10 classes)
+    # reports 1.930618 M parameters, architecture weights excluded.
+    assert count == 1_930_618
+
+
+def test_network_output_shape_and_skipping_experts():
+    net = SearchNetwork(num_classes=7, channels=4, layers=3, ops=FEW_OPS)
+    x = jax.random.normal(jax.random.key(0), (2, 8, 8, 1))
+    variables = jax.jit(net.init)(jax.random.key(1), x)
+    arch = jax.tree.map(lambda a: a.at[:, 0].set(0.0).at[:, 2].set(0.0), variables[ARCH])
+    arch = jax.tree.map(lambda a: a / a.sum(-1, keepdims=True), arch)
+
+    target = jax.random.normal(jax.random.key(2), (2, 7))
+
+    def loss(model, params, arch):
+        logits, _ = model.apply({**variables, "params": params, ARCH: arch}, x,
+                                mutable=["batch_stats"])
+        return jnp.sum(jnp.tanh(logits) * target), logits
+
+    value_and_grad = jax.jit(
+        jax.value_and_grad(loss, argnums=(1, 2), has_aux=True), static_argnums=0
+    )
+    (value, logits), grads = value_and_grad(net, variables["params"], arch)
+    assert logits.shape == (2, 7)
+    alive = tuple(n for i, n in enumerate(FEW_OPS) if i not in (0, 2))
+    lean = net.clone(normal_ops=alive, reduce_ops=alive)
+    (value2, _), grads2 = value_and_grad(lean, variables["params"], arch)
+    np.testing.assert_allclose(value2, value, rtol=1e-5)
+    for kind in ("normal", "reduce"):
+        keep = np.asarray(arch[kind]) > 0
+        np.testing.assert_allclose(
+            np.asarray(grads2[1][kind])[keep], np.asarray(grads[1][kind])[keep], rtol=1e-4, atol=1e-5
+        )
+    # The skipped experts' parameters get no gradient; the others the same one.
+    for a, b in zip(jax.tree.leaves(grads[0]), jax.tree.leaves(grads2[0])):
+        if np.any(np.asarray(b)):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)

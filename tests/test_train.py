@@ -1,0 +1,386 @@
+"""Tests of the evaluation trainer, its command line and the checkpoint layer.
+
+One tiny run (digits 8x8, C=4, 3 cells, a few steps per epoch) is shared by
+the module; the resume test continues a copy of it.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from xnas_jax import checkpointing, genotypes, input_pipeline, train
+from xnas_jax.checkpointing import CheckpointError, Checkpointer
+from conftest import assert_usage_error
+
+TINY_FLAGS = [
+    "--genotype", "DARTS_V2", "--dataset", "digits", "--channels", "4", "--layers", "3",
+    "--epochs", "3", "--batch-size", "32", "--max-steps-per-epoch", "8",
+    "--learning-rate", "0.05", "--eval-batch-size", "128", "--no-progress",
+]  # fmt: skip
+
+
+def run_main(argv, capsys) -> tuple[int, str, str]:
+    """Runs the CLI in-process: (exit code, stdout, stderr)."""
+    try:
+        code = train.main(argv)
+    except SystemExit as exit_:
+        code = exit_.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def saved_state(workdir: Path, step: int):
+    return ocp.StandardCheckpointer().restore(workdir / train.CHECKPOINT_DIR / str(step) / "state")
+
+
+# --------------------------------------------------------------------------
+# Training.
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory, compilation_cache):
+    workdir = tmp_path_factory.mktemp("tiny_run")
+    try:
+        code = train.main(TINY_FLAGS + compilation_cache + ["--out-dir", str(workdir)])
+    except SystemExit as exit_:
+        code = exit_.code
+    assert code == 0
+    return workdir, json.loads((workdir / train.RESULTS_FILE).read_text())
+
+
+def test_tiny_run_lowers_the_loss_and_writes_its_outputs(tiny_run):
+    workdir, results = tiny_run
+    log = [json.loads(line) for line in (workdir / train.LOG_FILE).read_text().splitlines()]
+    assert [record["epoch"] for record in log] == [1, 2, 3]
+    assert [record["step"] for record in log] == [8, 16, 24]
+    assert log[-1]["train_loss"] < log[0]["train_loss"]
+    assert log[-1]["test_loss"] < log[0]["test_loss"]
+    assert log[-1]["test_loss"] < math.log(10)  # better than chance
+    # Cosine annealing, per step: 0.05 at step 0, then lower at each epoch start.
+    assert log[0]["lr"] == pytest.approx(0.05)
+    assert log[0]["lr"] > log[1]["lr"] > log[2]["lr"] > 0
+    for key in ("train_accuracy", "test_accuracy", "train_time_s", "train_images_per_s"):
+        assert key in log[0]
+
+    saved = results
+    assert saved["test_error"] == pytest.approx(100 * (1 - log[-1]["test_accuracy"]), abs=1e-3)
+    assert saved["params"] == 2642 and saved["params_with_aux"] > saved["params"]
+    assert saved["flops_per_image"] > 0 and saved["train_images_per_s"] > 0
+    assert sorted(int(p.name) for p in (workdir / train.CHECKPOINT_DIR).iterdir()) == [1, 2, 3]
+    # Parameters and BN statistics are float32 and finite.
+    state = saved_state(workdir, 3)
+    assert int(state["step"]) == 24
+    for leaf in jax.tree.leaves((state["params"], state["batch_stats"])):
+        assert leaf.dtype == np.float32 and np.all(np.isfinite(leaf))
+
+
+def test_resume_gives_the_uninterrupted_result(tiny_run, compilation_cache, tmp_path, capsys):
+    workdir, results = tiny_run
+    interrupted = tmp_path / "interrupted"
+    shutil.copytree(workdir, interrupted)
+    # As if the run had stopped after epoch 2: its last checkpoint is gone.
+    shutil.rmtree(interrupted / train.CHECKPOINT_DIR / "3")
+    (interrupted / train.RESULTS_FILE).unlink()
+
+    flags = TINY_FLAGS + compilation_cache + ["--out-dir", str(interrupted), "--resume"]
+    code, out, err = run_main(flags, capsys)
+    assert code == 0, err
+    log = [json.loads(line) for line in (interrupted / train.LOG_FILE).read_text().splitlines()]
+    assert [record["epoch"] for record in log] == [1, 2, 3]  # epoch 3 replaced, not repeated
+
+    expected, resumed = saved_state(workdir, 3), saved_state(interrupted, 3)
+    assert jax.tree.structure(expected) == jax.tree.structure(resumed)
+    for a, b in zip(jax.tree.leaves(expected), jax.tree.leaves(resumed)):
+        np.testing.assert_array_equal(a, b)
+    final = json.loads(out.strip().splitlines()[-1])
+    assert final["test_accuracy"] == results["test_accuracy"]
+
+
+def test_power_cosine_schedule():
+    schedule = train.power_cosine_schedule(0.1, 1000, cycles=5, cycle_decay=0.5, exponent=10)
+    values = np.array([schedule(step) for step in (0, 100, 199, 200, 400, 999, 1000, 2000)])
+    np.testing.assert_allclose(values[[0, 3, 4]], [0.1, 0.05, 0.025], rtol=1e-5)
+    # Halfway through a cycle the power curve is below the cosine's half.
+    assert values[1] == pytest.approx(0.1 * (10**0.5 - 1) / 9, rel=1e-5) and values[1] < 0.05
+    assert values[2] < 1e-4 and values[5] < 1e-5 and values[6] == values[7] == 0
+    cosine = train.power_cosine_schedule(0.1, 100, exponent=1)
+    reference = __import__("optax").cosine_decay_schedule(0.1, 100)
+    for step in (0, 13, 50, 99):
+        assert cosine(step) == pytest.approx(float(reference(step)), abs=1e-6)
+
+
+def test_power_cosine_flags():
+    config, _ = train.parse_args(
+        ["--lr-schedule", "power_cosine", "--cycles", "5", "--cycle-decay", "0.5", "--epochs", "10"]
+    )
+    schedule = train.learning_rate_schedule(config, steps_per_epoch=4)  # 40 steps, 8 per cycle
+    np.testing.assert_allclose(
+        [schedule(0), schedule(8), schedule(16), schedule(40)],
+        [0.025, 0.0125, 0.00625, 0.0],
+        rtol=1e-5,
+    )
+
+
+def test_bfloat16_step_keeps_float32_state():
+    config, _ = train.parse_args(TINY_FLAGS + ["--dtype", "bfloat16"])
+    genotype = genotypes.get_genotype(config.genotype)
+    setup = train.resolve_setup(config, (8, 8, 1), 10, genotype)
+    model = train.build_model(config, setup)
+    assert model.dtype == jnp.bfloat16
+    tx = train.create_optimizer(config, train.learning_rate_schedule(config, 8))
+    # Traced only: the types, not the numbers, are under test.
+    state = jax.eval_shape(
+        lambda: train.create_train_state(train.prng_key(0), model, (8, 8, 1), tx)
+    )
+    batch = {
+        "image": jax.ShapeDtypeStruct((32, 8, 8, 1), jnp.uint8),
+        "label": jax.ShapeDtypeStruct((32,), jnp.int32),
+    }
+    step = functools.partial(
+        train.train_step, config=config, setup=setup, steps_per_epoch=8,
+        mean=jnp.zeros(1), std=jnp.ones(1),
+    )  # fmt: skip
+    new_state, metrics = jax.eval_shape(step, state, batch)
+    arrays = (new_state.params, new_state.batch_stats, new_state.opt_state)
+    assert {leaf.dtype for leaf in jax.tree.leaves(arrays)} <= {
+        jnp.dtype(jnp.float32), jnp.dtype(jnp.int32)
+    }
+    assert all(m.dtype == jnp.float32 for m in metrics.values())
+
+
+def test_summary_prints_one_json_line_without_data(capsys, monkeypatch):
+    def no_data(*args, **kwargs):
+        raise AssertionError("--summary must not load data")
+
+    monkeypatch.setattr(input_pipeline, "load_dataset", no_data)
+    flags = ["--genotype", "DARTS_V2", "--dataset", "cifar10", "--summary"]
+    code, out, err = run_main(flags, capsys)
+    assert code == 0, err
+    lines = out.strip().splitlines()
+    assert len(lines) == 1
+    summary = json.loads(lines[0])
+    assert summary["genotype"] == "DARTS_V2" and summary["dataset"] == "cifar10"
+    assert summary["params"] == 3_349_342
+    assert summary["params_with_aux"] == 3_825_768
+    assert summary["flops_per_image"] == 528_359_040
+    assert summary["input_shape"] == [32, 32, 3] and summary["num_classes"] == 10
+
+
+# --------------------------------------------------------------------------
+# Bad input: one line, exit code 2, nothing written.
+
+_BAD_OP = json.dumps(
+    genotypes.genotype_to_dict(genotypes.DARTS_V2)
+    | {"normal": [["conv_9x9", 0]] + [list(p) for p in genotypes.DARTS_V2.normal[1:]]}
+)
+_BAD_EDGE = json.dumps(
+    genotypes.genotype_to_dict(genotypes.DARTS_V2)
+    | {"reduce": [["max_pool_3x3", 5]] + [list(p) for p in genotypes.DARTS_V2.reduce[1:]]}
+)
+
+
+@pytest.mark.parametrize(
+    "flags, fragments",
+    [
+        (["--genotype", "NO_SUCH_CELL"], ["unknown genotype", "NO_SUCH_CELL"]),
+        (["--genotype", _BAD_OP], ["unknown op", "conv_9x9"]),
+        (["--genotype", _BAD_EDGE], ["out of range", "reduce[0]"]),
+        (["--genotype", "{not json"], ["not valid JSON"]),
+        (["--epochs", "-3"], ["--epochs", "-3"]),
+        (["--epochs", "0"], ["--epochs"]),
+        (["--batch-size", "many"], ["--batch-size", "many"]),
+        (["--dataset", "imagenet21k"], ["--dataset", "invalid choice"]),
+        (["--drop-path-prob", "1.5"], ["--drop-path-prob"]),
+        (["--dataset", "imagenet"], ["imagenet", "--summary", "image_folder"]),
+    ],
+    ids=["unknown-genotype", "bad-op", "bad-edge", "bad-json", "negative-epochs", "zero-epochs",
+         "bad-int", "unknown-dataset", "bad-probability", "summary-only-dataset"],  # fmt: skip
+)
+def test_bad_flags(flags, fragments, tmp_path, capsys):
+    out_dir = tmp_path / "out"
+    code, _, err = run_main(["--dataset", "digits", "--out-dir", str(out_dir)] + flags, capsys)
+    assert_usage_error(code, err, *fragments)
+    assert not out_dir.exists()
+
+
+def test_dataset_not_available(tmp_path, capsys):
+    empty = tmp_path / "no_cifar_here"
+    empty.mkdir()
+    code, _, err = run_main(
+        ["--dataset", "cifar10", "--data-dir", str(empty), "--out-dir", str(tmp_path / "out")],
+        capsys,
+    )
+    assert_usage_error(code, err, "cifar10", str(empty))
+
+
+def test_unwritable_out_dir(tmp_path, capsys):
+    a_file = tmp_path / "file"
+    a_file.write_text("")
+    code, _, err = run_main(TINY_FLAGS + ["--out-dir", str(a_file / "out")], capsys)
+    assert_usage_error(code, err, "--out-dir", "not writable")
+
+
+def test_summary_needs_a_shape_for_image_folders(capsys):
+    code, _, err = run_main(["--dataset", "image_folder", "--summary"], capsys)
+    assert_usage_error(code, err, "--image-size")
+    code, out, err = run_main(
+        ["--dataset", "image_folder", "--summary", "--image-size", "16", "--image-channels", "1",
+         "--num-classes", "5", "--channels", "4", "--layers", "3"],
+        capsys,
+    )  # fmt: skip
+    assert code == 0, err
+    assert json.loads(out)["input_shape"] == [16, 16, 1]
+
+
+def test_existing_checkpoints_need_resume(tiny_run, tmp_path, capsys):
+    workdir, _ = tiny_run
+    before = sorted(str(p) for p in workdir.rglob("*"))
+    code, _, err = run_main(TINY_FLAGS + ["--out-dir", str(workdir)], capsys)
+    assert_usage_error(code, err, str(workdir / train.CHECKPOINT_DIR), "--resume")
+    assert sorted(str(p) for p in workdir.rglob("*")) == before
+
+
+def test_resume_with_other_settings_is_refused(tiny_run, capsys):
+    workdir, _ = tiny_run
+    before = sorted(str(p) for p in workdir.rglob("*"))
+    flags = TINY_FLAGS + ["--out-dir", str(workdir), "--resume", "--weight-decay", "0.001"]
+    code, _, err = run_main(flags, capsys)
+    checkpoints = str(workdir / train.CHECKPOINT_DIR)
+    assert_usage_error(code, err, "incompatible", checkpoints, "weight_decay")
+    assert sorted(str(p) for p in workdir.rglob("*")) == before
+
+
+def test_command_line_exit_code():
+    result = subprocess.run(
+        [sys.executable, "-m", "xnas_jax.train", "--genotype", "NOPE", "--summary"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        line for line in result.stderr.strip().splitlines() if line.startswith("error: ")
+    ]
+    assert "unknown genotype 'NOPE'" in result.stderr
+
+
+# --------------------------------------------------------------------------
+# The checkpoint layer.
+
+
+class _OptState(NamedTuple):
+    count: jax.Array
+    trace: dict
+
+
+def _tree(scale: float = 1.0):
+    return {
+        "params": {"w": jnp.full((3, 4), scale, jnp.float32), "b": jnp.zeros(4)},
+        "opt_state": (_OptState(jnp.array(3, jnp.int32), {"w": jnp.ones((3, 4))}),),
+    }
+
+
+FINGERPRINT = {"lr": 0.1, "channels": [4, 8]}
+
+
+def test_checkpoint_round_trip_and_retention(tmp_path):
+    with Checkpointer(tmp_path, fingerprint=FINGERPRINT, max_to_keep=2) as checkpoints:
+        assert checkpoints.restore_latest(_tree()) is None
+        for step in (1, 2, 3):
+            checkpoints.save(step, _tree(step), {"epoch": step, "test_accuracy": 0.5})
+        assert checkpoints.steps == [2, 3]
+    # A second process resumes: same fingerprint (tuples compare as lists).
+    with Checkpointer(tmp_path, fingerprint={"lr": 0.1, "channels": (4, 8)}, resume=True) as again:
+        restored = again.restore_latest(_tree(0.0))
+        assert restored.step == 3 and restored.metadata == {"epoch": 3, "test_accuracy": 0.5}
+        assert isinstance(restored.tree["opt_state"][0], _OptState)
+        np.testing.assert_array_equal(restored.tree["params"]["w"], np.full((3, 4), 3.0))
+        assert again.metadata(2)["epoch"] == 2
+
+
+def test_checkpoint_refuses_to_overwrite(tmp_path):
+    with Checkpointer(tmp_path, fingerprint=FINGERPRINT) as checkpoints:
+        checkpoints.save(1, _tree())
+    with pytest.raises(CheckpointError, match=r"already holds checkpoints.*--resume") as error:
+        Checkpointer(tmp_path, fingerprint=FINGERPRINT)
+    assert str(tmp_path) in str(error.value)
+    with Checkpointer(tmp_path, fingerprint=FINGERPRINT, resume=True) as checkpoints:
+        with pytest.raises(CheckpointError, match="already exists"):
+            checkpoints.save(1, _tree(5.0))
+        restored = checkpoints.restore_latest(_tree())
+    np.testing.assert_array_equal(restored.tree["params"]["w"], np.ones((3, 4)))
+
+
+def test_checkpoint_incompatible_fingerprint(tmp_path):
+    with Checkpointer(tmp_path, fingerprint=FINGERPRINT) as checkpoints:
+        checkpoints.save(1, _tree())
+    expected = r"incompatible run \(lr: saved 0.1, now 0.2\)"
+    with pytest.raises(CheckpointError, match=expected) as error:
+        Checkpointer(tmp_path, fingerprint={**FINGERPRINT, "lr": 0.2}, resume=True)
+    assert str(tmp_path / "1") in str(error.value)
+
+
+def test_checkpoint_incompatible_shapes(tmp_path):
+    with Checkpointer(tmp_path, fingerprint=FINGERPRINT) as checkpoints:
+        checkpoints.save(1, _tree())
+    other = _tree()
+    other["params"]["w"] = jnp.ones((3, 5))
+    other["params"]["extra"] = jnp.ones(2)
+    with Checkpointer(tmp_path, fingerprint=FINGERPRINT, resume=True) as checkpoints:
+        with pytest.raises(CheckpointError, match="another structure") as error:
+            checkpoints.restore_latest(other)
+    message = str(error.value)
+    assert str(tmp_path / "1") in message
+    assert "['params']['w']: saved [[3, 4], \"float32\"], now [[3, 5], \"float32\"]" in message
+    assert "['params']['extra']: saved (absent)" in message
+
+
+def test_checkpoint_corrupt_data(tmp_path):
+    with Checkpointer(tmp_path, fingerprint=FINGERPRINT) as checkpoints:
+        checkpoints.save(1, _tree())
+        checkpoints.save(2, _tree(2.0))
+    for path in (tmp_path / "2" / "state").rglob("*"):
+        if path.is_file() and path.parent.name == "d":
+            path.write_bytes(b"garbage")
+    with Checkpointer(tmp_path, fingerprint=FINGERPRINT, resume=True) as checkpoints:
+        with pytest.raises(CheckpointError, match="corrupt or unreadable") as error:
+            checkpoints.restore_latest(_tree())
+    assert str(tmp_path / "2") in str(error.value)
+    assert (tmp_path / "1").is_dir() and (tmp_path / "2").is_dir()  # nothing deleted
+
+
+def test_checkpoint_corrupt_metadata(tmp_path):
+    with Checkpointer(tmp_path, fingerprint=FINGERPRINT) as checkpoints:
+        checkpoints.save(1, _tree())
+    (tmp_path / "1" / "metadata" / "metadata").write_text("{not json")
+    with pytest.raises(CheckpointError, match="corrupt or unreadable") as error:
+        Checkpointer(tmp_path, fingerprint=FINGERPRINT, resume=True)
+    assert str(tmp_path / "1") in str(error.value)
+
+
+def test_tree_signature():
+    signature = checkpointing.tree_signature(_tree())
+    assert signature["['params']['w']"] == [[3, 4], "float32"]
+    assert signature["['opt_state'][0].count"] == [[], "int32"]
+
+
+def test_checkpoint_typed_prng_keys(tmp_path):
+    tree = {"rng": jax.random.key(7), "w": jnp.ones(2)}
+    assert checkpointing.tree_signature(tree)["['rng']"] == [[], "key<fry>"]
+    with Checkpointer(tmp_path, fingerprint={}) as checkpoints:
+        checkpoints.save(1, tree)
+        restored = checkpoints.restore_latest({"rng": jax.random.key(0), "w": jnp.zeros(2)})
+    np.testing.assert_array_equal(
+        jax.random.key_data(restored.tree["rng"]), jax.random.key_data(tree["rng"])
+    )

@@ -1,0 +1,247 @@
+"""The search step: one network-weight step and one architecture step, jitted as one.
+
+First-order alternating optimization (XNAS paper section 4.1, Algorithm 1):
+
+1. line 4: the network weights w descend the training loss on a batch of the
+   weight half of the data (SGD with momentum, weight decay, gradient clip);
+2. lines 5-13: the supernet predicts a batch of the architecture half with
+   the updated w, and the mixture weights u take one step of the architecture
+   optimizer (:func:`xnas_jax.xnas` per cell type, or the DARTS baseline) on
+   ``d L_val / d u``, which autodiff gives through the ``arch`` collection.
+
+Batch norm runs in training mode in both passes (as in DARTS's search) and its
+running statistics follow both.  Everything -- batch gathering from the
+device-resident dataset, augmentation, normalization, both passes, both
+optimizer updates -- is one jitted function with the state donated.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from xnas_jax import input_pipeline
+from xnas_jax import optimizers
+from xnas_jax.supernet import ARCH, SearchNetwork
+
+CELL_TYPES = ("normal", "reduce")
+
+
+class SearchState(NamedTuple):
+    """Everything a search step changes (and a checkpoint holds)."""
+
+    step: jax.Array  # shape=(), int32: search steps taken.
+    params: Any  # network weights w.
+    batch_stats: Any  # BN running statistics.
+    arch: Any  # {"normal": (E, N), "reduce": (E, N)} mixture weights u.
+    weight_opt_state: optax.OptState
+    arch_opt_state: optax.OptState
+
+
+class Preprocess(NamedTuple):
+    """How the step turns uint8 batches into network inputs (static)."""
+
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    crop_padding: int  # 0: no random crop
+    flip: bool
+
+
+def weight_optimizer(
+    learning_rate: float,
+    learning_rate_min: float,
+    momentum: float,
+    weight_decay: float,
+    grad_clip: float,
+    total_steps: int,
+) -> optax.GradientTransformation:
+    """DARTS's weight optimizer: clip, L2 decay, SGD momentum, cosine-annealed rate."""
+    schedule = optax.cosine_decay_schedule(
+        learning_rate, max(total_steps, 1), alpha=learning_rate_min / learning_rate
+    )
+    return optax.chain(
+        optax.clip_by_global_norm(grad_clip),
+        optax.add_decayed_weights(weight_decay),
+        optax.sgd(schedule, momentum=momentum),
+    )
+
+
+def cell_replicas(layers: int) -> dict[str, int]:
+    """How many cells share each cell type's mixture weights (r_c in the paper)."""
+    reductions = len({layers // 3, 2 * layers // 3})
+    return {"normal": layers - reductions, "reduce": reductions}
+
+
+def xnas_arch_optimizer(
+    num_experts: int,
+    layers: int,
+    total_steps: int,
+    feedbacks_per_step: int,
+    reward_bound: float = 1.0,
+    wipeout_factor: float = 1.0,
+    learning_rates: dict[str, float] | None = None,
+) -> tuple[optax.GradientTransformation, dict[str, float]]:
+    """One :func:`xnas` per cell type, with the paper's per-type learning rates.
+
+    The rate of cell type c is ``eta*_c = sqrt(2 ln N / (T_c L^2))`` with the
+    paper's count of feedbacks ``T_c = d * E * r_c`` (section 3.1): images of
+    the architecture half seen over the search (``total_steps *
+    feedbacks_per_step``, i.e. steps x batch size) times the number of cells
+    of that type.  The wipeout horizon is the number of rounds actually played,
+    ``total_steps``: each step is one round of Algorithm 1, its reward clipped
+    to ``[-L, L]``, so ``2 eta L (T - t)`` bounds what an expert can still
+    make up -- the safe threshold of Lemma 1.
+
+    Returns:
+      The transform (``optax.multi_transform`` over ``{"normal", "reduce"}``)
+      and the learning rates it uses.
+    """
+    replicas = cell_replicas(layers)
+    rates = {}
+    for kind in CELL_TYPES:
+        if learning_rates and learning_rates.get(kind) is not None:
+            rates[kind] = float(learning_rates[kind])
+        else:
+            horizon = total_steps * feedbacks_per_step * replicas[kind]
+            rates[kind] = optimizers.theoretical_learning_rate(num_experts, horizon, reward_bound)
+    transforms = {
+        kind: optimizers.xnas(rates[kind], reward_bound, total_steps, wipeout_factor)
+        for kind in CELL_TYPES
+    }
+    return optax.multi_transform(transforms, {kind: kind for kind in CELL_TYPES}), rates
+
+
+def create_search_state(
+    key: jax.Array,
+    model: SearchNetwork,
+    image_shape: tuple[int, int, int],
+    weight_tx: optax.GradientTransformation,
+    arch_tx: optax.GradientTransformation,
+) -> SearchState:
+    """Initializes the supernet (uniform u) and both optimizer states."""
+    dummy = jnp.zeros((2, *image_shape), jnp.float32)
+    variables = jax.jit(lambda k: model.init(k, dummy, train=True))(key)
+    params, arch = variables["params"], variables[ARCH]
+    # Committed to the device like a restored checkpoint, so that a fresh and
+    # a resumed run compile the same program (and share the compilation cache).
+    return jax.device_put(SearchState(
+        step=jnp.zeros([], jnp.int32),
+        params=params,
+        batch_stats=variables.get("batch_stats", {}),
+        arch=arch,
+        weight_opt_state=weight_tx.init(params),
+        arch_opt_state=arch_tx.init(arch),
+    ))
+
+
+def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
+
+def preprocess_batch(key: jax.Array, images: jax.Array, config: Preprocess) -> jax.Array:
+    """Augments (crop with padding, flip) uint8 images and normalizes them."""
+    if config.crop_padding or config.flip:
+        images = input_pipeline.augment(key, images, config.crop_padding, config.flip)
+    return input_pipeline.normalize(images, jnp.asarray(config.mean), jnp.asarray(config.std))
+
+
+def make_search_step(
+    model: SearchNetwork,
+    weight_tx: optax.GradientTransformation,
+    arch_tx: optax.GradientTransformation,
+    preprocess: Preprocess,
+) -> Callable[..., tuple[SearchState, dict[str, jax.Array]]]:
+    """Builds ``step(state, weight_data, arch_data, weight_idx, arch_idx, key)``.
+
+    ``weight_data`` / ``arch_data`` are :class:`input_pipeline.DeviceData`
+    (the two halves, on the device), ``*_idx`` the (B,) indices of this
+    step's batches. The returned function is jitted with the state donated.
+    """
+
+    def loss_fn(params, arch, batch_stats, images, labels):
+        logits, updates = model.apply(
+            {"params": params, ARCH: arch, "batch_stats": batch_stats},
+            images,
+            train=True,
+            mutable=["batch_stats"],
+        )
+        loss = cross_entropy(logits, labels)
+        accuracy = jnp.mean(jnp.argmax(logits, -1) == labels)
+        return loss, (accuracy, updates["batch_stats"])
+
+    def step(state: SearchState, weight_data, arch_data, weight_idx, arch_idx, key):
+        weight_key, arch_key = jax.random.split(key)
+        train_batch = weight_data.batch(weight_idx)
+        val_batch = arch_data.batch(arch_idx)
+        train_images = preprocess_batch(weight_key, train_batch["image"], preprocess)
+        val_images = preprocess_batch(arch_key, val_batch["image"], preprocess)
+
+        # Algorithm 1 line 4: update w on the training loss.
+        (train_loss, (train_acc, batch_stats)), grads = jax.value_and_grad(
+            loss_fn, has_aux=True
+        )(state.params, state.arch, state.batch_stats, train_images, train_batch["label"])
+        updates, weight_opt_state = weight_tx.update(grads, state.weight_opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+
+        # Lines 5-13: predict the validation batch, reward = -dL_val/du, EG + wipeout.
+        (val_loss, (val_acc, batch_stats)), arch_grads = jax.value_and_grad(
+            loss_fn, argnums=1, has_aux=True
+        )(params, state.arch, batch_stats, val_images, val_batch["label"])
+        arch_updates, arch_opt_state = arch_tx.update(arch_grads, state.arch_opt_state, state.arch)
+        arch = optax.apply_updates(state.arch, arch_updates)
+
+        metrics = {
+            "train_loss": train_loss,
+            "train_accuracy": train_acc,
+            "val_loss": val_loss,
+            "val_accuracy": val_acc,
+            "reward_abs_max": jnp.max(
+                jnp.stack([jnp.max(jnp.abs(g)) for g in jax.tree.leaves(arch_grads)])
+            ),
+        }
+        new_state = SearchState(
+            step=state.step + 1,
+            params=params,
+            batch_stats=batch_stats,
+            arch=arch,
+            weight_opt_state=weight_opt_state,
+            arch_opt_state=arch_opt_state,
+        )
+        return new_state, metrics
+
+    return jax.jit(step, donate_argnums=(0,))
+
+
+def computed_experts(
+    ops: tuple[str, ...], arch: dict[str, Any]
+) -> dict[str, tuple[str, ...]]:
+    """Per cell type, the experts with a non-zero weight on at least one edge.
+
+    The others have u = 0 on every edge (wiped out everywhere) and can be left
+    out of the supernet without changing its outputs or gradients.
+    """
+    result = {}
+    for kind in CELL_TYPES:
+        alive = np.asarray(jax.device_get(arch[kind])).max(axis=0) > 0
+        result[kind] = tuple(name for name, keep in zip(ops, alive) if keep)
+    return result
+
+
+def expert_weights_entropy(arch: dict[str, Any]) -> float:
+    """Mean normalized entropy H(u) / ln N over all forecasters (paper Figure 2)."""
+    rows = np.concatenate([np.asarray(jax.device_get(arch[k])) for k in CELL_TYPES])
+    n = rows.shape[-1]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        h = -np.sum(np.where(rows > 0, rows * np.log(rows), 0.0), axis=-1)
+    return float(np.mean(h) / math.log(n))
+
+
+def with_computed(model: SearchNetwork, computed: dict[str, tuple[str, ...]]) -> nn.Module:
+    """The same supernet evaluating only ``computed`` experts per cell type."""
+    return model.clone(normal_ops=computed["normal"], reduce_ops=computed["reduce"])
