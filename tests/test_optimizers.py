@@ -374,3 +374,19 @@ def test_darts_weight_decay_pushes_towards_uniform():
     assert entropy(np.asarray(u[0])) > entropy(np.asarray(u0[0])) + 0.1
     with pytest.raises(ValueError, match="weight_decay"):
         xnas_jax.darts(weight_decay=-1.0)
+
+
+def test_an_expert_tied_for_best_survives_float32_rounding():
+    # Lattice rewards (+-1): an expert whose gap equals the wipeout margin
+    # exactly ties for best at T; float32 accumulation must not wipe it out.
+    steps, experts = 2000, 8
+    p = (jnp.broadcast_to(jnp.linspace(-0.2, 0.1, experts), (steps, 128, experts)) + 1) / 2
+    rewards = jnp.where(jax.random.bernoulli(jax.random.PRNGKey(1), p), 1.0, -1.0)[:, 108]
+    eta = xnas_jax.theoretical_learning_rate(experts, steps, 1.0)
+    _, actives, _, _ = run_transform(
+        xnas_jax.xnas(eta, 1.0, steps), np.asarray(rewards)[:, None], jnp.full((1, experts), 0.125)
+    )
+    total = np.asarray(rewards).sum(0)
+    best = np.flatnonzero(total == total.max())
+    assert len(best) == 2  # the case of interest: a tie in hindsight
+    assert actives[-1, 0, best].all()

@@ -183,7 +183,12 @@ def xnas(
             reward = jnp.clip(-grad.astype(jnp.float32), -reward_bound, reward_bound)  # 8-9
             log_v = jnp.where(active, log_v + eta * reward, log_v)  # line 10
             leader = _masked_max(log_v, active)
-            active = active & (log_v >= leader - margin)  # line 13
+            # Line 13 wipes out v < theta.  An expert whose gap equals the margin
+            # exactly (possible with lattice rewards) may tie for best at T, so a
+            # float32 rounding of the accumulated log-weights must not remove it:
+            # gaps within ~1e-6 relative count as equal (the safe side of Lemma 1).
+            slack = _WIPEOUT_SLACK * (1.0 + margin)
+            active = active & (log_v >= leader - margin - slack)  # line 13
             return log_v - leader, active
 
         per_leaf = jax.tree.map(round_fn, updates, state.log_weights, state.active)
@@ -310,6 +315,8 @@ def active_experts(state: XNASState) -> optax.Params:
 
 
 # ----------------------------------------------------------------------- helpers
+
+_WIPEOUT_SLACK = 1e-6  # relative float32 tolerance of the wipeout test
 
 
 def _masked_max(log_v: jax.Array, active: jax.Array) -> jax.Array:
