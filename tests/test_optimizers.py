@@ -15,7 +15,6 @@ from absl.testing import parameterized
 from hypothesis import given, settings
 
 import xnas_jax
-from xnas_jax import optimizers
 
 jax.config.update("jax_enable_x64", False)
 

@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 
 from conftest import assert_usage_error
+import xnas_jax
 from xnas_jax import genotypes, search, search_step
 
 FEW_OPS = "max_pool_3x3,skip_connect,sep_conv_3x3,dil_conv_3x3"
@@ -228,3 +229,30 @@ def test_resume_with_other_settings_or_a_corrupt_checkpoint(tiny_search, tmp_pat
     code, _, err = run_main(TINY + ["--out-dir", str(copy), "--resume"], capsys)
     assert_usage_error(code, err, str(copy / "checkpoints"))
     assert (copy / "checkpoints" / "6").is_dir()  # never removed or overwritten
+
+
+def test_arch_optimizer_counts_rounds_as_the_paper():
+    # The paper's CIFAR-10 search: 25k validation images, 50 epochs, batch 64,
+    # 8 cells (6 normal + 2 reduction), 8 experts, L = 1 -> 7.5e-4 and 1.3e-3.
+    steps = 50 * (25_000 // 64)
+    tx, rates = search_step.xnas_arch_optimizer(8, 8, steps, 64)
+    assert abs(rates["normal"] - 7.5e-4) < 1e-5 and abs(rates["reduce"] - 1.3e-3) < 1e-5
+    # One step = the B * r_c feedbacks of a batch: log v moves by eta * B * (-dL/du),
+    # the clip is at B * r_c * L.
+    u = {k: np.full((14, 8), 1 / 8, np.float32) for k in ("normal", "reduce")}
+    grads = {k: np.linspace(-0.01, 0.01, 8, dtype=np.float32)[None].repeat(14, 0) for k in u}
+    grads["reduce"][0, 0] = -1e3  # beyond the clip 64 * 2 * 1
+    state = tx.init(u)
+    _, state = tx.update(grads, state, u)
+    normal, reduce = xnas_jax.find_states(state)
+    expected = -rates["normal"] * 64 * grads["normal"][0]
+    np.testing.assert_allclose(
+        np.asarray(normal.log_weights["normal"][0]), expected - expected.max(), atol=1e-6
+    )
+    # Reduction cells: the first expert's reward 6.4e4 is clipped to 64 * 2 * 1 = 128.
+    rewards = -64 * grads["reduce"][0]
+    rewards[0] = 128.0
+    expected = rates["reduce"] * rewards
+    np.testing.assert_allclose(
+        np.asarray(reduce.log_weights["reduce"][0]), expected - expected.max(), atol=1e-6
+    )

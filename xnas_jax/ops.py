@@ -19,6 +19,7 @@ defaults (momentum 0.1 -> Flax 0.9, epsilon 1e-5).
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable
 
 import flax.linen as nn
@@ -73,8 +74,102 @@ class ReLUConvBN(nn.Module):
         return batch_norm(train, self.affine, self.dtype)(x)
 
 
+def _shifted_sum(x: jax.Array, kernel: jax.Array, dilation: int, strides: int,
+                 out_h: int, out_w: int) -> jax.Array:
+    """sum_ij x[:, i*d + s*y, j*d + s*z, c] * kernel[i, j, c] over a padded x.
+
+    One strided slice per kernel tap, multiplied and added: XLA fuses the
+    whole sum into one elementwise loop, with no im2col buffer and no grouped
+    convolution (which XLA's CPU backend, and cuDNN for the kernel gradient,
+    run slowly).
+    """
+    k = kernel.shape[0]
+    batch, channels = x.shape[0], x.shape[-1]
+    out = None
+    for i in range(k):
+        for j in range(k):
+            window = jax.lax.slice(
+                x,
+                (0, i * dilation, j * dilation, 0),
+                (batch, i * dilation + strides * (out_h - 1) + 1,
+                 j * dilation + strides * (out_w - 1) + 1, channels),
+                (1, strides, strides, 1),
+            )
+            term = window * kernel[i, j]
+            out = term if out is None else out + term
+    return out
+
+
+def _depthwise_output_size(size: int, k: int, padding: int, dilation: int, strides: int) -> int:
+    return (size + 2 * padding - dilation * (k - 1) - 1) // strides + 1
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def depthwise_conv(
+    x: jax.Array, kernel: jax.Array, padding: int, dilation: int, strides: int
+) -> jax.Array:
+    """Depthwise convolution, NHWC, kernel (k, k, C), symmetric zero padding.
+
+    The same function as ``lax.conv_general_dilated`` with
+    ``feature_group_count=C``, written as a sum of shifted slices; its
+    backward pass is written the same way (the input gradient is the forward
+    sum over the dilated, padded output gradient with the flipped kernel, the
+    kernel gradient one reduction per tap), and it saves only x and the
+    kernel for the backward pass, as the convolution does.
+    """
+    k = kernel.shape[0]
+    out_h = _depthwise_output_size(x.shape[1], k, padding, dilation, strides)
+    out_w = _depthwise_output_size(x.shape[2], k, padding, dilation, strides)
+    padded = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+    return _shifted_sum(padded, kernel, dilation, strides, out_h, out_w)
+
+
+def _depthwise_fwd(x, kernel, padding, dilation, strides):
+    return depthwise_conv(x, kernel, padding, dilation, strides), (x, kernel)
+
+
+def _depthwise_bwd(padding, dilation, strides, residuals, grad):
+    x, kernel = residuals
+    k = kernel.shape[0]
+    out_h, out_w = grad.shape[1], grad.shape[2]
+    padded = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+    # Kernel gradient: one product-and-reduce per tap.
+    taps = []
+    for i in range(k):
+        for j in range(k):
+            window = jax.lax.slice(
+                padded,
+                (0, i * dilation, j * dilation, 0),
+                (x.shape[0], i * dilation + strides * (out_h - 1) + 1,
+                 j * dilation + strides * (out_w - 1) + 1, x.shape[-1]),
+                (1, strides, strides, 1),
+            )
+            taps.append(jnp.sum((window * grad).astype(jnp.float32), axis=(0, 1, 2)))
+    grad_kernel = jnp.stack(taps).reshape(kernel.shape).astype(kernel.dtype)
+    # Input gradient: spread the output gradient back to the padded input grid
+    # (interior zeros for the stride), pad it by the kernel's reach, and run
+    # the forward sum with the flipped kernel; then drop the padding.
+    reach = dilation * (k - 1)
+    height, width = padded.shape[1], padded.shape[2]
+    dilated_h, dilated_w = strides * (out_h - 1) + 1, strides * (out_w - 1) + 1
+    spread = jax.lax.pad(
+        grad,
+        jnp.zeros((), grad.dtype),
+        ((0, 0, 0),
+         (reach, height - dilated_h, strides - 1),
+         (reach, width - dilated_w, strides - 1),
+         (0, 0, 0)),
+    )
+    grad_padded = _shifted_sum(spread, kernel[::-1, ::-1], dilation, 1, height, width)
+    grad_x = grad_padded[:, padding:padding + x.shape[1], padding:padding + x.shape[2], :]
+    return grad_x.astype(x.dtype), grad_kernel
+
+
+depthwise_conv.defvjp(_depthwise_fwd, _depthwise_bwd)
+
+
 class DepthwiseConv(nn.Module):
-    """Depthwise kxk convolution without bias (one group per channel), kernel (k, k, 1, C)."""
+    """Depthwise kxk convolution without bias; parameter ``kernel`` of shape (k, k, 1, C)."""
 
     kernel_size: int
     strides: int
@@ -88,14 +183,9 @@ class DepthwiseConv(nn.Module):
         kernel = self.param(
             "kernel", nn.initializers.lecun_normal(), (k, k, 1, channels), jnp.float32
         )
-        return jax.lax.conv_general_dilated(
-            x.astype(self.dtype),
-            kernel.astype(self.dtype),
-            (self.strides,) * 2,
-            _pad(self.padding),
-            rhs_dilation=(self.dilation,) * 2,
-            dimension_numbers=("NHWC", "HWIO", "NHWC"),
-            feature_group_count=channels,
+        return depthwise_conv(
+            x.astype(self.dtype), kernel[:, :, 0, :].astype(self.dtype),
+            self.padding, self.dilation, self.strides,
         )
 
 

@@ -87,33 +87,48 @@ def xnas_arch_optimizer(
     wipeout_factor: float = 1.0,
     learning_rates: dict[str, float] | None = None,
 ) -> tuple[optax.GradientTransformation, dict[str, float]]:
-    """One :func:`xnas` per cell type, with the paper's per-type learning rates.
+    """One :func:`xnas` per cell type, counting rounds as the paper does.
 
-    The rate of cell type c is ``eta*_c = sqrt(2 ln N / (T_c L^2))`` with the
-    paper's count of feedbacks ``T_c = d * E * r_c`` (section 3.1): images of
-    the architecture half seen over the search (``total_steps *
-    feedbacks_per_step``, i.e. steps x batch size) times the number of cells
-    of that type.  The wipeout horizon is the number of rounds actually played,
-    ``total_steps``: each step is one round of Algorithm 1, its reward clipped
-    to ``[-L, L]``, so ``2 eta L (T - t)`` bounds what an expert can still
-    make up -- the safe threshold of Lemma 1.
+    The paper counts one round per image and per cell: a forecaster of cell
+    type c, shared by ``r_c`` cells, receives ``T_c = d * E * r_c`` feedbacks
+    over E epochs of d validation images (section 3.1), each a reward in
+    ``[-L, L]``, and ``eta*_c = sqrt(2 ln N / (T_c L^2))`` (eq. 4; 7.5e-4 and
+    1.3e-3 for the paper's CIFAR-10 search).  A search step with a batch of B
+    images delivers B * r_c of these feedbacks at once, and exponentiated
+    gradient steps compose by adding their rewards, so one step is one XNAS
+    round whose reward is their sum: ``-B * dL_mean/du`` (autodiff through the
+    shared weights already sums over the r_c cells), bounded by
+    ``B * r_c * L``.  With that bound the threshold ``2 eta (B r_c L)
+    (T_steps - t_steps)`` equals the paper's ``2 eta L (T_c - t_c)``: the safe
+    wipeout of Lemma 1, counted in steps.
+
+    Args:
+      num_experts: N.
+      layers: cells of the supernet (gives r_c).
+      total_steps: search steps of the run.
+      feedbacks_per_step: B, validation images per step.
+      reward_bound: L, the bound of one feedback's reward.
+      wipeout_factor: zeta.
+      learning_rates: per cell type, a rate to use instead of eta*_c.
 
     Returns:
       The transform (``optax.multi_transform`` over ``{"normal", "reduce"}``)
       and the learning rates it uses.
     """
     replicas = cell_replicas(layers)
-    rates = {}
+    rates, transforms = {}, {}
     for kind in CELL_TYPES:
+        feedbacks = feedbacks_per_step * replicas[kind]
         if learning_rates and learning_rates.get(kind) is not None:
             rates[kind] = float(learning_rates[kind])
         else:
-            horizon = total_steps * feedbacks_per_step * replicas[kind]
-            rates[kind] = optimizers.theoretical_learning_rate(num_experts, horizon, reward_bound)
-    transforms = {
-        kind: optimizers.xnas(rates[kind], reward_bound, total_steps, wipeout_factor)
-        for kind in CELL_TYPES
-    }
+            rates[kind] = optimizers.theoretical_learning_rate(
+                num_experts, total_steps * feedbacks, reward_bound
+            )
+        transforms[kind] = optax.chain(
+            optax.scale(float(feedbacks_per_step)),  # mean-loss gradient -> summed rewards
+            optimizers.xnas(rates[kind], reward_bound * feedbacks, total_steps, wipeout_factor),
+        )
     return optax.multi_transform(transforms, {kind: kind for kind in CELL_TYPES}), rates
 
 
