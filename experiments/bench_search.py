@@ -66,12 +66,13 @@ def peak_memory_bytes() -> int | None:
 
 
 def bench(preset: str, batch: int, dtype: str, fraction: float, steps: int, repeats: int,
-          seed: int = 0) -> dict[str, Any]:
+          depthwise: str = "shifts", seed: int = 0) -> dict[str, Any]:
     spec = PRESETS[preset]
     ops = genotypes.XNAS_PRIMITIVES
     model = SearchNetwork(
         num_classes=spec["num_classes"], channels=spec["channels"], layers=spec["layers"],
         ops=ops, dtype={"float32": jnp.float32, "bfloat16": jnp.bfloat16}[dtype],
+        depthwise=depthwise,
     )
     total_steps = 10_000
     weight_tx = search_step.weight_optimizer(0.025, 0.001, 0.9, 3e-4, 5.0, total_steps)
@@ -128,6 +129,7 @@ def bench(preset: str, batch: int, dtype: str, fraction: float, steps: int, repe
         "preset": preset,
         "batch": batch,
         "dtype": dtype,
+        "depthwise": depthwise,
         "active_fraction": len(alive) / len(ops),
         "experts_computed": list(alive),
         "device": jax.devices()[0].device_kind,
@@ -154,6 +156,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch", nargs="+", type=int, default=[64])
     parser.add_argument("--dtype", nargs="+", default=["float32"], choices=["float32", "bfloat16"])
     parser.add_argument("--active-fraction", nargs="+", type=float, default=[1.0])
+    parser.add_argument("--depthwise", nargs="+", default=["shifts"], choices=["shifts", "conv"])
     parser.add_argument("--steps", type=int, default=30, help="steps per repetition")
     parser.add_argument("--repeats", type=int, default=3, help="repetitions (median taken)")
     parser.add_argument("--out", default=None, help="also append the JSON lines to this file")
@@ -168,12 +171,15 @@ def main(argv: list[str] | None = None) -> None:
         for batch in args.batch:
             for dtype in args.dtype:
                 for fraction in args.active_fraction:
-                    record = bench(preset, batch, dtype, fraction, args.steps, args.repeats)
-                    line = json.dumps(record)
-                    print(line, flush=True)
-                    if args.out:
-                        with open(args.out, "a") as f:
-                            f.write(line + "\n")
+                    for depthwise in args.depthwise:
+                        record = bench(
+                            preset, batch, dtype, fraction, args.steps, args.repeats, depthwise
+                        )
+                        line = json.dumps(record)
+                        print(line, flush=True)
+                        if args.out:
+                            with open(args.out, "a") as f:
+                                f.write(line + "\n")
 
 
 if __name__ == "__main__":

@@ -35,6 +35,7 @@ class SearchConfig:
     nodes: int = 4  # intermediate nodes per cell
     ops: tuple[str, ...] = genotypes.XNAS_PRIMITIVES
     dtype: str = "float32"  # computation dtype: float32 or bfloat16
+    depthwise: str = "shifts"  # depthwise-convolution form: shifts or conv (same function)
     # Schedule.
     epochs: int | None = None
     batch_size: int | None = None

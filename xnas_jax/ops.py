@@ -168,14 +168,22 @@ def _depthwise_bwd(padding, dilation, strides, residuals, grad):
 depthwise_conv.defvjp(_depthwise_fwd, _depthwise_bwd)
 
 
+DEPTHWISE_IMPLS = ("shifts", "conv")
+
+
 class DepthwiseConv(nn.Module):
-    """Depthwise kxk convolution without bias; parameter ``kernel`` of shape (k, k, 1, C)."""
+    """Depthwise kxk convolution without bias; parameter ``kernel`` of shape (k, k, 1, C).
+
+    ``impl``: "shifts" (:func:`depthwise_conv`, shifted slices with their own
+    VJP) or "conv" (XLA's grouped convolution); the same function.
+    """
 
     kernel_size: int
     strides: int
     padding: int
     dilation: int
     dtype: Dtype = jnp.float32
+    impl: str = "shifts"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -183,10 +191,17 @@ class DepthwiseConv(nn.Module):
         kernel = self.param(
             "kernel", nn.initializers.lecun_normal(), (k, k, 1, channels), jnp.float32
         )
-        return depthwise_conv(
-            x.astype(self.dtype), kernel[:, :, 0, :].astype(self.dtype),
-            self.padding, self.dilation, self.strides,
-        )
+        x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
+        if self.impl == "conv":
+            return jax.lax.conv_general_dilated(
+                x, kernel, (self.strides,) * 2, _pad(self.padding),
+                rhs_dilation=(self.dilation,) * 2,
+                dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                feature_group_count=channels,
+            )
+        if self.impl != "shifts":
+            raise ValueError(f"depthwise impl must be one of {DEPTHWISE_IMPLS}, got {self.impl!r}")
+        return depthwise_conv(x, kernel[:, :, 0, :], self.padding, self.dilation, self.strides)
 
 
 class DilConv(nn.Module):
@@ -199,13 +214,14 @@ class DilConv(nn.Module):
     dilation: int
     affine: bool = True
     dtype: Dtype = jnp.float32
+    depthwise: str = "shifts"
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         x = nn.relu(x)
         x = DepthwiseConv(
             self.kernel_size, self.strides, self.padding, self.dilation, self.dtype,
-            name="depthwise",
+            self.depthwise, name="depthwise",
         )(x)
         x = nn.Conv(self.features, (1, 1), use_bias=False, dtype=self.dtype, name="pointwise")(x)
         return batch_norm(train, self.affine, self.dtype)(x)
@@ -220,15 +236,18 @@ class SepConv(nn.Module):
     padding: int
     affine: bool = True
     dtype: Dtype = jnp.float32
+    depthwise: str = "shifts"
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         channels = x.shape[-1]
         x = DilConv(
-            channels, self.kernel_size, self.strides, self.padding, 1, self.affine, self.dtype
+            channels, self.kernel_size, self.strides, self.padding, 1, self.affine, self.dtype,
+            self.depthwise,
         )(x, train)
         return DilConv(
-            self.features, self.kernel_size, 1, self.padding, 1, self.affine, self.dtype
+            self.features, self.kernel_size, 1, self.padding, 1, self.affine, self.dtype,
+            self.depthwise,
         )(x, train)
 
 
@@ -288,18 +307,23 @@ class Zero(nn.Module):
 
 OpFactory = Callable[..., nn.Module]
 
-# name -> (channels, stride, affine, dtype, **module kwargs) -> module: the DARTS OPS table.
+# name -> (channels, stride, affine, dtype, depthwise impl, **module kwargs) -> module:
+# the DARTS OPS table.
 OPS: dict[str, OpFactory] = {
-    "none": lambda c, s, affine, dtype, **kw: Zero(s, **kw),
-    "max_pool_3x3": lambda c, s, affine, dtype, **kw: Pool("max", s, **kw),
-    "avg_pool_3x3": lambda c, s, affine, dtype, **kw: Pool("avg", s, **kw),
-    "skip_connect": lambda c, s, affine, dtype, **kw: (
+    "none": lambda c, s, affine, dtype, dw, **kw: Zero(s, **kw),
+    "max_pool_3x3": lambda c, s, affine, dtype, dw, **kw: Pool("max", s, **kw),
+    "avg_pool_3x3": lambda c, s, affine, dtype, dw, **kw: Pool("avg", s, **kw),
+    "skip_connect": lambda c, s, affine, dtype, dw, **kw: (
         Identity(**kw) if s == 1 else FactorizedReduce(c, affine, dtype, **kw)
     ),
-    "sep_conv_3x3": lambda c, s, affine, dtype, **kw: SepConv(c, 3, s, 1, affine, dtype, **kw),
-    "sep_conv_5x5": lambda c, s, affine, dtype, **kw: SepConv(c, 5, s, 2, affine, dtype, **kw),
-    "dil_conv_3x3": lambda c, s, affine, dtype, **kw: DilConv(c, 3, s, 2, 2, affine, dtype, **kw),
-    "dil_conv_5x5": lambda c, s, affine, dtype, **kw: DilConv(c, 5, s, 4, 2, affine, dtype, **kw),
+    "sep_conv_3x3": lambda c, s, affine, dtype, dw, **kw: SepConv(
+        c, 3, s, 1, affine, dtype, dw, **kw),
+    "sep_conv_5x5": lambda c, s, affine, dtype, dw, **kw: SepConv(
+        c, 5, s, 2, affine, dtype, dw, **kw),
+    "dil_conv_3x3": lambda c, s, affine, dtype, dw, **kw: DilConv(
+        c, 3, s, 2, 2, affine, dtype, dw, **kw),
+    "dil_conv_5x5": lambda c, s, affine, dtype, dw, **kw: DilConv(
+        c, 5, s, 4, 2, affine, dtype, dw, **kw),
 }
 
 
@@ -310,11 +334,15 @@ def make_op(
     affine: bool,
     dtype: Dtype = jnp.float32,
     module_name: str | None = None,
+    depthwise: str = "shifts",
 ) -> nn.Module:
-    """Builds the operation ``name`` (a key of :data:`OPS`), as submodule ``module_name``."""
+    """Builds the operation ``name`` (a key of :data:`OPS`), as submodule ``module_name``.
+
+    ``depthwise`` picks the depthwise-convolution form (see :class:`DepthwiseConv`).
+    """
     if name not in OPS:
         raise ValueError(f"unknown operation {name!r}; valid: {sorted(OPS)}")
-    return OPS[name](channels, strides, affine, dtype, name=module_name)
+    return OPS[name](channels, strides, affine, dtype, depthwise, name=module_name)
 
 
 def preprocess(

@@ -48,6 +48,7 @@ def build_model(config: configs.SearchConfig, num_classes: int) -> SearchNetwork
         ops=tuple(config.ops),
         steps=config.nodes,
         dtype=dtype,
+        depthwise=config.depthwise,
     )
 
 
@@ -378,6 +379,9 @@ def _parser() -> argparse.ArgumentParser:
                    help=f"comma-separated experts, from: {','.join(genotypes.PRIMITIVES)}")
     g.add_argument("--dtype", default=d.dtype, choices=["float32", "bfloat16"],
                    help="computation dtype (parameters stay float32)")
+    g.add_argument("--depthwise", default=d.depthwise, choices=["shifts", "conv"],
+                   help="depthwise convolution as shifted slices (custom VJP) or XLA's "
+                   "grouped convolution: the same function, different speed and compile time")
     g = p.add_argument_group("schedule")
     g.add_argument("--epochs", type=cli.positive_int, default=None,
                    help="search epochs (by dataset: 10 digits, 50 otherwise)")
@@ -444,6 +448,7 @@ def config_from_args(args: argparse.Namespace) -> configs.SearchConfig:
         dataset=args.dataset, data_dir=args.data_dir, cache_dir=args.cache_dir,
         max_examples=args.max_examples, crop_padding=args.crop_padding, flip=args.flip,
         channels=args.channels, layers=args.layers, nodes=args.nodes, ops=ops, dtype=args.dtype,
+        depthwise=args.depthwise,
         epochs=args.epochs, batch_size=args.batch_size,
         max_steps_per_epoch=args.max_steps_per_epoch, seed=args.seed,
         learning_rate=args.learning_rate, learning_rate_min=args.learning_rate_min,

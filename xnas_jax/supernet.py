@@ -16,12 +16,13 @@ global average pooling and a dense classifier.  Batch norms inside cells have
 no affine parameters, as in DARTS's search network.
 
 Compile time: an unrolled supernet traces 14 x N experts per cell and takes
-minutes to compile.  Here a cell runs its edges with two ``nn.scan`` loops --
-first the edges that read the two cell inputs (stride 2 in a reduction cell),
-then the node-to-node edges in DARTS order -- so each cell traces each
-expert twice whatever the number of edges.  Edge e's parameters are stacked
-along a leading axis of each scan, so the parameter count is unchanged.  The
-DARTS edge order guarantees that a node is complete before any edge reads it.
+minutes to compile.  Here a cell runs its edges with ``nn.scan``, which traces
+each expert once per loop: a normal cell with one scan over its 14 edges in
+DARTS order (the carry is a buffer of the 2 inputs and the nodes; an edge's
+source is complete when the edge runs), a reduction cell with one scan over
+the 8 strided edges that read its inputs, then one over the 6 node-to-node
+edges.  Edge e's parameters are stacked along the leading axis of its scan,
+so the parameter count is unchanged.
 
 Skipping experts: ``normal_ops`` / ``reduce_ops`` name the experts that are
 computed per cell type (default: all).  Experts wiped out on every edge of a
@@ -62,6 +63,7 @@ class MixedOp(nn.Module):
     strides: int
     train: bool
     dtype: Dtype = jnp.float32
+    depthwise: str = "shifts"  # depthwise-convolution form, see ops.DepthwiseConv
 
     @nn.compact
     def __call__(self, x: jax.Array, weights: jax.Array) -> jax.Array:
@@ -69,9 +71,9 @@ class MixedOp(nn.Module):
         for name in self.ops:
             if name == "none" or name not in self.computed:
                 continue  # zeros contribute nothing to the mixture or its gradient
-            y = ops_lib.make_op(name, self.channels, self.strides, False, self.dtype, name)(
-                x, self.train
-            )
+            y = ops_lib.make_op(
+                name, self.channels, self.strides, False, self.dtype, name, self.depthwise
+            )(x, self.train)
             if "pool" in name:  # DARTS follows pooling by a BN without affine params
                 y = ops_lib.batch_norm(self.train, False, self.dtype, name=f"{name}_bn")(y)
             y = weights[self.ops.index(name)].astype(y.dtype) * y
@@ -134,6 +136,7 @@ class SearchCell(nn.Module):
     steps: int = 4
     train: bool = True
     dtype: Dtype = jnp.float32
+    depthwise: str = "shifts"
 
     @nn.compact
     def __call__(self, s0: jax.Array, s1: jax.Array, weights: jax.Array) -> jax.Array:
@@ -153,6 +156,7 @@ class SearchCell(nn.Module):
                 strides=strides,
                 train=self.train,
                 dtype=self.dtype,
+                depthwise=self.depthwise,
             )
 
         if not self.reduction:
@@ -197,6 +201,8 @@ class SearchNetwork(nn.Module):
         cells (None: all). Leaving out experts whose weight is 0 on every edge
         changes nothing but the cost.
       dtype: computation dtype (parameters and BN statistics stay float32).
+      depthwise: "shifts" or "conv", the depthwise-convolution form (same
+        function; see :class:`xnas_jax.ops.DepthwiseConv`).
     """
 
     num_classes: int
@@ -216,6 +222,7 @@ class SearchNetwork(nn.Module):
     normal_ops: tuple[str, ...] | None = None
     reduce_ops: tuple[str, ...] | None = None
     dtype: Dtype = jnp.float32
+    depthwise: str = "shifts"
 
     @property
     def num_edges(self) -> int:
@@ -258,6 +265,7 @@ class SearchNetwork(nn.Module):
                 steps=self.steps,
                 train=train,
                 dtype=self.dtype,
+                depthwise=self.depthwise,
                 name=f"cell_{i}",
             )
             s0, s1 = s1, cell(s0, s1, mixture[kind])
