@@ -58,8 +58,11 @@ def plot_active_experts(history: Sequence[dict[str, Any]], path: str | os.PathLi
         computed = [len(record["computed"][cell]) for record in history]
         axes[0][1].plot(epochs, computed, marker="o", label=cell)
     axes[0][0].set(xlabel="epoch", ylabel="active experts (%)", title="Experts not wiped out")
+    num_experts = len(history[0]["arch"]["normal"][0])
     axes[0][1].set(xlabel="epoch", ylabel="experts evaluated per edge",
-                   title="Experts computed (active on some edge)")
+                   title="Experts computed (active on some edge)",
+                   ylim=(0, num_experts + 0.5), yticks=range(num_experts + 1))
+    axes[0][0].set_ylim(0, 105)
     for ax in axes[0]:
         ax.legend()
         ax.grid(alpha=0.3)
