@@ -42,6 +42,7 @@ import optax
 from xnas_jax.optimizers import (
     darts,
     find_states,
+    normalized_entropy,
     softmax_gd,
     theoretical_learning_rate,
     xnas,
@@ -246,13 +247,6 @@ def regret_bound(
         + math.log(num_experts) / eta
         - np.asarray(log_wipeout_factor, np.float64) / eta
     )
-
-
-def normalized_entropy(weights: np.ndarray) -> np.ndarray:
-    """H(u) / ln N over the last axis (0 ln 0 = 0); 1 is uniform, 0 one-hot."""
-    weights = np.asarray(weights, np.float64)
-    plogp = weights * np.log(np.where(weights > 0, weights, 1.0))
-    return -plogp.sum(axis=-1) / math.log(weights.shape[-1])
 
 
 def mean_normalized_entropy(weights: np.ndarray) -> float:

@@ -389,3 +389,8 @@ def test_an_expert_tied_for_best_survives_float32_rounding():
     best = np.flatnonzero(total == total.max())
     assert len(best) == 2  # the case of interest: a tie in hindsight
     assert actives[-1, 0, best].all()
+
+
+def test_normalized_entropy():
+    u = np.array([[0.25, 0.25, 0.25, 0.25], [1.0, 0.0, 0.0, 0.0], [0.5, 0.5, 0.0, 0.0]])
+    np.testing.assert_allclose(xnas_jax.normalized_entropy(u), [1.0, 0.0, 0.5], atol=1e-12)

@@ -26,6 +26,7 @@ from typing import Any, NamedTuple
 import chex
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 __all__ = [
@@ -38,6 +39,7 @@ __all__ = [
     "find_states",
     "expert_probabilities",
     "active_experts",
+    "normalized_entropy",
 ]
 
 
@@ -312,6 +314,17 @@ def expert_probabilities(state: XNASState) -> optax.Params:
 def active_experts(state: XNASState) -> optax.Params:
     """The boolean active masks (I_t), per forecaster; same tree as the params."""
     return state.active
+
+
+def normalized_entropy(weights: Any) -> np.ndarray:
+    """H(u) / ln N of each forecaster (last axis), with 0 ln 0 = 0, in float64.
+
+    1 is uniform, 0 one-hot; its mean over forecasters is the paper's "mean
+    normalized entropy" (Figure 2).
+    """
+    weights = np.asarray(weights, np.float64)
+    plogp = weights * np.log(np.where(weights > 0, weights, 1.0))
+    return -plogp.sum(axis=-1) / math.log(weights.shape[-1])
 
 
 # ----------------------------------------------------------------------- helpers

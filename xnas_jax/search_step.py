@@ -17,7 +17,6 @@ optimizer updates -- is one jitted function with the state donated.
 
 from __future__ import annotations
 
-import math
 from typing import Any, Callable, NamedTuple
 
 import flax.linen as nn
@@ -251,10 +250,7 @@ def computed_experts(
 def expert_weights_entropy(arch: dict[str, Any]) -> float:
     """Mean normalized entropy H(u) / ln N over all forecasters (paper Figure 2)."""
     rows = np.concatenate([np.asarray(jax.device_get(arch[k])) for k in CELL_TYPES])
-    n = rows.shape[-1]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        h = -np.sum(np.where(rows > 0, rows * np.log(rows), 0.0), axis=-1)
-    return float(np.mean(h) / math.log(n))
+    return float(np.mean(optimizers.normalized_entropy(rows)))
 
 
 def with_computed(model: SearchNetwork, computed: dict[str, tuple[str, ...]]) -> nn.Module:
