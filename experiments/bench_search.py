@@ -11,6 +11,12 @@ configuration::
     python -m experiments.bench_search --preset darts --batch 64 96 \\
         --dtype float32 bfloat16 --active-fraction 1.0 0.5 0.25
 
+runs the cross product of the flags; ``--config`` lists configurations
+instead (``--config batch=64 --config batch=256,steps=10``).  Configurations
+are built, compiled and timed one after another.  With
+``--compilation-cache DIR --cache-hit`` the first configuration is built
+again at the end and its compile is a load from the persistent cache.
+
 Active fraction f: the mixture weights of all but ``round(f * N)`` experts are
 set to exactly 0 on every edge (as after wipeout), and the step is compiled
 for the surviving experts only -- what the search loop does once experts are
@@ -23,27 +29,29 @@ Presets: ``darts`` (the DARTS/XNAS search network: C=16, 8 cells, 7 experts,
 
 from __future__ import annotations
 
-import argparse
+import functools
 import json
 import platform
+import re
 import resource
 import statistics
 import sys
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from xnas_jax import genotypes, input_pipeline, search_step
+from xnas_jax import cli, genotypes, input_pipeline, search_step
 from xnas_jax.prng import prng_key
 from xnas_jax.supernet import SearchNetwork
 
 PRESETS: dict[str, dict[str, Any]] = {
-    "darts": dict(channels=16, layers=8, image_shape=(32, 32, 3), num_classes=10, crop=4),
-    "digits": dict(channels=8, layers=5, image_shape=(8, 8, 1), num_classes=10, crop=1),
-    "tiny": dict(channels=4, layers=3, image_shape=(8, 8, 1), num_classes=10, crop=1),
+    "darts": {"channels": 16, "layers": 8, "image_shape": (32, 32, 3), "num_classes": 10,
+              "crop": 4},
+    "digits": {"channels": 8, "layers": 5, "image_shape": (8, 8, 1), "num_classes": 10, "crop": 1},
+    "tiny": {"channels": 4, "layers": 3, "image_shape": (8, 8, 1), "num_classes": 10, "crop": 1},
 }
 # The order in which the benchmark keeps experts alive as the active fraction
 # shrinks: one of each kind first, so every fraction mixes cheap and costly ones.
@@ -60,34 +68,186 @@ def surviving_experts(fraction: float) -> tuple[str, ...]:
 
 
 def peak_memory_bytes() -> int | None:
-    """Peak device memory where the backend reports it (GPU), else None."""
+    """Peak device memory of this process so far, where the backend reports it (GPU)."""
     stats = jax.devices()[0].memory_stats() or {}
     return stats.get("peak_bytes_in_use")
 
 
-def bench(preset: str, batch: int, dtype: str, fraction: float, steps: int, repeats: int,
-          depthwise: str = "shifts", seed: int = 0) -> dict[str, Any]:
-    spec = PRESETS[preset]
+def xla_memory_bytes(compiled: Any) -> dict[str, int] | None:
+    """XLA's own account of one program's device memory (arguments, outputs, temporaries)."""
+    try:
+        stats = compiled.memory_analysis()
+    except Exception:  # noqa: BLE001 - not every backend implements it
+        return None
+    if stats is None:
+        return None
+    fields = ("argument_size_in_bytes", "output_size_in_bytes", "alias_size_in_bytes",
+              "temp_size_in_bytes")
+    result = {f: int(getattr(stats, f, 0)) for f in fields}
+    result["total_bytes"] = (result["argument_size_in_bytes"] + result["output_size_in_bytes"]
+                             - result["alias_size_in_bytes"] + result["temp_size_in_bytes"])
+    return result
+
+
+def xla_cost(compiled: Any) -> dict[str, float] | None:
+    """XLA's flop and byte counts of one program (a scan's body counted once)."""
+    try:
+        cost = compiled.cost_analysis()
+    except Exception:  # noqa: BLE001 - not every backend implements it
+        return None
+    if isinstance(cost, list):
+        cost = cost[0] if cost else None
+    if not cost:
+        return None
+    return {k: float(cost[k]) for k in ("flops", "bytes accessed") if k in cost}
+
+
+# Instructions that launch no work of their own on a GPU (bookkeeping, or
+# control flow whose bodies are counted separately).
+_NOT_LAUNCHED = frozenset({
+    "parameter", "constant", "get-tuple-element", "tuple", "bitcast", "while", "call",
+    "conditional", "after-all", "partition-id", "replica-id", "opt-barrier",
+})
+_COMPUTATION = re.compile(r"^(?:ENTRY\s+)?%?([\w.\-]+)\s.*\{$")  # unindented header
+_OPCODE = re.compile(r"=\s.*?\s([a-z][a-z0-9\-]*)\(")
+
+
+def executed_instructions(hlo_text: str) -> int:
+    """Instructions one run of a compiled program executes, loops unrolled.
+
+    Counted on the optimized HLO (``compiled.as_text()``): every instruction of
+    the entry computation except bookkeeping (tuples, parameters, bitcasts...),
+    plus, for each ``while`` with a known trip count, the trip count times its
+    body and condition, recursively; a ``call`` counts its callee once and a
+    ``conditional`` its largest branch.  On a GPU each counted instruction is
+    about one kernel launch (a fusion is one), so this over the step time
+    tells whether a step is bound by launches.  Fused computations are reached
+    only through their fusion instruction and count as one.
+    """
+    bodies: dict[str, list[str]] = {}
+    entry, current = None, None
+    for line in hlo_text.splitlines():
+        if current is None:
+            match = _COMPUTATION.match(line)
+            if match:
+                current = match.group(1)
+                bodies[current] = []
+                if line.startswith("ENTRY"):
+                    entry = current
+        elif line.startswith("}"):
+            current = None
+        else:
+            bodies[current].append(line)
+
+    def callees(line: str, key: str) -> list[str]:
+        found = re.search(key + r"=\{?([^,}]+(?:,\s*%[\w.\-]+)*)\}?", line)
+        return [name.strip().lstrip("%") for name in found.group(1).split(",")] if found else []
+
+    @functools.lru_cache(maxsize=None)
+    def count(name: str) -> int:
+        total = 0
+        for line in bodies.get(name, ()):
+            opcode = _OPCODE.search(line)
+            if opcode is None:
+                continue
+            op = opcode.group(1)
+            if op == "while":
+                trips = re.search(r'known_trip_count":\{"n":"(\d+)"', line)
+                per_trip = sum(count(c) for c in callees(line, "condition") + callees(line, "body"))
+                total += (int(trips.group(1)) if trips else 1) * per_trip
+            elif op == "call":
+                total += sum(count(c) for c in callees(line, "to_apply"))
+            elif op == "conditional":
+                total += max((count(c) for c in callees(line, "branch_computations")), default=0)
+            elif op not in _NOT_LAUNCHED:
+                total += 1
+        return total
+
+    return count(entry) if entry else 0
+
+
+class Config(NamedTuple):
+    """One benchmarked configuration."""
+
+    preset: str = "tiny"
+    batch: int = 64
+    dtype: str = "float32"
+    active_fraction: float = 1.0
+    depthwise: str = "shifts"
+    steps: int = 30
+    repeats: int = 3
+
+
+CONFIG_TYPES = {"preset": str, "batch": int, "dtype": str, "active_fraction": float,
+                "depthwise": str, "steps": int, "repeats": int}
+CHOICES = {"preset": sorted(PRESETS), "dtype": ["float32", "bfloat16"],
+           "depthwise": ["shifts", "conv"]}
+
+
+def parse_config(text: str, defaults: Config) -> Config:
+    """``"batch=96,dtype=bfloat16"`` -> a :class:`Config`; other fields from ``defaults``.
+
+    Raises:
+      ValueError: naming the bad key or value.
+    """
+    values = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        key, sep, value = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or key not in CONFIG_TYPES:
+            raise ValueError(f"--config {text!r}: expected key=value with keys {sorted(CONFIG_TYPES)}")
+        try:
+            values[key] = CONFIG_TYPES[key](value.strip())
+        except ValueError:
+            raise ValueError(f"--config {text!r}: {key} must be {CONFIG_TYPES[key].__name__}, "
+                             f"got {value!r}") from None
+        if key in CHOICES and values[key] not in CHOICES[key]:
+            raise ValueError(f"--config {text!r}: {key} must be one of {CHOICES[key]}")
+    config = defaults._replace(**values)
+    if config.batch < 1 or config.steps < 1 or config.repeats < 1:
+        raise ValueError(f"--config {text!r}: batch, steps and repeats must be >= 1")
+    if not 0 < config.active_fraction <= 1:
+        raise ValueError(f"--config {text!r}: active_fraction must be in (0, 1]")
+    return config
+
+
+class Prepared(NamedTuple):
+    """A configuration traced and lowered, with its state and data on the device."""
+
+    config: Config
+    experts: tuple[str, ...]
+    lowered: Any
+    state: search_step.SearchState
+    halves: list[input_pipeline.DeviceData]
+    order: jax.Array
+    key: jax.Array
+    trace_s: float
+
+
+def prepare(config: Config, seed: int = 0) -> Prepared:
+    """Builds the search step of ``config`` exactly as the search does, and lowers it."""
+    spec = PRESETS[config.preset]
     ops = genotypes.XNAS_PRIMITIVES
     model = SearchNetwork(
         num_classes=spec["num_classes"], channels=spec["channels"], layers=spec["layers"],
-        ops=ops, dtype={"float32": jnp.float32, "bfloat16": jnp.bfloat16}[dtype],
-        depthwise=depthwise,
+        ops=ops, dtype={"float32": jnp.float32, "bfloat16": jnp.bfloat16}[config.dtype],
+        depthwise=config.depthwise,
     )
     total_steps = 10_000
     weight_tx = search_step.weight_optimizer(0.025, 0.001, 0.9, 3e-4, 5.0, total_steps)
-    arch_tx, _ = search_step.xnas_arch_optimizer(len(ops), spec["layers"], total_steps, batch)
+    arch_tx, _ = search_step.xnas_arch_optimizer(len(ops), spec["layers"], total_steps,
+                                                 config.batch)
     state = search_step.create_search_state(
         prng_key(seed), model, spec["image_shape"], weight_tx, arch_tx
     )
-    alive = surviving_experts(fraction)
+    alive = surviving_experts(config.active_fraction)
     mask = jnp.asarray([name in alive for name in ops], jnp.float32)
     arch = jax.tree.map(lambda u: u * mask / jnp.sum(u * mask, -1, keepdims=True), state.arch)
     state = state._replace(arch=arch, arch_opt_state=arch_tx.init(arch))
 
     # Random uint8 images and labels, 8 batches' worth per half, rotated through.
     rng = np.random.default_rng(seed)
-    pool = 8 * batch
+    pool = 8 * config.batch
     halves = [
         input_pipeline.DeviceData(
             jnp.asarray(rng.integers(0, 256, (pool, *spec["image_shape"]), dtype=np.uint8)),
@@ -95,63 +255,115 @@ def bench(preset: str, batch: int, dtype: str, fraction: float, steps: int, repe
         )
         for _ in range(2)
     ]
-    order = jnp.asarray(rng.permutation(pool).reshape(8, batch))
+    order = jnp.asarray(rng.permutation(pool).reshape(8, config.batch))
     preprocess = search_step.Preprocess(
         (0.5,) * spec["image_shape"][-1], (0.25,) * spec["image_shape"][-1], spec["crop"], True
     )
     lean = model.clone(normal_ops=alive, reduce_ops=alive)
     step = search_step.make_search_step(lean, weight_tx, arch_tx, preprocess)
     key = prng_key(seed + 1)
-
     started = time.perf_counter()
     lowered = step.lower(state, *halves, order[0], order[1], key)
     trace_s = time.perf_counter() - started
-    started = time.perf_counter()
-    compiled = lowered.compile()
-    compile_s = time.perf_counter() - started
+    return Prepared(config, alive, lowered, state, halves, order, key, trace_s)
 
+
+def compile_timed(prepared: Prepared) -> tuple[Any, float]:
+    """XLA-compiles a lowered step; returns the executable and the seconds it took."""
+    started = time.perf_counter()
+    compiled = prepared.lowered.compile()
+    return compiled, time.perf_counter() - started
+
+
+def measure(prepared: Prepared, compiled: Any, compile_s: float) -> dict[str, Any]:
+    """Times ``repeats`` x ``steps`` steps after one warm-up step; one JSON-able record."""
+    config, state, halves, order, key = (
+        prepared.config, prepared.state, prepared.halves, prepared.order, prepared.key
+    )
     state, metrics = compiled(state, *halves, order[0], order[1], key)  # warm-up
     jax.block_until_ready(state)
-    times = []
-    for r in range(repeats):
+    times, losses = [], []
+    for _ in range(config.repeats):
         started = time.perf_counter()
-        for i in range(steps):
+        for i in range(config.steps):
             state, metrics = compiled(
                 state, *halves, order[i % 8], order[(i + 3) % 8], jax.random.fold_in(key, i)
             )
         jax.block_until_ready(state)
-        times.append((time.perf_counter() - started) / steps)
+        times.append((time.perf_counter() - started) / config.steps)
+        losses.append(float(metrics["val_loss"]))
     step_s = statistics.median(times)
-    loss = float(metrics["val_loss"])
-    if not np.isfinite(loss):
-        raise RuntimeError(f"non-finite loss {loss} in {preset} b{batch} {dtype}")
+    if not np.all(np.isfinite(losses)):
+        raise RuntimeError(f"non-finite loss {losses} in {config}")
+    ops = genotypes.XNAS_PRIMITIVES
     return {
-        "preset": preset,
-        "batch": batch,
-        "dtype": dtype,
-        "depthwise": depthwise,
-        "active_fraction": len(alive) / len(ops),
-        "experts_computed": list(alive),
+        "preset": config.preset,
+        "batch": config.batch,
+        "dtype": config.dtype,
+        "depthwise": config.depthwise,
+        "active_fraction": len(prepared.experts) / len(ops),
+        "experts_computed": list(prepared.experts),
         "device": jax.devices()[0].device_kind,
         "backend": jax.default_backend(),
-        "trace_s": round(trace_s, 3),
+        "trace_s": round(prepared.trace_s, 3),
         "compile_s": round(compile_s, 3),
-        "first_call_s": round(trace_s + compile_s, 3),
+        "first_call_s": round(prepared.trace_s + compile_s, 3),
         "step_ms": round(1000 * step_s, 3),
         "step_ms_repeats": [round(1000 * t, 3) for t in times],
-        "images_per_s": round(2 * batch / step_s, 1),  # a train and a val batch per step
+        "images_per_s": round(2 * config.batch / step_s, 1),  # a train and a val batch per step
         "peak_memory_bytes": peak_memory_bytes(),
+        "xla_memory": xla_memory_bytes(compiled),
+        "xla_cost": xla_cost(compiled),
+        "executed_instructions": executed_instructions(compiled.as_text()),
         "host_max_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-        "final_val_loss": round(loss, 4),
-        "steps": steps,
-        "repeats": repeats,
+        "val_loss_per_repeat": [round(v, 4) for v in losses],
+        "steps": config.steps,
+        "repeats": config.repeats,
         "jax": jax.__version__,
         "python": platform.python_version(),
     }
 
 
+def bench(preset: str, batch: int, dtype: str, fraction: float, steps: int, repeats: int,
+          depthwise: str = "shifts", seed: int = 0) -> dict[str, Any]:
+    """Prepares, compiles and measures one configuration."""
+    prepared = prepare(Config(preset, batch, dtype, fraction, depthwise, steps, repeats), seed)
+    return measure(prepared, *compile_timed(prepared))
+
+
+def emit(record: dict[str, Any], out: str | None) -> None:
+    line = json.dumps(record)
+    print(line, flush=True)
+    if out:
+        with open(out, "a") as f:
+            f.write(line + "\n")
+
+
+def run(configs: list[Config], out: str | None, cache_hit: bool = False) -> None:
+    """Measures ``configs`` one after another, emitting each record when measured.
+
+    Configurations are compiled one at a time: on the H200 machine, compiling
+    six at once in threads was slower than one after another (none finished
+    in the time one takes alone), and a lone compile is the figure users see.
+    With ``cache_hit`` the first configuration is built, traced and compiled
+    once more at the end: with a persistent cache enabled that is a cache load.
+    """
+    for config in configs:
+        prepared = prepare(config)
+        emit(measure(prepared, *compile_timed(prepared)), out)
+    if cache_hit:
+        # A fresh jit of the same step: traced again, then loaded from the cache.
+        again = prepare(configs[0])
+        _, compile_s = compile_timed(again)
+        first = again.config
+        emit({"preset": first.preset, "batch": first.batch, "dtype": first.dtype,
+              "depthwise": first.depthwise,
+              "device": jax.devices()[0].device_kind, "cache_hit_trace_s": round(again.trace_s, 3),
+              "cache_hit_compile_s": round(compile_s, 3), "jax": jax.__version__}, out)
+
+
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = cli.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--preset", nargs="+", default=["tiny"], choices=sorted(PRESETS))
     parser.add_argument("--batch", nargs="+", type=int, default=[64])
     parser.add_argument("--dtype", nargs="+", default=["float32"], choices=["float32", "bfloat16"])
@@ -159,27 +371,42 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--depthwise", nargs="+", default=["shifts"], choices=["shifts", "conv"])
     parser.add_argument("--steps", type=int, default=30, help="steps per repetition")
     parser.add_argument("--repeats", type=int, default=3, help="repetitions (median taken)")
+    parser.add_argument(
+        "--config", action="append", default=[], metavar="KEY=VALUE,...",
+        help="an explicit configuration instead of the cross product of the flags above, "
+             "e.g. 'batch=256,steps=10' (keys: " + ", ".join(CONFIG_TYPES) + "; others "
+             "take the first value of their flag); repeat for several",
+    )
     parser.add_argument("--out", default=None, help="also append the JSON lines to this file")
     parser.add_argument("--compilation-cache", default=None,
                         help="persistent compilation cache (compile_s then measures a cache hit)")
+    parser.add_argument("--cache-hit", action="store_true",
+                        help="finally lower and compile the first configuration again "
+                             "(a cache load with --compilation-cache)")
     args = parser.parse_args(argv)
+    defaults = Config(args.preset[0], args.batch[0], args.dtype[0], args.active_fraction[0],
+                      args.depthwise[0], args.steps, args.repeats)
+    try:
+        if args.config:
+            configs = [parse_config(text, defaults) for text in args.config]
+        else:
+            configs = [
+                defaults._replace(preset=p, batch=b, dtype=d, active_fraction=f, depthwise=w)
+                for p in args.preset for b in args.batch for d in args.dtype
+                for f in args.active_fraction for w in args.depthwise
+            ]
+            for config in configs:
+                parse_config("", config)  # validates the numbers
+    except ValueError as error:
+        parser.error(str(error))
+    if args.cache_hit and not args.compilation_cache:
+        parser.error("--cache-hit needs --compilation-cache")
     if args.compilation_cache:
-        from xnas_jax import cli
-
-        cli.enable_compilation_cache(args.compilation_cache)
-    for preset in args.preset:
-        for batch in args.batch:
-            for dtype in args.dtype:
-                for fraction in args.active_fraction:
-                    for depthwise in args.depthwise:
-                        record = bench(
-                            preset, batch, dtype, fraction, args.steps, args.repeats, depthwise
-                        )
-                        line = json.dumps(record)
-                        print(line, flush=True)
-                        if args.out:
-                            with open(args.out, "a") as f:
-                                f.write(line + "\n")
+        try:
+            cli.enable_compilation_cache(args.compilation_cache)
+        except ValueError as error:
+            parser.error(str(error))
+    run(configs, args.out, args.cache_hit)
 
 
 if __name__ == "__main__":

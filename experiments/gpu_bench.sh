@@ -1,45 +1,87 @@
 #!/usr/bin/env bash
-# The GPU measurements of the search, for the device tool, in two calls that
-# each fit its 10-minute limit:
-#   bash experiments/gpu_bench.sh "$OUT" bench   # ~8 min: bench_search on the DARTS net
-#   bash experiments/gpu_bench.sh "$OUT" e2e     # ~4 min: compile cache + real CIFAR-10 search
-# "bench": batch 64 with both depthwise forms, bfloat16, active fractions 0.5
-# and 0.25, batch 96 and 256. "e2e": a cold and a warm compilation cache, and a
-# 2-epoch search end to end from data/cifar10_jpeg/train.zip (carried, git-ignored).
-# PRESET=tiny CHANNELS=4 LAYERS=3 MAX_STEPS=3 bash experiments/gpu_bench.sh /tmp/out all
-# is a quick dry run of the same script on a CPU.
+# The GPU measurements of the search for the device tool, in two calls sized
+# from the H200 session's figures (per configuration of the DARTS net: ~25 s
+# to build and trace, ~85 s to compile with all 7 experts, ~30 s with 2, then
+# the steps at ~250 ms each in float32 at batch 64):
+#   bash experiments/gpu_bench.sh "$OUT" bench   # ~8 min
+#   bash experiments/gpu_bench.sh "$OUT" e2e     # ~5 min
+#   bash experiments/gpu_bench.sh "$OUT" conv    # ~3 min, if device time is left
+#   bash experiments/gpu_bench.sh "$OUT" graphs  # ~3 min, if device time is left
+# "bench" runs bench_search, one configuration after another, most wanted
+# first: batch 64, batch 256 (memory; and if its step costs little more than
+# batch 64's, the step is bound by kernel launches: compare
+# executed_instructions / step_ms), bfloat16, active fraction 0.5, batch 96;
+# finally a compilation-cache load of the first program.
+# "e2e" runs a CIFAR-10 search end to end from data/cifar10_jpeg/train.zip
+# (git-ignored, carried): data loading, compile, EPOCHS epochs of 390 steps,
+# checkpoints.  "conv" times the grouped-convolution depthwise form at batch 64;
+# "graphs" batch 64 with XLA capturing while loops too in CUDA graphs (if the
+# step is bound by launches, this is the flag-only remedy to try).
+# Every part has its own timeout and writes under $OUT as it goes.  A dry run
+# on a CPU:
+#   PRESET=tiny CHANNELS=4 LAYERS=3 MAX_STEPS=3 STEPS=2 SHORT_STEPS=1 REPEATS=1 \
+#     bash experiments/gpu_bench.sh /tmp/out all
 set -uo pipefail
-out=${1:-experiments/results}
+out=${1:-experiments/results/gpu}
 part=${2:-all}
 preset=${PRESET:-darts}
 mkdir -p "$out"
 export PYTHONPATH=. PYTHONUNBUFFERED=1
-bench() { timeout "$1" python3 -m experiments.bench_search --preset "$preset" "${@:2}"; }
+cache=/tmp/xnas_jax_cache
+s="steps=${STEPS:-30},repeats=${REPEATS:-3}"
+short="steps=${SHORT_STEPS:-10},repeats=${REPEATS:-3}"  # the slower configurations
+bench() {
+  timeout "$1" python3 -m experiments.bench_search --preset "$preset" \
+      --compilation-cache "$cache" --out "$out/bench_gpu.jsonl" "${@:2}" 2>&1 \
+      | grep -v cuda_timer | tail -n 20
+}
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null || true
-  python3 -c "import jax, flax, optax; print(jax.__version__, flax.__version__, optax.__version__, jax.devices())"
+  nproc; python3 -c "import jax, flax, optax; print(jax.__version__, flax.__version__, optax.__version__, jax.devices())"
 } | tee "$out/device.txt"
+
 if [ "$part" = bench ] || [ "$part" = all ]; then
-  # Each call is bounded, so one slow compile cannot eat the whole lease.
-  bench 200 --batch 64 --depthwise shifts conv --out "$out/bench_gpu.jsonl"
-  bench 100 --batch 64 --dtype bfloat16 --out "$out/bench_gpu.jsonl"
-  bench 100 --batch 64 --active-fraction 0.5 0.25 --out "$out/bench_gpu.jsonl"
-  bench 100 --batch 96 256 --out "$out/bench_gpu.jsonl"
+  bench "${BENCH_TIMEOUT:-450}" --cache-hit --config "batch=64,$s" --config "batch=256,$short" \
+      --config "batch=64,dtype=bfloat16,$s" --config "batch=64,active_fraction=0.5,$s" \
+      --config "batch=96,$short"
 fi
+
 if [ "$part" = e2e ] || [ "$part" = all ]; then
-  cache=/tmp/xnas_jax_cache
-  bench 100 --batch 64 --compilation-cache "$cache" --steps 5 --repeats 1 --out "$out/bench_gpu_cold_cache.jsonl"
-  bench 60 --batch 64 --compilation-cache "$cache" --steps 5 --repeats 1 --out "$out/bench_gpu_warm_cache.jsonl"
   if [ -f data/cifar10_jpeg/train.zip ]; then
-    start=$(date +%s)
-    timeout 240 python3 -m xnas_jax.search --dataset image_folder \
+    rm -rf /tmp/search_e2e
+    start=$(date +%s.%N)
+    timeout "${E2E_TIMEOUT:-300}" python3 -m xnas_jax.search --dataset image_folder \
         --data-dir data/cifar10_jpeg/train.zip --flip --crop-padding 4 \
-        --channels "${CHANNELS:-16}" --layers "${LAYERS:-8}" --epochs 2 --batch-size 64 \
-        ${MAX_STEPS:+--max-steps-per-epoch "$MAX_STEPS"} --out-dir /tmp/search_e2e \
-        --no-progress --compilation-cache "$cache" 2>&1 | tee "$out/search_e2e.log"
-    end=$(date +%s)
+        --channels "${CHANNELS:-16}" --layers "${LAYERS:-8}" --epochs "${EPOCHS:-1}" \
+        --batch-size 64 ${MAX_STEPS:+--max-steps-per-epoch "$MAX_STEPS"} \
+        --out-dir /tmp/search_e2e --no-progress --compilation-cache "$cache" \
+        > "$out/search_e2e.log" 2>&1
+    status=$?
+    end=$(date +%s.%N)
+    tail -n 5 "$out/search_e2e.log"
     cp /tmp/search_e2e/log.jsonl "$out/search_e2e_log.jsonl" 2>/dev/null
-    echo "{\"e2e_seconds\": $((end - start)), \"epochs\": 2}" > "$out/search_e2e.json"
+    python3 - "$start" "$end" "$status" "$out" <<'PY'
+import json, sys
+start, end, status, out = float(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+try:
+    epochs = [json.loads(line) for line in open(f"{out}/search_e2e_log.jsonl")]
+except OSError:
+    epochs = []
+record = {"e2e_seconds": round(end - start, 1), "exit_status": status,
+          "epochs_done": len(epochs), "epoch_seconds": [e.get("seconds") for e in epochs],
+          "compile_seconds_total": epochs[-1].get("compile_seconds_total") if epochs else None}
+print(json.dumps(record))
+json.dump(record, open(f"{out}/search_e2e.json", "w"), indent=1)
+PY
   else
     echo "data/cifar10_jpeg/train.zip not found: carry it for the end-to-end search" >&2
   fi
+fi
+
+if [ "$part" = conv ]; then  # if device time is left: the grouped-convolution form
+  bench "${CONV_TIMEOUT:-200}" --config "batch=64,depthwise=conv,$short"
+fi
+
+if [ "$part" = graphs ]; then  # if device time is left: whole loops as CUDA graphs
+  XLA_FLAGS="--xla_gpu_enable_command_buffer=FUSION,CUBLAS,CUBLASLT,CUDNN,CUSTOM_CALL,WHILE,CONDITIONAL" \
+      bench "${GRAPHS_TIMEOUT:-200}" --config "batch=64,$s"
 fi

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 from pathlib import Path
 
 import jax
@@ -93,13 +95,21 @@ def test_resume_after_a_lost_epoch_gives_the_same_result(tiny_search, compilatio
         np.testing.assert_array_equal(a, b)
 
 
-def test_interrupt_mid_epoch_saves_and_resumes(tiny_search, compilation_cache, tmp_path,
-                                               monkeypatch, capsys):
+@pytest.mark.parametrize(
+    "how, saved_step",
+    [
+        ("ctrl-c before the step", 4),  # KeyboardInterrupt before the 5th step runs
+        ("sigterm during the step", 5),  # the 5th step finishes, then the run stops
+        ("ctrl-c after the step", 3),  # the 5th step took the state: epoch 1's checkpoint
+    ],
+)
+def test_interrupt_saves_and_resumes(tiny_search, compilation_cache, tmp_path, monkeypatch,
+                                     capsys, how, saved_step):
     out_dir = tmp_path / "interrupted"
     make_step = search_step.make_search_step
     calls = {"n": 0}
 
-    class Interrupting:  # a compiled step that is interrupted at its 5th call
+    class Interrupting:  # a compiled step interrupted at its 5th call
         def __init__(self, jitted):
             self.jitted = jitted
 
@@ -112,9 +122,15 @@ def test_interrupt_mid_epoch_saves_and_resumes(tiny_search, compilation_cache, t
 
                     def call(*a):
                         calls["n"] += 1
-                        if calls["n"] == 5:
+                        if calls["n"] != 5:
+                            return compiled(*a)
+                        if how == "ctrl-c before the step":
                             raise KeyboardInterrupt
-                        return compiled(*a)
+                        if how == "sigterm during the step":
+                            os.kill(os.getpid(), signal.SIGTERM)
+                            return compiled(*a)
+                        compiled(*a)  # donates the state, then the result is lost
+                        raise KeyboardInterrupt
 
                     return call
 
@@ -122,13 +138,14 @@ def test_interrupt_mid_epoch_saves_and_resumes(tiny_search, compilation_cache, t
 
     monkeypatch.setattr(search_step, "make_search_step", lambda *a: Interrupting(make_step(*a)))
     code, _, err = run_main(TINY + compilation_cache + ["--out-dir", str(out_dir)], capsys)
-    assert code == 130 and "--resume" in err
-    assert (out_dir / "checkpoints" / "4").is_dir()  # the 4 steps done are saved
+    assert code == 130 and "--resume" in err, err
+    saved = sorted(int(p.name) for p in (out_dir / "checkpoints").iterdir() if p.name.isdigit())
+    assert saved[-1] == saved_step
     monkeypatch.setattr(search_step, "make_search_step", make_step)
     code, out, err = run_main(TINY + compilation_cache + ["--out-dir", str(out_dir), "--resume"],
                               capsys)
     assert code == 0, err
-    assert "resuming at step 4" in out
+    assert f"resuming at step {saved_step}" in out
     assert (out_dir / "genotype.json").read_text() == (tiny_search / "genotype.json").read_text()
     for a, b in zip(jax.tree.leaves(final_state(tiny_search, 6)),
                     jax.tree.leaves(final_state(out_dir, 6))):

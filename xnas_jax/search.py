@@ -9,9 +9,11 @@ discretized cell), ``normal.png`` / ``reduce.png`` (pictures of the cells),
 active experts, genotype), ``arch_normal.png`` / ``arch_reduce.png`` /
 ``active_experts.png`` / ``losses.png`` (plots) and ``checkpoints/``.
 
-Interrupting a run (Ctrl-C, SIGTERM) saves a checkpoint at the current step;
-``--resume`` continues it, and on the same machine the resumed run ends with
-the same weights and genotype as an uninterrupted one.
+Interrupting a run (Ctrl-C, SIGTERM) lets the step in flight finish, saves a
+checkpoint at that step and exits with status 130; a second Ctrl-C stops at
+once, keeping the last checkpoint.  ``--resume`` continues the run, and on the
+same machine the resumed run ends with the same weights and genotype as an
+uninterrupted one.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import argparse
 import json
 import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -37,6 +40,36 @@ from xnas_jax.supernet import SearchNetwork, count_params, validate_ops
 
 class _Interrupted(Exception):
     pass
+
+
+class _StopRequest:
+    """Signal handler: the first SIGINT/SIGTERM asks the loop to stop after the
+    current step (the step donates its input state, so raising inside it could
+    lose the state); a second SIGINT raises KeyboardInterrupt at once."""
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    def __call__(self, signum: int, frame: Any) -> None:
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = True
+        print(
+            f"\n{signal.Signals(signum).name}: stopping after the current step to save a "
+            "checkpoint (Ctrl-C again to stop at once)",
+            file=sys.stderr, flush=True,
+        )
+
+    def install(self) -> dict[int, Any]:
+        """Installs itself for SIGINT and SIGTERM; returns the previous handlers."""
+        if threading.current_thread() is not threading.main_thread():
+            return {}  # signals are only delivered to the main thread
+        return {signum: signal.signal(signum, self) for signum in (signal.SIGINT, signal.SIGTERM)}
+
+
+def _is_deleted(tree: Any) -> bool:
+    """True if a donated step consumed these arrays (its result was then lost)."""
+    return any(getattr(leaf, "is_deleted", lambda: False)() for leaf in jax.tree.leaves(tree))
 
 
 def build_model(config: configs.SearchConfig, num_classes: int) -> SearchNetwork:
@@ -215,10 +248,8 @@ def run_search(config: configs.SearchConfig) -> dict[str, Any]:
             compile_seconds[0] += time.perf_counter() - started
         return steps_cache[key], computed
 
-    def handle_signal(signum, frame):
-        raise _Interrupted()
-
-    previous_handler = signal.signal(signal.SIGTERM, handle_signal)
+    stop = _StopRequest()
+    previous_handlers = stop.install()
     base_key = prng_key(config.seed + 1)
     step = start_step
     record = history.records[-1] if history.records else None
@@ -254,6 +285,8 @@ def run_search(config: configs.SearchConfig) -> dict[str, Any]:
                         )
                     if progress is not None:
                         progress.update(1)
+                    if stop.requested:
+                        raise _Interrupted()
             finally:
                 if progress is not None:
                     progress.close()
@@ -267,17 +300,23 @@ def run_search(config: configs.SearchConfig) -> dict[str, Any]:
             history.append(record)
             print(_epoch_line(record), flush=True)
     except (KeyboardInterrupt, _Interrupted):
-        if step not in checkpoints.steps:
-            checkpoints.save(step, state, {"epoch": step / steps_per_epoch})
+        if _is_deleted(state):  # stopped inside a step, after it took the state
+            saved = max(checkpoints.steps, default=None)
+            where = f"the last checkpoint is step {saved}" if saved is not None else "no checkpoint"
+            message = f"interrupted during step {step + 1}, whose state is lost; {where}"
+        else:
+            if step not in checkpoints.steps:
+                checkpoints.save(step, state, {"epoch": step / steps_per_epoch})
+            message = f"interrupted at step {step}: checkpoint saved"
         checkpoints.close()
         print(
-            f"\ninterrupted at step {step}: checkpoint saved in {out_dir / 'checkpoints'}; "
-            f"continue with --resume",
+            f"\n{message} in {out_dir / 'checkpoints'}; continue with --resume",
             file=sys.stderr, flush=True,
         )
         raise SystemExit(130)
     finally:
-        signal.signal(signal.SIGTERM, previous_handler)
+        for signum, handler in previous_handlers.items():
+            signal.signal(signum, handler)
     checkpoints.close()
     if record is None:
         raise ValueError("the search ran no epoch")

@@ -1,0 +1,138 @@
+"""The search benchmarks: bench_search (records, configurations, usage errors) and
+the bfloat16-against-float32 search comparison."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from conftest import assert_usage_error
+from experiments import bench_search, bfloat16_search
+
+
+@pytest.fixture(scope="module")
+def records(tmp_path_factory, compilation_cache):
+    out = tmp_path_factory.mktemp("bench")
+    # Two of the 7 experts, a batch of 4: the smallest program the benchmark builds.
+    bench_search.main([
+        "--preset", "tiny", "--config", "batch=4,active_fraction=0.25,steps=2,repeats=2",
+        *compilation_cache, "--cache-hit", "--out", str(out / "b.jsonl"),
+    ])
+    return [json.loads(line) for line in (out / "b.jsonl").read_text().splitlines()]
+
+
+def test_records_hold_every_figure(records):
+    measured, cache_hit = records
+    assert measured["preset"] == "tiny" and measured["batch"] == 4
+    assert measured["experts_computed"] == ["max_pool_3x3", "sep_conv_3x3"]
+    assert measured["active_fraction"] == pytest.approx(2 / 7)
+    assert len(measured["step_ms_repeats"]) == 2 and measured["step_ms"] > 0
+    assert measured["images_per_s"] == pytest.approx(2 * 4 / (measured["step_ms"] / 1000), 1e-2)
+    assert measured["compile_s"] > 0 and measured["trace_s"] > 0
+    assert measured["xla_memory"]["total_bytes"] > 0
+    assert measured["executed_instructions"] > 0
+    assert all(v > 0 for v in measured["val_loss_per_repeat"])
+    assert cache_hit["cache_hit_compile_s"] >= 0 and cache_hit["batch"] == 4
+
+
+def test_config_strings():
+    defaults = bench_search.Config(preset="darts", batch=64)
+    config = bench_search.parse_config("batch=256, dtype=bfloat16,steps=10", defaults)
+    assert config == defaults._replace(batch=256, dtype="bfloat16", steps=10)
+    assert bench_search.parse_config("active-fraction=0.5", defaults).active_fraction == 0.5
+
+
+@pytest.mark.parametrize(
+    "argv, fragment",
+    [
+        (["--config", "batch=sixty"], "batch must be int"),
+        (["--config", "width=3"], "expected key=value"),
+        (["--config", "dtype=float16"], "dtype must be one of"),
+        (["--config", "active_fraction=0"], "active_fraction must be in (0, 1]"),
+        (["--batch", "0"], "batch, steps and repeats must be >= 1"),
+        (["--cache-hit"], "--cache-hit needs --compilation-cache"),
+    ],
+)
+def test_bad_input_is_one_line(argv, fragment, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        bench_search.main(argv)
+    assert_usage_error(exit_.value.code, capsys.readouterr().err, fragment)
+
+
+def test_bfloat16_search_compares_the_dtypes_over_seeds():
+    result = bfloat16_search.run(
+        num_seeds=2, channels=4, layers=3, ops=("max_pool_3x3", "skip_connect"),
+        epochs=2, batch_size=16, max_steps_per_epoch=2, max_examples=200,
+    )
+    assert set(result["runs"]) == {"float32", "bfloat16"}
+    final = {}
+    for dtype, runs in result["runs"].items():
+        assert [r["seed"] for r in runs] == [0, 1]
+        for r in runs:
+            assert len(r["val_loss"]) == 2 and np.all(np.isfinite(r["train_loss"]))
+        final[dtype] = [r["val_loss"][-1] for r in runs]
+    assert result["final_val_loss"] == final
+    # Different seeds see different data: the spread is real, not zero.
+    assert result["seed_spread"] == max(np.ptp(v) for v in final.values()) > 0
+    assert result["dtype_gap"] == pytest.approx(abs(np.mean(final["bfloat16"])
+                                                    - np.mean(final["float32"])))
+    assert result["within_noise"] == (result["dtype_gap"] <= result["seed_spread"])
+    assert result["setup"]["config"]["channels"] == 4
+
+
+SYNTHETIC_HLO = """HloModule m, entry_computation_layout={(f32[4]{0})->f32[4]{0}}
+
+%fused (p.1: f32[4]) -> f32[4] {
+  %p.1 = f32[4]{0} parameter(0)
+  %e = f32[4]{0} exponential(%p.1)
+  ROOT %s = f32[4]{0} sine(%e)
+}
+
+%body (arg: (s32[], f32[4])) -> (s32[], f32[4]) {
+  %arg = (s32[], f32[4]{0}) parameter(0)
+  %i = s32[] get-tuple-element(%arg), index=0
+  %x = f32[4]{0} get-tuple-element(%arg), index=1
+  %y = f32[4]{0} fusion(%x), kind=kLoop, calls=%fused
+  %one = s32[] constant(1)
+  %j = s32[] add(%i, %one)
+  ROOT %t = (s32[], f32[4]{0}) tuple(%j, %y)
+}
+
+%cond (arg.1: (s32[], f32[4])) -> pred[] {
+  %arg.1 = (s32[], f32[4]{0}) parameter(0)
+  %i.1 = s32[] get-tuple-element(%arg.1), index=0
+  %n = s32[] constant(7)
+  ROOT %lt = pred[] compare(%i.1, %n), direction=LT
+}
+
+ENTRY %main (x.1: f32[4]) -> f32[4] {
+  %x.1 = f32[4]{0} parameter(0)
+  %zero = s32[] constant(0)
+  %init = (s32[], f32[4]{0}) tuple(%zero, %x.1)
+  %w = (s32[], f32[4]{0}) while(%init), condition=%cond, body=%body, backend_config={"known_trip_count":{"n":"7"}}
+  %out = f32[4]{0} get-tuple-element(%w), index=1
+  ROOT %neg = f32[4]{0} negate(%out)
+}
+"""
+
+
+def test_executed_instructions_unrolls_loops():
+    # 7 trips x (fusion + add in the body, compare in the condition) + negate.
+    assert bench_search.executed_instructions(SYNTHETIC_HLO) == 7 * 3 + 1
+
+
+def test_executed_instructions_grow_linearly_with_the_trip_count():
+    import jax
+    import jax.numpy as jnp
+
+    def count(n):
+        def f(x, w):
+            return jax.lax.fori_loop(0, n, lambda i, x: jnp.tanh(x @ w), x)
+
+        x = jnp.ones((8, 8))
+        return bench_search.executed_instructions(jax.jit(f).lower(x, x).compile().as_text())
+
+    one, two, three = count(5), count(10), count(15)
+    assert two - one == three - two > 0
