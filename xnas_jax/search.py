@@ -177,9 +177,12 @@ def run_search(config: configs.SearchConfig) -> dict[str, Any]:
     )
 
     # Data: the training set split 50/50 into a weight half and an arch half.
+    print(f"loading {config.dataset} ...", end=" ", flush=True)
+    started = time.perf_counter()
     dataset = input_pipeline.load_dataset(
         config.dataset, "train", config.data_dir, cache_dir=config.cache_dir
     )
+    print(f"{len(dataset.labels)} images in {time.perf_counter() - started:.1f} s", flush=True)
     if config.max_examples:
         dataset = input_pipeline.subset(dataset, config.max_examples, seed=config.seed)
     check_image_size(dataset.images.shape[1:], config.layers)
@@ -240,12 +243,18 @@ def run_search(config: configs.SearchConfig) -> dict[str, Any]:
         )
         key = (computed["normal"], computed["reduce"])
         if key not in steps_cache:
+            print(
+                f"compiling the search step ({len(computed['normal'])} normal, "
+                f"{len(computed['reduce'])} reduce experts) ...", end=" ", flush=True,
+            )
             started = time.perf_counter()
             jitted = search_step.make_search_step(
                 search_step.with_computed(model, computed), weight_tx, arch_tx, preprocess
             )
             steps_cache[key] = jitted.lower(state, *example_args).compile()
-            compile_seconds[0] += time.perf_counter() - started
+            seconds = time.perf_counter() - started
+            compile_seconds[0] += seconds
+            print(f"{seconds:.1f} s", flush=True)
         return steps_cache[key], computed
 
     stop = _StopRequest()
