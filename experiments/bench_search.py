@@ -176,10 +176,19 @@ class Config(NamedTuple):
     depthwise: str = "shifts"
     steps: int = 30
     repeats: int = 3
+    single_trace: bool = False  # see search_step.make_search_step
+
+
+def boolean(text: str) -> bool:
+    if text.lower() in ("1", "true", "yes"):
+        return True
+    if text.lower() in ("0", "false", "no"):
+        return False
+    raise ValueError(text)
 
 
 CONFIG_TYPES = {"preset": str, "batch": int, "dtype": str, "active_fraction": float,
-                "depthwise": str, "steps": int, "repeats": int}
+                "depthwise": str, "steps": int, "repeats": int, "single_trace": boolean}
 CHOICES = {"preset": sorted(PRESETS), "dtype": ["float32", "bfloat16"],
            "depthwise": ["shifts", "conv"]}
 
@@ -260,7 +269,8 @@ def prepare(config: Config, seed: int = 0) -> Prepared:
         (0.5,) * spec["image_shape"][-1], (0.25,) * spec["image_shape"][-1], spec["crop"], True
     )
     lean = model.clone(normal_ops=alive, reduce_ops=alive)
-    step = search_step.make_search_step(lean, weight_tx, arch_tx, preprocess)
+    step = search_step.make_search_step(lean, weight_tx, arch_tx, preprocess,
+                                        config.single_trace)
     key = prng_key(seed + 1)
     started = time.perf_counter()
     lowered = step.lower(state, *halves, order[0], order[1], key)
@@ -301,6 +311,7 @@ def measure(prepared: Prepared, compiled: Any, compile_s: float) -> dict[str, An
         "batch": config.batch,
         "dtype": config.dtype,
         "depthwise": config.depthwise,
+        "single_trace": config.single_trace,
         "active_fraction": len(prepared.experts) / len(ops),
         "experts_computed": list(prepared.experts),
         "device": jax.devices()[0].device_kind,
@@ -325,9 +336,11 @@ def measure(prepared: Prepared, compiled: Any, compile_s: float) -> dict[str, An
 
 
 def bench(preset: str, batch: int, dtype: str, fraction: float, steps: int, repeats: int,
-          depthwise: str = "shifts", seed: int = 0) -> dict[str, Any]:
+          depthwise: str = "shifts", seed: int = 0, single_trace: bool = False) -> dict[str, Any]:
     """Prepares, compiles and measures one configuration."""
-    prepared = prepare(Config(preset, batch, dtype, fraction, depthwise, steps, repeats), seed)
+    prepared = prepare(
+        Config(preset, batch, dtype, fraction, depthwise, steps, repeats, single_trace), seed
+    )
     return measure(prepared, *compile_timed(prepared))
 
 

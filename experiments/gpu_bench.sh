@@ -3,12 +3,13 @@
 # from the H200 session's figures (per configuration of the DARTS net: ~25 s
 # to build and trace, ~85 s to compile with all 7 experts, ~30 s with 2, then
 # the steps at ~250 ms each in float32 at batch 64):
-#   bash experiments/gpu_bench.sh "$OUT" bench   # ~8 min
+#   bash experiments/gpu_bench.sh "$OUT" bench   # ~9 min
 #   bash experiments/gpu_bench.sh "$OUT" e2e     # ~5 min
 #   bash experiments/gpu_bench.sh "$OUT" conv    # ~3 min, if device time is left
 #   bash experiments/gpu_bench.sh "$OUT" graphs  # ~3 min, if device time is left
 # "bench" runs bench_search, one configuration after another, most wanted
-# first: batch 64, batch 256 (memory; and if its step costs little more than
+# first: batch 64, batch 64 with --single-trace (compile time against step
+# time), batch 256 (memory; and if its step costs little more than
 # batch 64's, the step is bound by kernel launches: compare
 # executed_instructions / step_ms), bfloat16, active fraction 0.5, batch 96;
 # finally a compilation-cache load of the first program.
@@ -40,7 +41,8 @@ bench() {
 } | tee "$out/device.txt"
 
 if [ "$part" = bench ] || [ "$part" = all ]; then
-  bench "${BENCH_TIMEOUT:-450}" --cache-hit --config "batch=64,$s" --config "batch=256,$short" \
+  bench "${BENCH_TIMEOUT:-540}" --cache-hit --config "batch=64,$s" \
+      --config "batch=64,single_trace=1,$s" --config "batch=256,$short" \
       --config "batch=64,dtype=bfloat16,$s" --config "batch=64,active_fraction=0.5,$s" \
       --config "batch=96,$short"
 fi

@@ -152,6 +152,20 @@ def test_interrupt_saves_and_resumes(tiny_search, compilation_cache, tmp_path, m
         np.testing.assert_array_equal(a, b)
 
 
+def test_single_trace_gives_the_same_search(tiny_search, compilation_cache, tmp_path, capsys):
+    """Both passes as one two-iteration loop: the same run to float32 rounding."""
+    code, _, err = run_main(TINY + compilation_cache + ["--out-dir", str(tmp_path),
+                                                        "--single-trace"], capsys)
+    assert code == 0, err
+    assert (tmp_path / "genotype.json").read_text() == (tiny_search / "genotype.json").read_text()
+    a, b = final_state(tiny_search, 6), final_state(tmp_path, 6)
+    for key in ("params", "arch", "batch_stats"):
+        for x, y in zip(jax.tree.leaves(a[key]), jax.tree.leaves(b[key])):
+            np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-5)
+    losses = [[r["val_loss"] for r in read_log(out)] for out in (tiny_search, tmp_path)]
+    np.testing.assert_allclose(losses[0], losses[1], rtol=1e-5)
+
+
 def test_darts_baseline_runs_on_the_same_supernet(compilation_cache, tmp_path, capsys):
     flags = TINY + compilation_cache + ["--optimizer", "darts", "--epochs", "1",
                                         "--out-dir", str(tmp_path)]

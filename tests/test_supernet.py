@@ -69,6 +69,99 @@ def test_skipping_zero_weight_experts_changes_nothing(mixed_setup):
     np.testing.assert_allclose(np.asarray(reduced[1])[mask], np.asarray(full[1])[mask], rtol=1e-5)
 
 
+# ------------------------------------------- grouped experts vs one module per expert
+
+
+def _expert_modules_reference(ops, computed, strides, params, x, u):
+    """sum_i u_i f_i(x) with every expert its own :mod:`xnas_jax.ops` module.
+
+    The straightforward formulation (the evaluation network's modules, one
+    flax BatchNorm per BN, train mode), fed the MixedOp's parameters.
+    Returns the mixture and each expert's updated BN statistics.
+    """
+    from xnas_jax import ops as ops_lib
+
+    def block(p, i):
+        return {"depthwise": {"kernel": p[f"depthwise_{i}"][:, :, None, :]},
+                "pointwise": {"kernel": p[f"pointwise_{i}"][None, None]}}
+
+    out, stats = 0.0, {}
+    for i, name in enumerate(ops):
+        if name not in computed:
+            continue
+        op = ops_lib.make_op(name, x.shape[-1], strides, False)
+        if name.startswith("sep_conv"):
+            variables = {"params": {"DilConv_0": block(params[name], 1),
+                                    "DilConv_1": block(params[name], 2)}}
+        elif name.startswith("dil_conv"):
+            variables = {"params": block(params[name], 1)}
+        elif name == "skip_connect" and strides == 2:
+            variables = {"params": params[name]}
+        else:
+            variables = {}
+        fresh = jax.eval_shape(lambda: op.init(jax.random.key(0), x, True))  # noqa: B023
+        variables["batch_stats"] = jax.tree_util.tree_map_with_path(  # BN starts at 0 / 1
+            lambda path, leaf: jnp.full(leaf.shape, float(path[-1].key == "var")),
+            fresh.get("batch_stats", {}),
+        )
+        y, updated = op.apply(variables, x, True, mutable=["batch_stats"])
+        stats[name] = updated["batch_stats"]
+        if "pool" in name:
+            bn = ops_lib.batch_norm(True, False)
+            y, updated = bn.apply({"batch_stats": {"mean": jnp.zeros(x.shape[-1]),
+                                                   "var": jnp.ones(x.shape[-1])}},
+                                  y, mutable=["batch_stats"])
+            stats[name] = updated["batch_stats"]
+        out = out + u[i] * y
+    return out, stats
+
+
+@pytest.mark.parametrize("strides", [1, 2])
+@pytest.mark.parametrize("computed", [OPS, ("avg_pool_3x3", "skip_connect", "sep_conv_5x5",
+                                            "dil_conv_3x3")])
+def test_grouped_experts_match_one_module_per_expert(strides, computed):
+    x = jax.random.normal(jax.random.key(4), (3, 8, 8, 4))
+    u = jax.nn.softmax(jax.random.normal(jax.random.key(5), (len(OPS),)))
+    u = u * jnp.asarray([name in computed for name in OPS])
+    op = MixedOp(ops=OPS, computed=computed, channels=4, strides=strides, train=True)
+    full = MixedOp(ops=OPS, computed=OPS, channels=4, strides=strides, train=True)
+    variables = jax.jit(full.init)(jax.random.key(6), x, u)
+    cotangent = jax.random.normal(jax.random.key(7), (3, 4, 4, 4) if strides == 2 else x.shape)
+
+    def grouped(params, x, u):
+        out, updated = op.apply({**variables, "params": params}, x, u, mutable=["batch_stats"])
+        return jnp.sum(jnp.sin(out) * cotangent), (out, updated["batch_stats"])
+
+    def reference(params, x, u):
+        out, stats = _expert_modules_reference(OPS, computed, strides, params, x, u)
+        return jnp.sum(jnp.sin(out) * cotangent), (out, stats)
+
+    grad = lambda f: jax.jit(jax.value_and_grad(f, argnums=(0, 1, 2), has_aux=True))  # noqa: E731
+    (_, (out, stats)), grads = grad(grouped)(variables["params"], x, u)
+    (_, (want, want_stats)), want_grads = grad(reference)(variables["params"], x, u)
+    np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-5)
+    for got, expected in zip(jax.tree.leaves(grads), jax.tree.leaves(want_grads)):
+        np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
+    assert np.abs(np.asarray(grads[2])).max() > 1e-3  # rewards are not trivially zero
+
+    # Running statistics: one row per expert, updated where computed, as each BN.
+    rows = {"pool_bn": ["max_pool_3x3", "avg_pool_3x3"],
+            "conv_bn_1": ["sep_conv_3x3", "sep_conv_5x5", "dil_conv_3x3", "dil_conv_5x5"],
+            "conv_bn_2": ["sep_conv_3x3", "sep_conv_5x5"]}
+    for group, names in rows.items():
+        for row, name in enumerate(names):
+            for moment in ("mean", "var"):
+                got = np.asarray(stats[f"{group}_{moment}"][row])
+                if name not in computed:  # untouched
+                    np.testing.assert_array_equal(got, 1.0 if moment == "var" else 0.0)
+                    continue
+                bn = want_stats[name]  # the expert's own BN for this block
+                if name.startswith("sep_conv"):
+                    bn = bn[f"DilConv_{1 if group == 'conv_bn_2' else 0}"]
+                leaf = bn["BatchNorm_0"][moment] if "BatchNorm_0" in bn else bn[moment]
+                np.testing.assert_allclose(got, leaf, rtol=1e-5, atol=1e-6)
+
+
 # ------------------------------------------------------- scan vs unrolled reference
 
 

@@ -56,6 +56,7 @@ class SearchConfig:
     darts_learning_rate: float = 3e-4
     darts_weight_decay: float = 1e-3
     skip_wiped_out: bool = True  # leave experts wiped out on every edge uncomputed
+    single_trace: bool = False  # both passes as one loop: half the compile, more work per step
     # Output.
     out_dir: str = "runs/search"
     resume: bool = False
@@ -76,7 +77,8 @@ class SearchConfig:
 
     def fingerprint(self) -> dict[str, Any]:
         """The settings that make two runs the same run (checked on resume)."""
-        volatile = {"resume", "out_dir", "log_every", "progress", "keep_checkpoints", "cache_dir"}
+        volatile = {"resume", "out_dir", "log_every", "progress", "keep_checkpoints", "cache_dir",
+                    "single_trace"}  # same results either way
         return {
             key: (list(value) if isinstance(value, tuple) else value)
             for key, value in dataclasses.asdict(self.resolved()).items()

@@ -74,98 +74,169 @@ class ReLUConvBN(nn.Module):
         return batch_norm(train, self.affine, self.dtype)(x)
 
 
-def _shifted_sum(x: jax.Array, kernel: jax.Array, dilation: int, strides: int,
-                 out_h: int, out_w: int) -> jax.Array:
-    """sum_ij x[:, i*d + s*y, j*d + s*z, c] * kernel[i, j, c] over a padded x.
+Taps = tuple[tuple[int, int], ...]  # (row, column) offsets into the padded input
 
-    One strided slice per kernel tap, multiplied and added: XLA fuses the
-    whole sum into one elementwise loop, with no im2col buffer and no grouped
+
+def _window(padded: jax.Array, dy: int, dx: int, strides: int, out_h: int, out_w: int):
+    """padded[:, dy + s*i, dx + s*j, :] for the output grid (i, j): one strided slice."""
+    return jax.lax.slice(
+        padded,
+        (0, dy, dx, 0),
+        (padded.shape[0], dy + strides * (out_h - 1) + 1, dx + strides * (out_w - 1) + 1,
+         padded.shape[3]),
+        (1, strides, strides, 1),
+    )
+
+
+def _tap_sum(
+    padded: jax.Array, kernel: jax.Array, taps: Taps, strides: int, out_h: int, out_w: int
+) -> jax.Array:
+    """sum_t padded[:, s*i + dy_t, s*j + dx_t, :] * kernel[t] over the taps.
+
+    One strided slice per tap, multiplied and added: XLA fuses the whole sum
+    into one elementwise loop, with no im2col buffer and no grouped
     convolution (which XLA's CPU backend, and cuDNN for the kernel gradient,
     run slowly).
     """
-    k = kernel.shape[0]
-    batch, channels = x.shape[0], x.shape[-1]
     out = None
-    for i in range(k):
-        for j in range(k):
-            window = jax.lax.slice(
-                x,
-                (0, i * dilation, j * dilation, 0),
-                (batch, i * dilation + strides * (out_h - 1) + 1,
-                 j * dilation + strides * (out_w - 1) + 1, channels),
-                (1, strides, strides, 1),
-            )
-            term = window * kernel[i, j]
-            out = term if out is None else out + term
+    for (dy, dx), weight in zip(taps, kernel):
+        term = _window(padded, dy, dx, strides, out_h, out_w) * weight
+        out = term if out is None else out + term
     return out
 
 
-def _depthwise_output_size(size: int, k: int, padding: int, dilation: int, strides: int) -> int:
-    return (size + 2 * padding - dilation * (k - 1) - 1) // strides + 1
+def _taps_output_size(size: int, padding: int, taps: tuple[Taps, ...], axis: int,
+                      strides: int) -> int:
+    """Output positions along ``axis``, the same for every group of taps.
+
+    A group whose taps start at ``lo`` and end at ``hi`` reads the input as if
+    padded by ``padding - lo`` on each side: ``(size + 2 padding - lo - hi - 1)
+    // strides + 1`` (for a kxk kernel with dilation d, lo = 0 and hi = d (k - 1)).
+    """
+    sizes = {
+        (size + 2 * padding - min(t[axis] for t in group) - max(t[axis] for t in group) - 1)
+        // strides + 1
+        for group in taps
+    }
+    if len(sizes) != 1:
+        raise ValueError(f"the groups of taps give different output sizes {sorted(sizes)}")
+    return sizes.pop()
+
+
+def _pad_hw(x: jax.Array, padding: int) -> jax.Array:
+    pads = ((0, 0), (padding, padding), (padding, padding)) + ((0, 0),) * (x.ndim - 3)
+    return jnp.pad(x, pads)
+
+
+def _group_input(x: jax.Array, group: int) -> jax.Array:
+    return x[:, :, :, 0 if x.shape[3] == 1 else group]
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def depthwise_taps(
+    x: jax.Array, kernels: tuple[jax.Array, ...], taps: tuple[Taps, ...], padding: int,
+    strides: int,
+) -> jax.Array:
+    """G depthwise convolutions at once, each a weighted sum of shifted slices.
+
+    ``out[b, i, j, g, c] = sum_t xpad[b, s*i + dy_gt, s*j + dx_gt, g, c] * kernels[g][t, c]``
+    where ``xpad`` is x zero-padded by ``padding`` on each side.  A kxk
+    convolution with dilation d has the k*k taps ``(d*i, d*j)``
+    (:func:`kernel_taps`); kernels of different sizes and dilations on one
+    input share its padding, each with its taps centred, and XLA fuses their
+    stacked sums into one loop over the output.  The backward pass is written
+    the same way (the input gradient is the tap sum over the dilated, padded
+    output gradient with the mirrored taps, the kernel gradient one reduction
+    per tap), and it keeps only x and the kernels for the backward pass, as a
+    convolution does.
+
+    Args:
+      x: (B, H, W, Gx, C): one input (Gx = 1) shared by the G convolutions, or one each.
+      kernels: G arrays (T_g, C), the weight of each tap and channel.
+      taps: G tuples of T_g (dy, dx) offsets into the padded input (static).
+      padding: zero padding on each side of H and W (static).
+      strides: output stride (static).
+
+    Returns:
+      (B, H', W', G, C), ``H' = (H + 2 padding - min dy - max dy - 1) // strides + 1``
+      (each group reads x as if padded by ``padding - min dy`` on both sides;
+      every group must give the same H' and W').
+    """
+    out_h = _taps_output_size(x.shape[1], padding, taps, 0, strides)
+    out_w = _taps_output_size(x.shape[2], padding, taps, 1, strides)
+    padded = _pad_hw(x, padding)
+    return jnp.stack([
+        _tap_sum(_group_input(padded, g), kernel, group_taps, strides, out_h, out_w)
+        for g, (kernel, group_taps) in enumerate(zip(kernels, taps))
+    ], axis=3)
+
+
+def _depthwise_taps_fwd(x, kernels, taps, padding, strides):
+    return depthwise_taps(x, kernels, taps, padding, strides), (x, kernels)
+
+
+def _depthwise_taps_bwd(taps, padding, strides, residuals, grad):
+    x, kernels = residuals
+    out_h, out_w = grad.shape[1], grad.shape[2]
+    padded = _pad_hw(x, padding)
+    height, width = padded.shape[1], padded.shape[2]
+    grad_kernels, grad_inputs = [], []
+    for g, (kernel, group_taps) in enumerate(zip(kernels, taps)):
+        source, grad_g = _group_input(padded, g), grad[:, :, :, g]
+        # Kernel gradient: one product-and-reduce per tap.
+        grad_kernels.append(jnp.stack([
+            jnp.sum((_window(source, dy, dx, strides, out_h, out_w) * grad_g).astype(jnp.float32),
+                    axis=(0, 1, 2))
+            for dy, dx in group_taps
+        ]).astype(kernel.dtype))
+        # Input gradient: spread the output gradient back to the padded input
+        # grid (interior zeros for the stride), pad it by the taps' reach, and
+        # sum it over the mirrored taps.
+        reach_y = max(dy for dy, _ in group_taps)
+        reach_x = max(dx for _, dx in group_taps)
+        spread = jax.lax.pad(
+            grad_g,
+            jnp.zeros((), grad.dtype),
+            ((0, 0, 0),
+             (reach_y, height - strides * (out_h - 1) - 1, strides - 1),
+             (reach_x, width - strides * (out_w - 1) - 1, strides - 1),
+             (0, 0, 0)),
+        )
+        mirrored = tuple((reach_y - dy, reach_x - dx) for dy, dx in group_taps)
+        grad_inputs.append(_tap_sum(spread, kernel, mirrored, 1, height, width))
+    if x.shape[3] == 1:  # one input shared by the groups: their gradients add up
+        grad_padded = functools.reduce(jnp.add, grad_inputs)[:, :, :, None]
+    else:
+        grad_padded = jnp.stack(grad_inputs, axis=3)
+    grad_x = grad_padded[:, padding:padding + x.shape[1], padding:padding + x.shape[2]]
+    return grad_x.astype(x.dtype), tuple(grad_kernels)
+
+
+depthwise_taps.defvjp(_depthwise_taps_fwd, _depthwise_taps_bwd)
+
+
+def kernel_taps(kernel_size: int, dilation: int, offset: int = 0) -> Taps:
+    """The taps of a kxk kernel with a dilation, row-major, shifted by ``offset``."""
+    return tuple(
+        (offset + dilation * i, offset + dilation * j)
+        for i in range(kernel_size) for j in range(kernel_size)
+    )
+
+
 def depthwise_conv(
     x: jax.Array, kernel: jax.Array, padding: int, dilation: int, strides: int
 ) -> jax.Array:
     """Depthwise convolution, NHWC, kernel (k, k, C), symmetric zero padding.
 
     The same function as ``lax.conv_general_dilated`` with
-    ``feature_group_count=C``, written as a sum of shifted slices; its
-    backward pass is written the same way (the input gradient is the forward
-    sum over the dilated, padded output gradient with the flipped kernel, the
-    kernel gradient one reduction per tap), and it saves only x and the
-    kernel for the backward pass, as the convolution does.
+    ``feature_group_count=C``, computed by :func:`depthwise_taps`.
     """
-    k = kernel.shape[0]
-    out_h = _depthwise_output_size(x.shape[1], k, padding, dilation, strides)
-    out_w = _depthwise_output_size(x.shape[2], k, padding, dilation, strides)
-    padded = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
-    return _shifted_sum(padded, kernel, dilation, strides, out_h, out_w)
-
-
-def _depthwise_fwd(x, kernel, padding, dilation, strides):
-    return depthwise_conv(x, kernel, padding, dilation, strides), (x, kernel)
-
-
-def _depthwise_bwd(padding, dilation, strides, residuals, grad):
-    x, kernel = residuals
-    k = kernel.shape[0]
-    out_h, out_w = grad.shape[1], grad.shape[2]
-    padded = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
-    # Kernel gradient: one product-and-reduce per tap.
-    taps = []
-    for i in range(k):
-        for j in range(k):
-            window = jax.lax.slice(
-                padded,
-                (0, i * dilation, j * dilation, 0),
-                (x.shape[0], i * dilation + strides * (out_h - 1) + 1,
-                 j * dilation + strides * (out_w - 1) + 1, x.shape[-1]),
-                (1, strides, strides, 1),
-            )
-            taps.append(jnp.sum((window * grad).astype(jnp.float32), axis=(0, 1, 2)))
-    grad_kernel = jnp.stack(taps).reshape(kernel.shape).astype(kernel.dtype)
-    # Input gradient: spread the output gradient back to the padded input grid
-    # (interior zeros for the stride), pad it by the kernel's reach, and run
-    # the forward sum with the flipped kernel; then drop the padding.
-    reach = dilation * (k - 1)
-    height, width = padded.shape[1], padded.shape[2]
-    dilated_h, dilated_w = strides * (out_h - 1) + 1, strides * (out_w - 1) + 1
-    spread = jax.lax.pad(
-        grad,
-        jnp.zeros((), grad.dtype),
-        ((0, 0, 0),
-         (reach, height - dilated_h, strides - 1),
-         (reach, width - dilated_w, strides - 1),
-         (0, 0, 0)),
+    k, channels = kernel.shape[0], kernel.shape[-1]
+    out = depthwise_taps(
+        x[:, :, :, None, :], (kernel.reshape(k * k, channels),), (kernel_taps(k, dilation),),
+        padding, strides,
     )
-    grad_padded = _shifted_sum(spread, kernel[::-1, ::-1], dilation, 1, height, width)
-    grad_x = grad_padded[:, padding:padding + x.shape[1], padding:padding + x.shape[2], :]
-    return grad_x.astype(x.dtype), grad_kernel
-
-
-depthwise_conv.defvjp(_depthwise_fwd, _depthwise_bwd)
+    return out[:, :, :, 0, :]
 
 
 DEPTHWISE_IMPLS = ("shifts", "conv")
@@ -280,11 +351,15 @@ class Pool(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         del train
-        if self.kind == "max":
-            return nn.max_pool(x, (3, 3), strides=(self.strides,) * 2, padding=_pad(1))
-        return nn.avg_pool(
-            x, (3, 3), strides=(self.strides,) * 2, padding=_pad(1), count_include_pad=False
-        )
+        return pool_3x3(x, self.kind, self.strides)
+
+
+def pool_3x3(x: jax.Array, kind: str, strides: int) -> jax.Array:
+    """3x3 "max" or "avg" pooling, padding 1, NHWC (the average ignores padding)."""
+    if kind == "max":
+        return nn.max_pool(x, (3, 3), strides=(strides, strides), padding=_pad(1))
+    return nn.avg_pool(x, (3, 3), strides=(strides, strides), padding=_pad(1),
+                       count_include_pad=False)
 
 
 class Identity(nn.Module):

@@ -249,7 +249,8 @@ def run_search(config: configs.SearchConfig) -> dict[str, Any]:
             )
             started = time.perf_counter()
             jitted = search_step.make_search_step(
-                search_step.with_computed(model, computed), weight_tx, arch_tx, preprocess
+                search_step.with_computed(model, computed), weight_tx, arch_tx, preprocess,
+                config.single_trace,
             )
             steps_cache[key] = jitted.lower(state, *example_args).compile()
             seconds = time.perf_counter() - started
@@ -468,6 +469,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="L2 decay on the softmax logits of --optimizer darts")
     g.add_argument("--no-skip-wiped-out", dest="skip_wiped_out", action="store_false",
                    help="compute experts even when wiped out on every edge")
+    g.add_argument("--single-trace", action="store_true",
+                   help="run the weight and the architecture pass as one loop: the supernet is "
+                        "traced and compiled once instead of twice (less compile time), but each "
+                        "pass also computes the other's gradient (more time per step)")
     g = p.add_argument_group("output")
     g.add_argument("--out-dir", default=d.out_dir, help="where results and checkpoints go")
     g.add_argument("--resume", action="store_true",
@@ -506,7 +511,8 @@ def config_from_args(args: argparse.Namespace) -> configs.SearchConfig:
         arch_learning_rate_reduce=args.arch_lr_reduce,
         darts_learning_rate=args.darts_learning_rate,
         darts_weight_decay=args.darts_weight_decay, skip_wiped_out=args.skip_wiped_out,
-        out_dir=args.out_dir, resume=args.resume, log_every=args.log_every,
+        single_trace=args.single_trace, out_dir=args.out_dir, resume=args.resume,
+        log_every=args.log_every,
         progress=args.progress,
     )
 

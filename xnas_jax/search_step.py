@@ -170,12 +170,28 @@ def make_search_step(
     weight_tx: optax.GradientTransformation,
     arch_tx: optax.GradientTransformation,
     preprocess: Preprocess,
+    single_trace: bool = False,
 ) -> Callable[..., tuple[SearchState, dict[str, jax.Array]]]:
     """Builds ``step(state, weight_data, arch_data, weight_idx, arch_idx, key)``.
 
     ``weight_data`` / ``arch_data`` are :class:`input_pipeline.DeviceData`
     (the two halves, on the device), ``*_idx`` the (B,) indices of this
     step's batches. The returned function is jitted with the state donated.
+
+    Args:
+      model: the supernet (with the experts to compute).
+      weight_tx: the network-weight optimizer.
+      arch_tx: the architecture optimizer (on the ``arch`` collection).
+      preprocess: augmentation and normalization of the uint8 batches.
+      single_trace: run the two passes as the two iterations of one loop, so
+        the supernet's forward and backward pass is traced and compiled once
+        instead of twice (about half the compile time).  Each iteration then
+        differentiates with respect to both w and u and keeps the gradient it
+        needs, so a step does the unused gradient's work as well (the weight
+        gradients of the architecture pass).  Same results either way.
+
+    Returns:
+      The jitted step, returning the new state and a dict of metrics.
     """
 
     def loss_fn(params, arch, batch_stats, images, labels):
@@ -189,36 +205,73 @@ def make_search_step(
         accuracy = jnp.mean(jnp.argmax(logits, -1) == labels)
         return loss, (accuracy, updates["batch_stats"])
 
+    def weight_update(grads, state_parts):
+        params, opt_state = state_parts
+        updates, opt_state = weight_tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state
+
+    def arch_update(grads, state_parts):
+        arch, opt_state = state_parts
+        updates, opt_state = arch_tx.update(grads, opt_state, arch)
+        return optax.apply_updates(arch, updates), opt_state
+
+    def reward_abs_max(arch_grads):
+        return jnp.max(jnp.stack([jnp.max(jnp.abs(g)) for g in jax.tree.leaves(arch_grads)]))
+
+    def two_passes(state: SearchState, train, val):
+        # Algorithm 1 line 4: update w on the training loss.
+        (train_loss, (train_acc, batch_stats)), grads = jax.value_and_grad(
+            loss_fn, has_aux=True
+        )(state.params, state.arch, state.batch_stats, *train)
+        params, weight_opt_state = weight_update(grads, (state.params, state.weight_opt_state))
+        # Lines 5-13: predict the validation batch, reward = -dL_val/du, EG + wipeout.
+        (val_loss, (val_acc, batch_stats)), arch_grads = jax.value_and_grad(
+            loss_fn, argnums=1, has_aux=True
+        )(params, state.arch, batch_stats, *val)
+        arch, arch_opt_state = arch_update(arch_grads, (state.arch, state.arch_opt_state))
+        metrics = (train_loss, train_acc, val_loss, val_acc, reward_abs_max(arch_grads))
+        return (params, batch_stats, arch, weight_opt_state, arch_opt_state), metrics
+
+    def one_loop(state: SearchState, train, val):
+        # The same two passes as the iterations 0 (w) and 1 (u) of one loop.
+        def body(carry, xs):
+            weights, batch_stats, archs = carry
+            is_arch, images, labels = xs
+            (loss, (accuracy, batch_stats)), (grads, arch_grads) = jax.value_and_grad(
+                loss_fn, argnums=(0, 1), has_aux=True
+            )(weights[0], archs[0], batch_stats, images, labels)
+            pick = lambda old, new: jax.tree.map(  # noqa: E731
+                lambda a, b: jnp.where(is_arch, a, b), old, new
+            )
+            weights = pick(weights, weight_update(grads, weights))
+            archs = pick(arch_update(arch_grads, archs), archs)
+            return (weights, batch_stats, archs), (loss, accuracy, reward_abs_max(arch_grads))
+
+        stacked = jax.tree.map(lambda a, b: jnp.stack([a, b]), train, val)
+        carry = (
+            (state.params, state.weight_opt_state),
+            state.batch_stats,
+            (state.arch, state.arch_opt_state),
+        )
+        carry, (losses, accuracies, rewards) = jax.lax.scan(
+            body, carry, (jnp.array([False, True]), *stacked)
+        )
+        (params, weight_opt_state), batch_stats, (arch, arch_opt_state) = carry
+        metrics = (losses[0], accuracies[0], losses[1], accuracies[1], rewards[1])
+        return (params, batch_stats, arch, weight_opt_state, arch_opt_state), metrics
+
     def step(state: SearchState, weight_data, arch_data, weight_idx, arch_idx, key):
         weight_key, arch_key = jax.random.split(key)
         train_batch = weight_data.batch(weight_idx)
         val_batch = arch_data.batch(arch_idx)
-        train_images = preprocess_batch(weight_key, train_batch["image"], preprocess)
-        val_images = preprocess_batch(arch_key, val_batch["image"], preprocess)
-
-        # Algorithm 1 line 4: update w on the training loss.
-        (train_loss, (train_acc, batch_stats)), grads = jax.value_and_grad(
-            loss_fn, has_aux=True
-        )(state.params, state.arch, state.batch_stats, train_images, train_batch["label"])
-        updates, weight_opt_state = weight_tx.update(grads, state.weight_opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-
-        # Lines 5-13: predict the validation batch, reward = -dL_val/du, EG + wipeout.
-        (val_loss, (val_acc, batch_stats)), arch_grads = jax.value_and_grad(
-            loss_fn, argnums=1, has_aux=True
-        )(params, state.arch, batch_stats, val_images, val_batch["label"])
-        arch_updates, arch_opt_state = arch_tx.update(arch_grads, state.arch_opt_state, state.arch)
-        arch = optax.apply_updates(state.arch, arch_updates)
-
-        metrics = {
-            "train_loss": train_loss,
-            "train_accuracy": train_acc,
-            "val_loss": val_loss,
-            "val_accuracy": val_acc,
-            "reward_abs_max": jnp.max(
-                jnp.stack([jnp.max(jnp.abs(g)) for g in jax.tree.leaves(arch_grads)])
-            ),
-        }
+        train = (preprocess_batch(weight_key, train_batch["image"], preprocess),
+                 train_batch["label"])
+        val = (preprocess_batch(arch_key, val_batch["image"], preprocess), val_batch["label"])
+        passes = one_loop if single_trace else two_passes
+        (params, batch_stats, arch, weight_opt_state, arch_opt_state), metrics = passes(
+            state, train, val
+        )
+        names = ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "reward_abs_max")
         new_state = SearchState(
             step=state.step + 1,
             params=params,
@@ -227,7 +280,7 @@ def make_search_step(
             weight_opt_state=weight_opt_state,
             arch_opt_state=arch_opt_state,
         )
-        return new_state, metrics
+        return new_state, dict(zip(names, metrics))
 
     return jax.jit(step, donate_argnums=(0,))
 

@@ -22,7 +22,11 @@ DARTS order (the carry is a buffer of the 2 inputs and the nodes; an edge's
 source is complete when the edge runs), a reduction cell with one scan over
 the 8 strided edges that read its inputs, then one over the 6 node-to-node
 edges.  Edge e's parameters are stacked along the leading axis of its scan,
-so the parameter count is unchanged.
+so the parameter count is unchanged.  Within an edge, experts of one kind run
+together (:class:`MixedOp`): the four convolutional experts' first blocks as
+one grouped depthwise-pointwise-BN block, the sep convs' second blocks as
+another, the two pools with one BN.  On the CPU compile this cut the
+instructions a step executes by about 17%; on a GPU each is a kernel launch.
 
 Skipping experts: ``normal_ops`` / ``reduce_ops`` name the experts that are
 computed per cell type (default: all).  Experts wiped out on every edge of a
@@ -54,8 +58,52 @@ def _edge_groups(steps: int) -> tuple[np.ndarray, np.ndarray]:
     return np.flatnonzero(sources < 2), np.flatnonzero(sources >= 2)
 
 
+# The convolutional experts: kernel size, dilation, padding, and the number
+# of (ReLU, depthwise, pointwise, BN) blocks (sep convs stack two).
+CONV_EXPERTS = {
+    "sep_conv_3x3": (3, 1, 1, 2),
+    "sep_conv_5x5": (5, 1, 2, 2),
+    "dil_conv_3x3": (3, 2, 2, 1),
+    "dil_conv_5x5": (5, 2, 4, 1),
+}
+POOL_EXPERTS = {"max_pool_3x3": "max", "avg_pool_3x3": "avg"}
+
+
+def _expert_init(kernel_size: int, blocks: int, channels: int):
+    """Initializer of one convolutional expert's weights (DARTS layer shapes)."""
+
+    def init(key: jax.Array) -> dict[str, jax.Array]:
+        weights = {}
+        for block, (k1, k2) in enumerate(jax.random.split(key, (blocks, 2)), start=1):
+            # Depthwise (k, k, 1, C) and pointwise (C, C) as a convolution
+            # initializes them (lecun normal, fan-in k*k and C).
+            depthwise = nn.initializers.lecun_normal()(k1, (kernel_size, kernel_size, 1, channels))
+            weights[f"depthwise_{block}"] = depthwise[:, :, 0, :]
+            weights[f"pointwise_{block}"] = nn.initializers.lecun_normal()(k2, (channels, channels))
+        return weights
+
+    return init
+
+
 class MixedOp(nn.Module):
-    """One forecaster: the u-weighted sum of its experts' outputs (paper eq. 1)."""
+    """One forecaster: the u-weighted sum of its experts' outputs (paper eq. 1).
+
+    The experts are computed by kind, several at once, which keeps the traced
+    program (and the number of GPU kernels) small; the function is the DARTS
+    one, expert by expert (see :mod:`xnas_jax.ops`):
+
+    * the convolutional experts all start from ReLU(x): their first depthwise
+      convolutions (3x3, 5x5, dilated 3x3 and 5x5) run as one
+      :func:`~xnas_jax.ops.depthwise_taps` over the union of their taps, their
+      pointwise convolutions as one batched matmul, their batch norms as one;
+      the second blocks of the sep convs the same way;
+    * the two pools share one batch norm.
+
+    Parameters are per expert (``sep_conv_3x3: {depthwise_1, pointwise_1,
+    depthwise_2, pointwise_2}``, ...), batch-norm statistics per kind with one
+    row per expert; all of them exist whatever is computed, so the variable
+    trees do not change when experts are skipped.
+    """
 
     ops: tuple[str, ...]  # every expert of the search space, in mixture-row order
     computed: tuple[str, ...]  # the experts actually evaluated (a subset of ops)
@@ -65,21 +113,109 @@ class MixedOp(nn.Module):
     dtype: Dtype = jnp.float32
     depthwise: str = "shifts"  # depthwise-convolution form, see ops.DepthwiseConv
 
+    def _batch_norm(self, name: str, y: jax.Array, rows: list[int], total: int) -> jax.Array:
+        """BN without affine parameters over (B, H, W, G, C), statistics per (g, c).
+
+        ``rows`` are the computed groups' rows in the (total, C) running
+        statistics; the same normalization as one ``nn.BatchNorm`` per group.
+        """
+        shape = (total, y.shape[-1])
+        mean_var = self.variable("batch_stats", f"{name}_mean", jnp.zeros, shape, jnp.float32)
+        var_var = self.variable("batch_stats", f"{name}_var", jnp.ones, shape, jnp.float32)
+        rows = np.asarray(rows)
+        if self.train:
+            y32 = y.astype(jnp.float32)
+            mean = jnp.mean(y32, axis=(0, 1, 2))
+            var = jnp.maximum(jnp.mean(jnp.square(y32), axis=(0, 1, 2)) - jnp.square(mean), 0.0)
+            if not self.is_initializing():
+                m = ops_lib.BN_MOMENTUM
+                mean_var.value = mean_var.value.at[rows].set(
+                    m * mean_var.value[rows] + (1 - m) * mean)
+                var_var.value = var_var.value.at[rows].set(m * var_var.value[rows] + (1 - m) * var)
+        else:
+            mean, var = mean_var.value[rows], var_var.value[rows]
+        return ((y - mean) * jax.lax.rsqrt(var + ops_lib.BN_EPSILON)).astype(self.dtype)
+
+    def _depthwise(self, x: jax.Array, kernels: list[jax.Array], experts: list[str],
+                   strides: int) -> jax.Array:
+        """The experts' depthwise convolutions of x ((B,H,W,1 or G,C)) -> (B,H',W',G,C)."""
+        specs = [CONV_EXPERTS[name] for name in experts]
+        if self.depthwise == "conv":
+            outs = [
+                jax.lax.conv_general_dilated(
+                    x[:, :, :, 0 if x.shape[3] == 1 else g], kernel[:, :, None, :],
+                    (strides, strides), ((pad, pad), (pad, pad)), rhs_dilation=(dil, dil),
+                    dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=x.shape[-1],
+                )
+                for g, (kernel, (_, dil, pad, _)) in enumerate(zip(kernels, specs))
+            ]
+            return jnp.stack(outs, axis=3)
+        if self.depthwise != "shifts":
+            raise ValueError(
+                f"depthwise impl must be one of {ops_lib.DEPTHWISE_IMPLS}, got {self.depthwise!r}"
+            )
+        # One padding for all, each kernel's taps centred in it.
+        padding = max(pad for _, _, pad, _ in specs)
+        taps = tuple(ops_lib.kernel_taps(k, dil, padding - pad) for k, dil, pad, _ in specs)
+        flat = tuple(kernel.reshape(-1, kernel.shape[-1]) for kernel in kernels)
+        return ops_lib.depthwise_taps(x, flat, taps, padding, strides)
+
+    def _conv_block(self, x, weights, experts, block, strides, stats_name, stats_rows, total):
+        """ReLU, depthwise, pointwise, BN for several experts at once (the groups of x)."""
+        x = nn.relu(x)
+        kernels = [weights[name][f"depthwise_{block}"].astype(self.dtype) for name in experts]
+        y = self._depthwise(x, kernels, experts, strides)
+        pointwise = jnp.stack([weights[name][f"pointwise_{block}"] for name in experts])
+        y = jnp.einsum("bhwgc,gcd->bhwgd", y, pointwise.astype(self.dtype))
+        return self._batch_norm(stats_name, y, stats_rows, total)
+
     @nn.compact
     def __call__(self, x: jax.Array, weights: jax.Array) -> jax.Array:
+        x = x.astype(self.dtype)
+        c, s = self.channels, self.strides
+        weights = weights.astype(self.dtype)
+        row = self.ops.index
+        terms = []  # (outputs (B, H', W', G, C), the G experts' names)
+
+        pools = [name for name in self.ops if name in POOL_EXPERTS]
+        live = [name for name in pools if name in self.computed]
+        if live:
+            y = jnp.stack([ops_lib.pool_3x3(x, POOL_EXPERTS[n], s) for n in live], axis=3)
+            # DARTS follows pooling by a BN without affine parameters.
+            terms.append((self._batch_norm("pool_bn", y, [pools.index(n) for n in live],
+                                           len(pools)), live))
+
+        if "skip_connect" in self.computed:
+            skip = x if s == 1 else ops_lib.FactorizedReduce(
+                c, False, self.dtype, name="skip_connect")(x, self.train)
+            terms.append((skip[:, :, :, None, :], ["skip_connect"]))
+
+        convs = [name for name in self.ops if name in CONV_EXPERTS]
+        params = {
+            name: self.param(name, _expert_init(CONV_EXPERTS[name][0], CONV_EXPERTS[name][3], c))
+            for name in convs
+        }
+        live = [name for name in convs if name in self.computed]
+        if live:
+            first = self._conv_block(x[:, :, :, None, :], params, live, 1, s, "conv_bn_1",
+                                     [convs.index(n) for n in live], len(convs))
+            dil = [g for g, name in enumerate(live) if CONV_EXPERTS[name][3] == 1]
+            sep = [g for g, name in enumerate(live) if CONV_EXPERTS[name][3] == 2]
+            if dil:
+                terms.append((first[:, :, :, dil], [live[g] for g in dil]))
+            if sep:
+                seps = [name for name in convs if CONV_EXPERTS[name][3] == 2]
+                names = [live[g] for g in sep]
+                second = self._conv_block(first[:, :, :, sep], params, names, 2, 1, "conv_bn_2",
+                                          [seps.index(n) for n in names], len(seps))
+                terms.append((second, names))
+
+        if not terms:  # only 'none' experts: the edge outputs zeros
+            return ops_lib.Zero(s)(x, self.train)
         out = None
-        for name in self.ops:
-            if name == "none" or name not in self.computed:
-                continue  # zeros contribute nothing to the mixture or its gradient
-            y = ops_lib.make_op(
-                name, self.channels, self.strides, False, self.dtype, name, self.depthwise
-            )(x, self.train)
-            if "pool" in name:  # DARTS follows pooling by a BN without affine params
-                y = ops_lib.batch_norm(self.train, False, self.dtype, name=f"{name}_bn")(y)
-            y = weights[self.ops.index(name)].astype(y.dtype) * y
-            out = y if out is None else out + y
-        if out is None:  # only 'none' experts: the edge outputs zeros
-            out = ops_lib.Zero(self.strides)(x, self.train)
+        for y, names in terms:
+            mix = jnp.einsum("bhwgc,g->bhwc", y, weights[np.array([row(n) for n in names])])
+            out = mix if out is None else out + mix
         return out
 
 
