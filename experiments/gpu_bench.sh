@@ -3,10 +3,11 @@
 # from the H200 session's figures (per configuration of the DARTS net: ~25 s
 # to build and trace, ~85 s to compile with all 7 experts, ~30 s with 2, then
 # the steps at ~250 ms each in float32 at batch 64):
-#   bash experiments/gpu_bench.sh "$OUT" bench   # ~9 min
+#   bash experiments/gpu_bench.sh "$OUT" bench   # 7 configs of ~2 min; stops at 540 s
 #   bash experiments/gpu_bench.sh "$OUT" e2e     # ~5 min
 #   bash experiments/gpu_bench.sh "$OUT" conv    # ~3 min, if device time is left
 #   bash experiments/gpu_bench.sh "$OUT" graphs  # ~3 min, if device time is left
+#   bash experiments/gpu_bench.sh "$OUT" autotune  # ~3 min, if device time is left
 # "bench" runs bench_search, one configuration after another, most wanted
 # first: batch 64, batch 64 with --single-trace (compile time against step
 # time), batch 256 (memory; and if its step costs little more than
@@ -17,7 +18,8 @@
 # (git-ignored, carried): data loading, compile, EPOCHS epochs of 390 steps,
 # checkpoints.  "conv" times the grouped-convolution depthwise form at batch 64;
 # "graphs" batch 64 with XLA capturing while loops too in CUDA graphs (if the
-# step is bound by launches, this is the flag-only remedy to try).
+# step is bound by launches, this is the flag-only remedy to try); "autotune"
+# batch 64 compiled without XLA's autotuning (its share of the compile time).
 # Every part has its own timeout and writes under $OUT as it goes.  A dry run
 # on a CPU:
 #   PRESET=tiny CHANNELS=4 LAYERS=3 MAX_STEPS=3 STEPS=2 SHORT_STEPS=1 REPEATS=1 \
@@ -86,4 +88,10 @@ fi
 if [ "$part" = graphs ]; then  # if device time is left: whole loops as CUDA graphs
   XLA_FLAGS="--xla_gpu_enable_command_buffer=FUSION,CUBLAS,CUBLASLT,CUDNN,CUSTOM_CALL,WHILE,CONDITIONAL" \
       bench "${GRAPHS_TIMEOUT:-200}" --config "batch=64,$s"
+fi
+
+if [ "$part" = autotune ]; then  # if device time is left: compile without autotuning
+  # How much of the GPU compile is autotuning of matmuls and convolutions
+  # (each shape tried with several kernels), and what its choices buy per step.
+  XLA_FLAGS="--xla_gpu_autotune_level=0" bench "${AUTOTUNE_TIMEOUT:-200}" --config "batch=64,$s"
 fi

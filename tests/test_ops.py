@@ -49,7 +49,7 @@ def test_depthwise_taps_runs_several_convolutions_at_once(shared, strides):
     specs = [(3, 1, 1), (5, 1, 2), (3, 2, 2), (5, 2, 4)]  # kernel, dilation, padding
     padding = max(pad for _, _, pad in specs)
     keys = jax.random.split(jax.random.key(7), 3 + len(specs))
-    x = jax.random.normal(keys[0], (2, 8, 8, 1 if shared else len(specs), 3))
+    x = jax.random.normal(keys[0], (1 if shared else len(specs), 2, 8, 8, 3))
     kernels = tuple(jax.random.normal(key, (k, k, 3)) for key, (k, _, _) in zip(keys[3:], specs))
     taps = tuple(kernel_taps(k, d, padding - pad) for k, d, pad in specs)
 
@@ -59,12 +59,12 @@ def test_depthwise_taps_runs_several_convolutions_at_once(shared, strides):
 
     def reference(x, kernels):
         return jnp.stack([
-            grouped_conv(x[:, :, :, 0 if shared else g], kernel, pad, d, strides)
+            grouped_conv(x[0 if shared else g], kernel, pad, d, strides)
             for g, (kernel, (_, d, pad)) in enumerate(zip(kernels, specs))
-        ], axis=3)
+        ])
 
     expected = reference(x, kernels)
-    assert expected.shape == (2, 8 // strides, 8 // strides, len(specs), 3)
+    assert expected.shape == (len(specs), 2, 8 // strides, 8 // strides, 3)
     np.testing.assert_allclose(taps_form(x, kernels), expected, rtol=1e-5, atol=1e-5)
     cotangent = jax.random.normal(keys[1], expected.shape)
     loss = lambda f: lambda a, b: jnp.sum(f(a, b) * cotangent)  # noqa: E731
@@ -75,7 +75,7 @@ def test_depthwise_taps_runs_several_convolutions_at_once(shared, strides):
 
 
 def test_depthwise_taps_rejects_groups_of_different_output_sizes():
-    x = jnp.zeros((1, 8, 8, 1, 2))
+    x = jnp.zeros((1, 1, 8, 8, 2))
     kernels = (jnp.ones((9, 2)), jnp.ones((9, 2)))
     taps = (kernel_taps(3, 1), kernel_taps(3, 2))  # both uncentred: 8 and 6 outputs
     with pytest.raises(ValueError, match="different output sizes"):

@@ -124,12 +124,13 @@ def _taps_output_size(size: int, padding: int, taps: tuple[Taps, ...], axis: int
 
 
 def _pad_hw(x: jax.Array, padding: int) -> jax.Array:
-    pads = ((0, 0), (padding, padding), (padding, padding)) + ((0, 0),) * (x.ndim - 3)
+    """Zero-pads the H and W axes of (..., H, W, C)."""
+    pads = ((0, 0),) * (x.ndim - 3) + ((padding, padding), (padding, padding), (0, 0))
     return jnp.pad(x, pads)
 
 
 def _group_input(x: jax.Array, group: int) -> jax.Array:
-    return x[:, :, :, 0 if x.shape[3] == 1 else group]
+    return x[0 if x.shape[0] == 1 else group]
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
@@ -139,7 +140,7 @@ def depthwise_taps(
 ) -> jax.Array:
     """G depthwise convolutions at once, each a weighted sum of shifted slices.
 
-    ``out[b, i, j, g, c] = sum_t xpad[b, s*i + dy_gt, s*j + dx_gt, g, c] * kernels[g][t, c]``
+    ``out[g, b, i, j, c] = sum_t xpad[g, b, s*i + dy_gt, s*j + dx_gt, c] * kernels[g][t, c]``
     where ``xpad`` is x zero-padded by ``padding`` on each side.  A kxk
     convolution with dilation d has the k*k taps ``(d*i, d*j)``
     (:func:`kernel_taps`); kernels of different sizes and dilations on one
@@ -148,27 +149,28 @@ def depthwise_taps(
     the same way (the input gradient is the tap sum over the dilated, padded
     output gradient with the mirrored taps, the kernel gradient one reduction
     per tap), and it keeps only x and the kernels for the backward pass, as a
-    convolution does.
+    convolution does.  Groups lead (G, B, H, W, C), so that each group's
+    slice is contiguous and a batched matmul over groups needs no transpose.
 
     Args:
-      x: (B, H, W, Gx, C): one input (Gx = 1) shared by the G convolutions, or one each.
+      x: (Gx, B, H, W, C): one input (Gx = 1) shared by the G convolutions, or one each.
       kernels: G arrays (T_g, C), the weight of each tap and channel.
       taps: G tuples of T_g (dy, dx) offsets into the padded input (static).
       padding: zero padding on each side of H and W (static).
       strides: output stride (static).
 
     Returns:
-      (B, H', W', G, C), ``H' = (H + 2 padding - min dy - max dy - 1) // strides + 1``
+      (G, B, H', W', C), ``H' = (H + 2 padding - min dy - max dy - 1) // strides + 1``
       (each group reads x as if padded by ``padding - min dy`` on both sides;
       every group must give the same H' and W').
     """
-    out_h = _taps_output_size(x.shape[1], padding, taps, 0, strides)
-    out_w = _taps_output_size(x.shape[2], padding, taps, 1, strides)
+    out_h = _taps_output_size(x.shape[2], padding, taps, 0, strides)
+    out_w = _taps_output_size(x.shape[3], padding, taps, 1, strides)
     padded = _pad_hw(x, padding)
     return jnp.stack([
         _tap_sum(_group_input(padded, g), kernel, group_taps, strides, out_h, out_w)
         for g, (kernel, group_taps) in enumerate(zip(kernels, taps))
-    ], axis=3)
+    ])
 
 
 def _depthwise_taps_fwd(x, kernels, taps, padding, strides):
@@ -177,12 +179,12 @@ def _depthwise_taps_fwd(x, kernels, taps, padding, strides):
 
 def _depthwise_taps_bwd(taps, padding, strides, residuals, grad):
     x, kernels = residuals
-    out_h, out_w = grad.shape[1], grad.shape[2]
+    out_h, out_w = grad.shape[2], grad.shape[3]
     padded = _pad_hw(x, padding)
-    height, width = padded.shape[1], padded.shape[2]
+    height, width = padded.shape[2], padded.shape[3]
     grad_kernels, grad_inputs = [], []
     for g, (kernel, group_taps) in enumerate(zip(kernels, taps)):
-        source, grad_g = _group_input(padded, g), grad[:, :, :, g]
+        source, grad_g = _group_input(padded, g), grad[g]
         # Kernel gradient: one product-and-reduce per tap.
         grad_kernels.append(jnp.stack([
             jnp.sum((_window(source, dy, dx, strides, out_h, out_w) * grad_g).astype(jnp.float32),
@@ -204,11 +206,11 @@ def _depthwise_taps_bwd(taps, padding, strides, residuals, grad):
         )
         mirrored = tuple((reach_y - dy, reach_x - dx) for dy, dx in group_taps)
         grad_inputs.append(_tap_sum(spread, kernel, mirrored, 1, height, width))
-    if x.shape[3] == 1:  # one input shared by the groups: their gradients add up
-        grad_padded = functools.reduce(jnp.add, grad_inputs)[:, :, :, None]
+    if x.shape[0] == 1:  # one input shared by the groups: their gradients add up
+        grad_padded = functools.reduce(jnp.add, grad_inputs)[None]
     else:
-        grad_padded = jnp.stack(grad_inputs, axis=3)
-    grad_x = grad_padded[:, padding:padding + x.shape[1], padding:padding + x.shape[2]]
+        grad_padded = jnp.stack(grad_inputs)
+    grad_x = grad_padded[:, :, padding:padding + x.shape[2], padding:padding + x.shape[3]]
     return grad_x.astype(x.dtype), tuple(grad_kernels)
 
 
@@ -233,10 +235,9 @@ def depthwise_conv(
     """
     k, channels = kernel.shape[0], kernel.shape[-1]
     out = depthwise_taps(
-        x[:, :, :, None, :], (kernel.reshape(k * k, channels),), (kernel_taps(k, dilation),),
-        padding, strides,
+        x[None], (kernel.reshape(k * k, channels),), (kernel_taps(k, dilation),), padding, strides
     )
-    return out[:, :, :, 0, :]
+    return out[0]
 
 
 DEPTHWISE_IMPLS = ("shifts", "conv")

@@ -94,7 +94,8 @@ class MixedOp(nn.Module):
 
     * the convolutional experts all start from ReLU(x): their first depthwise
       convolutions (3x3, 5x5, dilated 3x3 and 5x5) run as one
-      :func:`~xnas_jax.ops.depthwise_taps` over the union of their taps, their
+      :func:`~xnas_jax.ops.depthwise_taps` (each kernel with its own taps,
+      centred in one padding; the groups lead, (G, B, H, W, C)), their
       pointwise convolutions as one batched matmul, their batch norms as one;
       the second blocks of the sep convs the same way;
     * the two pools share one batch norm.
@@ -114,7 +115,7 @@ class MixedOp(nn.Module):
     depthwise: str = "shifts"  # depthwise-convolution form, see ops.DepthwiseConv
 
     def _batch_norm(self, name: str, y: jax.Array, rows: list[int], total: int) -> jax.Array:
-        """BN without affine parameters over (B, H, W, G, C), statistics per (g, c).
+        """BN without affine parameters over (G, B, H, W, C), statistics per (g, c).
 
         ``rows`` are the computed groups' rows in the (total, C) running
         statistics; the same normalization as one ``nn.BatchNorm`` per group.
@@ -125,8 +126,8 @@ class MixedOp(nn.Module):
         rows = np.asarray(rows)
         if self.train:
             y32 = y.astype(jnp.float32)
-            mean = jnp.mean(y32, axis=(0, 1, 2))
-            var = jnp.maximum(jnp.mean(jnp.square(y32), axis=(0, 1, 2)) - jnp.square(mean), 0.0)
+            mean = jnp.mean(y32, axis=(1, 2, 3))
+            var = jnp.maximum(jnp.mean(jnp.square(y32), axis=(1, 2, 3)) - jnp.square(mean), 0.0)
             if not self.is_initializing():
                 m = ops_lib.BN_MOMENTUM
                 mean_var.value = mean_var.value.at[rows].set(
@@ -134,22 +135,23 @@ class MixedOp(nn.Module):
                 var_var.value = var_var.value.at[rows].set(m * var_var.value[rows] + (1 - m) * var)
         else:
             mean, var = mean_var.value[rows], var_var.value[rows]
+        mean, var = mean[:, None, None, None, :], var[:, None, None, None, :]
         return ((y - mean) * jax.lax.rsqrt(var + ops_lib.BN_EPSILON)).astype(self.dtype)
 
     def _depthwise(self, x: jax.Array, kernels: list[jax.Array], experts: list[str],
                    strides: int) -> jax.Array:
-        """The experts' depthwise convolutions of x ((B,H,W,1 or G,C)) -> (B,H',W',G,C)."""
+        """The experts' depthwise convolutions of x ((1 or G, B, H, W, C)) -> (G, B, H', W', C)."""
         specs = [CONV_EXPERTS[name] for name in experts]
         if self.depthwise == "conv":
             outs = [
                 jax.lax.conv_general_dilated(
-                    x[:, :, :, 0 if x.shape[3] == 1 else g], kernel[:, :, None, :],
+                    x[0 if x.shape[0] == 1 else g], kernel[:, :, None, :],
                     (strides, strides), ((pad, pad), (pad, pad)), rhs_dilation=(dil, dil),
                     dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=x.shape[-1],
                 )
                 for g, (kernel, (_, dil, pad, _)) in enumerate(zip(kernels, specs))
             ]
-            return jnp.stack(outs, axis=3)
+            return jnp.stack(outs)
         if self.depthwise != "shifts":
             raise ValueError(
                 f"depthwise impl must be one of {ops_lib.DEPTHWISE_IMPLS}, got {self.depthwise!r}"
@@ -166,7 +168,7 @@ class MixedOp(nn.Module):
         kernels = [weights[name][f"depthwise_{block}"].astype(self.dtype) for name in experts]
         y = self._depthwise(x, kernels, experts, strides)
         pointwise = jnp.stack([weights[name][f"pointwise_{block}"] for name in experts])
-        y = jnp.einsum("bhwgc,gcd->bhwgd", y, pointwise.astype(self.dtype))
+        y = jnp.einsum("gbhwc,gcd->gbhwd", y, pointwise.astype(self.dtype))
         return self._batch_norm(stats_name, y, stats_rows, total)
 
     @nn.compact
@@ -175,12 +177,12 @@ class MixedOp(nn.Module):
         c, s = self.channels, self.strides
         weights = weights.astype(self.dtype)
         row = self.ops.index
-        terms = []  # (outputs (B, H', W', G, C), the G experts' names)
+        terms = []  # (outputs (G, B, H', W', C), the G experts' names)
 
         pools = [name for name in self.ops if name in POOL_EXPERTS]
         live = [name for name in pools if name in self.computed]
         if live:
-            y = jnp.stack([ops_lib.pool_3x3(x, POOL_EXPERTS[n], s) for n in live], axis=3)
+            y = jnp.stack([ops_lib.pool_3x3(x, POOL_EXPERTS[n], s) for n in live])
             # DARTS follows pooling by a BN without affine parameters.
             terms.append((self._batch_norm("pool_bn", y, [pools.index(n) for n in live],
                                            len(pools)), live))
@@ -188,7 +190,7 @@ class MixedOp(nn.Module):
         if "skip_connect" in self.computed:
             skip = x if s == 1 else ops_lib.FactorizedReduce(
                 c, False, self.dtype, name="skip_connect")(x, self.train)
-            terms.append((skip[:, :, :, None, :], ["skip_connect"]))
+            terms.append((skip[None], ["skip_connect"]))
 
         convs = [name for name in self.ops if name in CONV_EXPERTS]
         params = {
@@ -197,16 +199,16 @@ class MixedOp(nn.Module):
         }
         live = [name for name in convs if name in self.computed]
         if live:
-            first = self._conv_block(x[:, :, :, None, :], params, live, 1, s, "conv_bn_1",
+            first = self._conv_block(x[None], params, live, 1, s, "conv_bn_1",
                                      [convs.index(n) for n in live], len(convs))
             dil = [g for g, name in enumerate(live) if CONV_EXPERTS[name][3] == 1]
             sep = [g for g, name in enumerate(live) if CONV_EXPERTS[name][3] == 2]
             if dil:
-                terms.append((first[:, :, :, dil], [live[g] for g in dil]))
+                terms.append((first[np.array(dil)], [live[g] for g in dil]))
             if sep:
                 seps = [name for name in convs if CONV_EXPERTS[name][3] == 2]
                 names = [live[g] for g in sep]
-                second = self._conv_block(first[:, :, :, sep], params, names, 2, 1, "conv_bn_2",
+                second = self._conv_block(first[np.array(sep)], params, names, 2, 1, "conv_bn_2",
                                           [seps.index(n) for n in names], len(seps))
                 terms.append((second, names))
 
@@ -214,7 +216,7 @@ class MixedOp(nn.Module):
             return ops_lib.Zero(s)(x, self.train)
         out = None
         for y, names in terms:
-            mix = jnp.einsum("bhwgc,g->bhwc", y, weights[np.array([row(n) for n in names])])
+            mix = jnp.einsum("gbhwc,g->bhwc", y, weights[np.array([row(n) for n in names])])
             out = mix if out is None else out + mix
         return out
 
