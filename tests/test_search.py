@@ -249,11 +249,17 @@ def test_existing_checkpoints_need_resume(tiny_search, tmp_path, capsys):
     assert_usage_error(code, err, "--resume")
 
 
-def test_resume_with_other_settings_or_a_corrupt_checkpoint(tiny_search, tmp_path, capsys):
+def test_resume_with_other_settings_or_a_corrupt_checkpoint(tiny_search, tmp_path, capsys,
+                                                             monkeypatch):
     copy = tmp_path / "copy"
     shutil.copytree(tiny_search, copy)
     code, _, err = run_main(TINY + ["--out-dir", str(copy), "--resume", "--seed", "7"], capsys)
     assert_usage_error(code, err, "seed")
+    # A checkpoint of an older supernet layout is refused by name, not restored.
+    with monkeypatch.context() as patch:
+        patch.setattr(search, "VARIABLES_LAYOUT", search.VARIABLES_LAYOUT + 1)
+        code, _, err = run_main(TINY + ["--out-dir", str(copy), "--resume"], capsys)
+    assert_usage_error(code, err, "supernet_layout")
     for file in (copy / "checkpoints" / "6" / "state").rglob("*"):
         if file.is_file():
             file.write_bytes(b"garbage")

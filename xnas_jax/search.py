@@ -35,7 +35,7 @@ from xnas_jax import checkpointing, cli, configs, genotypes, input_pipeline, plo
 from xnas_jax import optimizers, search_step
 from xnas_jax.prng import prng_key
 from xnas_jax.search_step import CELL_TYPES, SearchState
-from xnas_jax.supernet import SearchNetwork, count_params, validate_ops
+from xnas_jax.supernet import VARIABLES_LAYOUT, SearchNetwork, count_params, validate_ops
 
 
 class _Interrupted(Exception):
@@ -171,7 +171,8 @@ def run_search(config: configs.SearchConfig) -> dict[str, Any]:
     # run's checkpoints, fail here.
     checkpoints = checkpointing.Checkpointer(
         out_dir / "checkpoints",
-        fingerprint=config.fingerprint(),
+        # A checkpoint of another supernet layout cannot be restored into this one.
+        fingerprint={**config.fingerprint(), "supernet_layout": VARIABLES_LAYOUT},
         max_to_keep=config.keep_checkpoints,
         resume=config.resume,
     )

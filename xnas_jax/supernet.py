@@ -50,6 +50,10 @@ from xnas_jax import ops as ops_lib
 Dtype = Any
 
 ARCH = "arch"  # the variable collection of the mixture weights
+# Version of the supernet's variable trees, part of a search's checkpoint
+# fingerprint: 2 = experts grouped by kind (per-expert parameter dicts,
+# batch-norm statistics with one row per expert).
+VARIABLES_LAYOUT = 2
 
 
 def _edge_groups(steps: int) -> tuple[np.ndarray, np.ndarray]:
