@@ -26,7 +26,7 @@ so the parameter count is unchanged.  Within an edge, experts of one kind run
 together (:class:`MixedOp`): the four convolutional experts' first blocks as
 one grouped depthwise-pointwise-BN block, the sep convs' second blocks as
 another, the two pools with one BN.  On the CPU compile this cut the
-instructions a step executes by about 17%; on a GPU each is a kernel launch.
+instructions a step executes by 18-23%; on a GPU each is a kernel launch.
 
 Skipping experts: ``normal_ops`` / ``reduce_ops`` name the experts that are
 computed per cell type (default: all).  Experts wiped out on every edge of a
