@@ -1,4 +1,4 @@
-"""The depthwise convolutions (shifted slices, custom VJP) against XLA's grouped convolution."""
+"""Grouped operations (depthwise taps, pointwise convs, BN, ReLU) against reference forms."""
 
 from __future__ import annotations
 
@@ -6,8 +6,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from xnas_jax.ops import depthwise_conv, depthwise_taps, kernel_taps
+from xnas_jax.ops import (
+    BN_EPSILON,
+    batch_normalize,
+    depthwise_conv,
+    depthwise_taps,
+    kernel_taps,
+    pointwise_convs,
+    relu,
+)
 
 
 def grouped_conv(x, kernel, padding, dilation, strides):
@@ -43,9 +53,13 @@ def test_depthwise_conv_matches_grouped_convolution(height, k, padding, dilation
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("shared, strides", [(True, 1), (True, 2), (False, 1)])
-def test_depthwise_taps_runs_several_convolutions_at_once(shared, strides):
-    """The four DARTS depthwise kernels, centred in one padding, on one input or one each."""
+@pytest.mark.parametrize("shared, strides, flat", [(True, 1, False), (True, 2, True),
+                                                   (False, 1, False)])
+def test_depthwise_taps_runs_several_convolutions_at_once(shared, strides, flat):
+    """The four DARTS depthwise kernels, centred in one padding, on one input or one each.
+
+    Kernels are passed as (k, k, C) or flattened to (k * k, C): the same taps.
+    """
     specs = [(3, 1, 1), (5, 1, 2), (3, 2, 2), (5, 2, 4)]  # kernel, dilation, padding
     padding = max(pad for _, _, pad in specs)
     keys = jax.random.split(jax.random.key(7), 3 + len(specs))
@@ -54,8 +68,9 @@ def test_depthwise_taps_runs_several_convolutions_at_once(shared, strides):
     taps = tuple(kernel_taps(k, d, padding - pad) for k, d, pad in specs)
 
     def taps_form(x, kernels):
-        flat = tuple(kernel.reshape(-1, 3) for kernel in kernels)
-        return depthwise_taps(x, flat, taps, padding, strides)
+        if flat:
+            kernels = tuple(kernel.reshape(-1, 3) for kernel in kernels)
+        return depthwise_taps(x, kernels, taps, padding, strides)
 
     def reference(x, kernels):
         return jnp.stack([
@@ -74,9 +89,74 @@ def test_depthwise_taps_runs_several_convolutions_at_once(shared, strides):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
 
 
+def test_depthwise_taps_rejects_a_kernel_that_does_not_match_its_taps():
+    x = jnp.zeros((1, 1, 8, 8, 2))
+    with pytest.raises(ValueError, match=r"kernel of shape \(3, 3, 2\) for 25 taps"):
+        depthwise_taps(x, (jnp.ones((3, 3, 2)),), (kernel_taps(5, 1),), 2, 1)
+    with pytest.raises(ValueError, match="for 9 taps and 2 channels"):
+        depthwise_taps(x, (jnp.ones((3, 3, 3)),), (kernel_taps(3, 1),), 1, 1)
+
+
 def test_depthwise_taps_rejects_groups_of_different_output_sizes():
     x = jnp.zeros((1, 1, 8, 8, 2))
     kernels = (jnp.ones((9, 2)), jnp.ones((9, 2)))
     taps = (kernel_taps(3, 1), kernel_taps(3, 2))  # both uncentred: 8 and 6 outputs
     with pytest.raises(ValueError, match="different output sizes"):
         depthwise_taps(x, kernels, taps, 1, 1)
+
+
+def naive_batch_norm(y, axes):
+    """Autodiff's reference: the documented formula, every intermediate left to jax.grad."""
+    mean = jnp.mean(y, axis=axes, keepdims=True)
+    var = jnp.mean(jnp.square(y), axis=axes, keepdims=True) - jnp.square(mean)
+    return (y - mean) / jnp.sqrt(var + BN_EPSILON), jnp.squeeze(mean, axes), jnp.squeeze(var, axes)
+
+
+@settings(max_examples=12, deadline=None)
+@given(shape=st.sampled_from([(2, 4, 3, 3, 5), (3, 2, 1, 1, 2), (1, 8, 2, 4, 3)]),
+       axes=st.sampled_from([(1, 2, 3), (0, 1, 2, 3)]), scale=st.floats(0.1, 10.0),
+       seed=st.integers(0, 2**16))
+def test_batch_normalize_matches_autodiff_of_the_formula(shape, axes, scale, seed):
+    """Values and the closed-form VJP (through all three outputs) against jax.grad."""
+    keys = jax.random.split(jax.random.key(seed), 4)
+    y = scale * jax.random.normal(keys[0], shape) + 3.0
+    got = batch_normalize(y, axes, BN_EPSILON)
+    want = naive_batch_norm(y, axes)
+    for a, b in zip(got, want):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * scale**2)
+    cotangents = [jax.random.normal(k, w.shape) for k, w in zip(keys[1:], want)]
+    loss = lambda f: lambda y: sum(jnp.sum(o * c) for o, c in zip(f(y), cotangents))  # noqa: E731
+    np.testing.assert_allclose(
+        jax.grad(loss(lambda y: batch_normalize(y, axes, BN_EPSILON)))(y),
+        jax.grad(loss(lambda y: naive_batch_norm(y, axes)))(y), rtol=1e-3, atol=1e-3,
+    )
+    # Only the normalized output differentiated (the statistics feed running averages).
+    only_normalized = lambda f: lambda y: jnp.sum(f(y)[0] * cotangents[0])  # noqa: E731
+    np.testing.assert_allclose(
+        jax.grad(only_normalized(lambda y: batch_normalize(y, axes, BN_EPSILON)))(y),
+        jax.grad(only_normalized(lambda y: naive_batch_norm(y, axes)))(y), rtol=1e-3, atol=1e-3,
+    )
+
+
+def test_relu_has_the_gradient_of_jax_nn_relu_including_at_zero():
+    x = jnp.array([-2.0, -0.0, 0.0, 1e-30, 3.0])
+    np.testing.assert_array_equal(relu(x), jax.nn.relu(x))
+    cotangent = jnp.array([1.0, 2.0, 3.0, 4.0, 5.0])
+    grad = lambda f: jax.grad(lambda x: jnp.sum(f(x) * cotangent))(x)  # noqa: E731
+    np.testing.assert_array_equal(grad(relu), grad(jax.nn.relu))
+    np.testing.assert_array_equal(grad(relu), [0.0, 0.0, 0.0, 4.0, 5.0])
+
+
+def test_pointwise_convs_match_a_batched_matmul_and_its_autodiff():
+    keys = jax.random.split(jax.random.key(3), 4)
+    y = jax.random.normal(keys[0], (3, 2, 4, 4, 5))
+    kernels = tuple(jax.random.normal(k, (5, 6)) for k in jax.random.split(keys[1], 3))
+    reference = lambda y, ks: jnp.einsum("gbhwc,gcd->gbhwd", y, jnp.stack(ks))  # noqa: E731
+    np.testing.assert_allclose(pointwise_convs(y, kernels), reference(y, kernels), rtol=1e-5,
+                               atol=1e-5)
+    cotangent = jax.random.normal(keys[2], (3, 2, 4, 4, 6))
+    loss = lambda f: lambda y, ks: jnp.sum(f(y, ks) * cotangent)  # noqa: E731
+    got = jax.grad(loss(pointwise_convs), argnums=(0, 1))(y, kernels)
+    want = jax.grad(loss(reference), argnums=(0, 1))(y, kernels)
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)

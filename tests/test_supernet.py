@@ -9,7 +9,14 @@ import numpy as np
 import pytest
 
 from xnas_jax import genotypes
-from xnas_jax.supernet import ARCH, MixedOp, SearchCell, SearchNetwork, count_params
+from xnas_jax.supernet import (
+    ARCH,
+    MixedOp,
+    SearchCell,
+    SearchNetwork,
+    count_params,
+    mixture,
+)
 
 OPS = genotypes.XNAS_PRIMITIVES
 # Cell and network tests use fewer experts (one of each kind) to compile fast.
@@ -315,3 +322,23 @@ def test_network_output_shape_and_skipping_experts():
     for a, b in zip(jax.tree.leaves(grads[0]), jax.tree.leaves(grads2[0])):
         if np.any(np.asarray(b)):
             np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_mixture_against_numpy_with_unmixed_groups_and_uncomputed_experts():
+    """p = sum_i u_i f_i over the mixed groups; d p / d u_i = f_i, 0 for experts not computed."""
+    rng = np.random.default_rng(0)
+    outputs = (rng.normal(size=(3, 2, 2, 2, 3)), rng.normal(size=(2, 2, 2, 3)))
+    rows = ((4, -1, 0), (2,))  # group 1 of the first array is not mixed; experts 1 and 3 absent
+    u = rng.dirichlet(np.ones(5))
+    want = u[4] * outputs[0][0] + u[0] * outputs[0][2] + u[2] * outputs[1]
+    got = mixture(tuple(map(jnp.asarray, outputs)), jnp.asarray(u), rows)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    cotangent = rng.normal(size=want.shape)
+    grads = jax.grad(lambda o, u: jnp.sum(mixture(o, u, rows) * cotangent), argnums=(0, 1))(
+        tuple(map(jnp.asarray, outputs)), jnp.asarray(u))
+    np.testing.assert_allclose(
+        grads[1], [np.sum(cotangent * outputs[0][2]), 0, np.sum(cotangent * outputs[1]), 0,
+                   np.sum(cotangent * outputs[0][0])], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(grads[0][0][1], 0)
+    np.testing.assert_allclose(grads[0][0][2], u[0] * cotangent, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(grads[0][1], u[2] * cotangent, rtol=1e-5, atol=1e-6)

@@ -25,6 +25,7 @@ from typing import Any, Callable
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 Dtype = Any
 
@@ -44,6 +45,89 @@ def batch_norm(train: bool, affine: bool, dtype: Dtype = jnp.float32, name: str 
         param_dtype=jnp.float32,
         name=name,
     )
+
+
+@jax.custom_vjp
+def relu(x: jax.Array) -> jax.Array:
+    """max(x, 0), as ``jax.nn.relu`` (gradient 0 at 0), whose backward pass keeps only the output.
+
+    ``jax.nn.relu`` leaves its input mask and a broadcast zero to the backward
+    pass besides the output; inside a scan each of those is one more stacked
+    residual written per iteration (one more GPU kernel).
+    """
+    return jnp.maximum(x, jnp.zeros((), x.dtype))
+
+
+def _relu_fwd(x):
+    out = relu(x)
+    return out, out
+
+
+def _relu_bwd(out, grad):
+    return (jnp.where(out > 0, grad, jnp.zeros((), grad.dtype)),)
+
+
+relu.defvjp(_relu_fwd, _relu_bwd)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
+def batch_normalize(
+    y: jax.Array, axes: tuple[int, ...], epsilon: float = BN_EPSILON
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Training-mode batch normalization without affine parameters.
+
+    ``(y - mean) / sqrt(var + epsilon)`` with the batch statistics over
+    ``axes``, computed in float32 (``var = E[y^2] - mean^2``, clipped at 0).
+    The backward pass is the closed form
+    ``dy = rstd * (g - mean(g) - y_hat * mean(g * y_hat))`` plus the
+    statistics' own cotangents (zero when they only feed running averages),
+    and keeps only the normalized output and ``rstd``: autodiff of the
+    formula above keeps six arrays, each a stacked residual inside a scan.
+
+    Args:
+      y: the batch, any float dtype.
+      axes: the axes reduced over (static).
+      epsilon: added to the variance (static).
+
+    Returns:
+      (normalized y in y's dtype, mean, var), the statistics float32 with
+      ``axes`` reduced.
+    """
+    return _batch_normalize_fwd(y, axes, epsilon)[0]
+
+
+def _batch_normalize_fwd(y, axes, epsilon):
+    if isinstance(y, jax.custom_derivatives.CustomVJPPrimal):
+        y = y.value
+    y32 = y.astype(jnp.float32)
+    mean = jnp.mean(y32, axis=axes)
+    var = jnp.maximum(jnp.mean(jnp.square(y32), axis=axes) - jnp.square(mean), 0.0)
+    rstd = jax.lax.rsqrt(jnp.expand_dims(var, axes) + epsilon)
+    normalized = ((y32 - jnp.expand_dims(mean, axes)) * rstd).astype(y.dtype)
+    return (normalized, mean, var), (normalized, rstd)
+
+
+def _batch_normalize_bwd(axes, epsilon, residuals, cotangents):
+    del epsilon
+    normalized, rstd = residuals
+    grad, grad_mean, grad_var = cotangents
+    count = normalized.size // rstd.size
+    y_hat = normalized.astype(jnp.float32)
+    if isinstance(grad, jax.custom_derivatives.SymbolicZero):
+        grad_y = jnp.zeros(normalized.shape, jnp.float32)
+    else:
+        g = grad.astype(jnp.float32)
+        grad_y = rstd * (g - jnp.mean(g, axes, keepdims=True)
+                         - y_hat * jnp.mean(g * y_hat, axes, keepdims=True))
+    # d mean / dy = 1 / n, d var / dy = 2 (y - mean) / n = 2 y_hat / (rstd n).
+    if not isinstance(grad_mean, jax.custom_derivatives.SymbolicZero):
+        grad_y = grad_y + jnp.expand_dims(grad_mean, axes) / count
+    if not isinstance(grad_var, jax.custom_derivatives.SymbolicZero):
+        grad_y = grad_y + jnp.expand_dims(grad_var, axes) * 2 * y_hat / (rstd * count)
+    return (grad_y.astype(normalized.dtype),)
+
+
+batch_normalize.defvjp(_batch_normalize_fwd, _batch_normalize_bwd, symbolic_zeros=True)
 
 
 def _pad(size: int) -> tuple[tuple[int, int], tuple[int, int]]:
@@ -77,31 +161,36 @@ class ReLUConvBN(nn.Module):
 Taps = tuple[tuple[int, int], ...]  # (row, column) offsets into the padded input
 
 
-def _window(padded: jax.Array, dy: int, dx: int, strides: int, out_h: int, out_w: int):
-    """padded[:, dy + s*i, dx + s*j, :] for the output grid (i, j): one strided slice."""
+def _window(source: jax.Array, dy: int, dx: int, strides: int, out_h: int, out_w: int):
+    """source[:, dy + s*i, dx + s*j, :] over the output grid (i, j): one strided slice."""
     return jax.lax.slice(
-        padded,
+        source,
         (0, dy, dx, 0),
-        (padded.shape[0], dy + strides * (out_h - 1) + 1, dx + strides * (out_w - 1) + 1,
-         padded.shape[3]),
+        (source.shape[0], dy + strides * (out_h - 1) + 1, dx + strides * (out_w - 1) + 1,
+         source.shape[3]),
         (1, strides, strides, 1),
     )
 
 
 def _tap_sum(
-    padded: jax.Array, kernel: jax.Array, taps: Taps, strides: int, out_h: int, out_w: int
+    source: jax.Array, kernel: jax.Array, taps: Taps, strides: int, out_h: int, out_w: int
 ) -> jax.Array:
-    """sum_t padded[:, s*i + dy_t, s*j + dx_t, :] * kernel[t] over the taps.
+    """sum_t source[:, s*i + dy_t, s*j + dx_t, :] * kernel[t] over the taps, (B, H', W', C).
 
     One strided slice per tap, multiplied and added: XLA fuses the whole sum
     into one elementwise loop, with no im2col buffer and no grouped
     convolution (which XLA's CPU backend, and cuDNN for the kernel gradient,
-    run slowly).
+    run slowly).  Written with ``lax`` primitives, a few per tap, because the
+    trace of a supernet holds hundreds of taps.  (Slicing 4-D windows out of
+    one group, rather than 5-D windows out of all groups, ran 4x faster in
+    XLA's CPU code when a ReLU is fused in front.)
     """
+    shape = (source.shape[0], out_h, out_w, source.shape[3])
     out = None
-    for (dy, dx), weight in zip(taps, kernel):
-        term = _window(padded, dy, dx, strides, out_h, out_w) * weight
-        out = term if out is None else out + term
+    for t, (dy, dx) in enumerate(taps):
+        weight = jax.lax.broadcast_in_dim(kernel[t], shape, (3,))
+        term = jax.lax.mul(_window(source, dy, dx, strides, out_h, out_w), weight)
+        out = term if out is None else jax.lax.add(out, term)
     return out
 
 
@@ -129,7 +218,13 @@ def _pad_hw(x: jax.Array, padding: int) -> jax.Array:
     return jnp.pad(x, pads)
 
 
-def _group_input(x: jax.Array, group: int) -> jax.Array:
+def _flat(kernel: jax.Array, dtype: Dtype) -> jax.Array:
+    """A kernel (..., C) as (taps, C) in ``dtype``."""
+    return kernel.reshape(-1, kernel.shape[-1]).astype(dtype)
+
+
+def _source(x: jax.Array, group: int) -> jax.Array:
+    """The input (B, H, W, C) that convolution ``group`` reads: the shared one, or its own."""
     return x[0 if x.shape[0] == 1 else group]
 
 
@@ -154,7 +249,11 @@ def depthwise_taps(
 
     Args:
       x: (Gx, B, H, W, C): one input (Gx = 1) shared by the G convolutions, or one each.
-      kernels: G arrays (T_g, C), the weight of each tap and channel.
+      kernels: G arrays (..., C) of T_g weights per channel, one per tap, in
+        row-major order of the leading axes (e.g. a (k, k, C) kernel), any
+        float dtype (cast to x's dtype; the gradients come back in theirs).
+        Passing the parameters themselves, not a reshaped or cast copy, lets
+        a scan forward them to its backward pass instead of stacking a copy.
       taps: G tuples of T_g (dy, dx) offsets into the padded input (static).
       padding: zero padding on each side of H and W (static).
       strides: output stride (static).
@@ -164,11 +263,15 @@ def depthwise_taps(
       (each group reads x as if padded by ``padding - min dy`` on both sides;
       every group must give the same H' and W').
     """
+    for kernel, group_taps in zip(kernels, taps, strict=True):
+        if kernel.shape[-1] != x.shape[-1] or kernel.size != len(group_taps) * x.shape[-1]:
+            raise ValueError(f"a kernel of shape {kernel.shape} for {len(group_taps)} taps "
+                             f"and {x.shape[-1]} channels")
     out_h = _taps_output_size(x.shape[2], padding, taps, 0, strides)
     out_w = _taps_output_size(x.shape[3], padding, taps, 1, strides)
     padded = _pad_hw(x, padding)
     return jnp.stack([
-        _tap_sum(_group_input(padded, g), kernel, group_taps, strides, out_h, out_w)
+        _tap_sum(_source(padded, g), _flat(kernel, x.dtype), group_taps, strides, out_h, out_w)
         for g, (kernel, group_taps) in enumerate(zip(kernels, taps))
     ])
 
@@ -182,32 +285,37 @@ def _depthwise_taps_bwd(taps, padding, strides, residuals, grad):
     out_h, out_w = grad.shape[2], grad.shape[3]
     padded = _pad_hw(x, padding)
     height, width = padded.shape[2], padded.shape[3]
-    grad_kernels, grad_inputs = [], []
+    # Kernel gradient: one product-and-reduce per tap (a reduction per tap
+    # reads its window in place; stacking the windows first copies them).
+    grad_kernels = []
     for g, (kernel, group_taps) in enumerate(zip(kernels, taps)):
-        source, grad_g = _group_input(padded, g), grad[g]
-        # Kernel gradient: one product-and-reduce per tap.
-        grad_kernels.append(jnp.stack([
-            jnp.sum((_window(source, dy, dx, strides, out_h, out_w) * grad_g).astype(jnp.float32),
-                    axis=(0, 1, 2))
+        source, grad_g = _source(padded, g), grad[g]
+        sums = [
+            jnp.sum(jax.lax.mul(_window(source, dy, dx, strides, out_h, out_w), grad_g)
+                    .astype(jnp.float32), axis=(0, 1, 2))
             for dy, dx in group_taps
-        ]).astype(kernel.dtype))
-        # Input gradient: spread the output gradient back to the padded input
-        # grid (interior zeros for the stride), pad it by the taps' reach, and
-        # sum it over the mirrored taps.
-        reach_y = max(dy for dy, _ in group_taps)
-        reach_x = max(dx for _, dx in group_taps)
-        spread = jax.lax.pad(
-            grad_g,
-            jnp.zeros((), grad.dtype),
-            ((0, 0, 0),
-             (reach_y, height - strides * (out_h - 1) - 1, strides - 1),
-             (reach_x, width - strides * (out_w - 1) - 1, strides - 1),
-             (0, 0, 0)),
-        )
-        mirrored = tuple((reach_y - dy, reach_x - dx) for dy, dx in group_taps)
-        grad_inputs.append(_tap_sum(spread, kernel, mirrored, 1, height, width))
+        ]
+        grad_kernels.append(jnp.stack(sums).reshape(kernel.shape).astype(kernel.dtype))
+    # Input gradient: spread the output gradient back onto the padded input
+    # grid (interior zeros for the stride), pad it by the taps' reach, and
+    # sum it over the mirrored taps.
+    reach_y = max(dy for group_taps in taps for dy, _ in group_taps)
+    reach_x = max(dx for group_taps in taps for _, dx in group_taps)
+    spread = jax.lax.pad(
+        grad,
+        jnp.zeros((), grad.dtype),
+        ((0, 0, 0), (0, 0, 0),
+         (reach_y, height - strides * (out_h - 1) - 1, strides - 1),
+         (reach_x, width - strides * (out_w - 1) - 1, strides - 1),
+         (0, 0, 0)),
+    )
+    grad_inputs = [
+        _tap_sum(spread[g], _flat(kernel, grad.dtype),
+                 tuple((reach_y - dy, reach_x - dx) for dy, dx in group_taps), 1, height, width)
+        for g, (kernel, group_taps) in enumerate(zip(kernels, taps))
+    ]
     if x.shape[0] == 1:  # one input shared by the groups: their gradients add up
-        grad_padded = functools.reduce(jnp.add, grad_inputs)[None]
+        grad_padded = functools.reduce(jax.lax.add, grad_inputs)[None]
     else:
         grad_padded = jnp.stack(grad_inputs)
     grad_x = grad_padded[:, :, padding:padding + x.shape[2], padding:padding + x.shape[3]]
@@ -215,6 +323,40 @@ def _depthwise_taps_bwd(taps, padding, strides, residuals, grad):
 
 
 depthwise_taps.defvjp(_depthwise_taps_fwd, _depthwise_taps_bwd)
+
+
+@jax.custom_vjp
+def pointwise_convs(y: jax.Array, kernels: tuple[jax.Array, ...]) -> jax.Array:
+    """G 1x1 convolutions at once: ``out[g] = y[g] @ kernels[g]`` over (G, B, H, W, C).
+
+    One batched matmul.  The backward pass keeps ``y`` and the kernels as
+    given (the parameters themselves, which a scan forwards to its backward
+    pass), not a stacked copy of the kernels.
+
+    Args:
+      y: (G, B, H, W, C).
+      kernels: G arrays (C, D), any float dtype (cast to y's).
+
+    Returns:
+      (G, B, H, W, D) in y's dtype.
+    """
+    stacked = jnp.stack([kernel.astype(y.dtype) for kernel in kernels])
+    return jnp.einsum("gbhwc,gcd->gbhwd", y, stacked)
+
+
+def _pointwise_convs_fwd(y, kernels):
+    return pointwise_convs(y, kernels), (y, kernels)
+
+
+def _pointwise_convs_bwd(residuals, grad):
+    y, kernels = residuals
+    stacked = jnp.stack([kernel.astype(grad.dtype) for kernel in kernels])
+    grad_y = jnp.einsum("gbhwd,gcd->gbhwc", grad, stacked)
+    grad_kernels = jnp.einsum("gbhwc,gbhwd->gcd", y, grad, preferred_element_type=jnp.float32)
+    return grad_y, tuple(g.astype(k.dtype) for g, k in zip(grad_kernels, kernels))
+
+
+pointwise_convs.defvjp(_pointwise_convs_fwd, _pointwise_convs_bwd)
 
 
 def kernel_taps(kernel_size: int, dilation: int, offset: int = 0) -> Taps:
@@ -233,10 +375,8 @@ def depthwise_conv(
     The same function as ``lax.conv_general_dilated`` with
     ``feature_group_count=C``, computed by :func:`depthwise_taps`.
     """
-    k, channels = kernel.shape[0], kernel.shape[-1]
-    out = depthwise_taps(
-        x[None], (kernel.reshape(k * k, channels),), (kernel_taps(k, dilation),), padding, strides
-    )
+    out = depthwise_taps(x[None], (kernel,), (kernel_taps(kernel.shape[0], dilation),), padding,
+                         strides)
     return out[0]
 
 
@@ -359,8 +499,16 @@ def pool_3x3(x: jax.Array, kind: str, strides: int) -> jax.Array:
     """3x3 "max" or "avg" pooling, padding 1, NHWC (the average ignores padding)."""
     if kind == "max":
         return nn.max_pool(x, (3, 3), strides=(strides, strides), padding=_pad(1))
-    return nn.avg_pool(x, (3, 3), strides=(strides, strides), padding=_pad(1),
-                       count_include_pad=False)
+    summed = jax.lax.reduce_window(
+        x, np.zeros((), x.dtype), jax.lax.add, (1,) * (x.ndim - 3) + (3, 3, 1),
+        (1,) * (x.ndim - 3) + (strides, strides, 1), ((0, 0),) * (x.ndim - 3) + _pad(1) + ((0, 0),),
+    )
+    # The number of real (not padding) pixels under each window, a constant.
+    counts = [
+        np.minimum(np.arange(0, size, strides) + 2, size) - np.maximum(np.arange(0, size, strides) - 1, 0)
+        for size in x.shape[-3:-1]
+    ]
+    return summed / np.outer(*counts)[:, :, None].astype(x.dtype)
 
 
 class Identity(nn.Module):
