@@ -133,16 +133,20 @@ def _mixture_fwd(outputs, weights, rows):
 def _mixture_bwd(rows, residuals, grad):
     outputs, weights = residuals
     grad_outputs, grad_rows = [], {}
+    g32 = grad.astype(jnp.float32)
     for groups, group_rows in zip(outputs, rows):
-        grads = []
-        for g, r in enumerate(group_rows):
-            y = groups if groups.ndim == 4 else groups[g]
-            if r < 0:
-                grads.append(jnp.zeros_like(y))
-                continue
-            grads.append(grad * weights[r].astype(grad.dtype))
-            grad_rows[r] = jnp.sum(grad.astype(jnp.float32) * y.astype(jnp.float32))
-        grad_outputs.append(grads[0] if groups.ndim == 4 else jnp.stack(grads))
+        if groups.ndim == 4:  # a single expert
+            grad_outputs.append(grad * weights[group_rows[0]].astype(grad.dtype))
+            grad_rows[group_rows[0]] = jnp.sum(g32 * groups.astype(jnp.float32))
+            continue
+        mixed = [g for g, r in enumerate(group_rows) if r >= 0]
+        # d p / d u_i = <grad, f_i>: one reduction for the array's mixed groups.
+        sums = jnp.sum(_take_rows(groups, mixed).astype(jnp.float32) * g32, axis=(1, 2, 3, 4))
+        grad_rows.update({group_rows[g]: sums[j] for j, g in enumerate(mixed)})
+        grad_outputs.append(jnp.stack([
+            grad * weights[r].astype(grad.dtype) if r >= 0 else jnp.zeros_like(grad)
+            for r in group_rows
+        ]))
     zero = jnp.zeros((), jnp.float32)
     grad_weights = jnp.stack([grad_rows.get(i, zero) for i in range(weights.shape[0])])
     return tuple(grad_outputs), grad_weights.astype(weights.dtype)
