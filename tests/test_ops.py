@@ -16,6 +16,7 @@ from xnas_jax.ops import (
     depthwise_taps,
     kernel_taps,
     pointwise_convs,
+    pool_3x3,
     relu,
 )
 
@@ -160,3 +161,22 @@ def test_pointwise_convs_match_a_batched_matmul_and_its_autodiff():
     want = jax.grad(loss(reference), argnums=(0, 1))(y, kernels)
     for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("shape, strides", [((2, 8, 8, 3), 1), ((2, 7, 5, 3), 2),
+                                            ((1, 1, 1, 2), 2)])
+@pytest.mark.parametrize("kind", ["avg", "max"])
+def test_pool_3x3_against_numpy(shape, strides, kind):
+    """3x3 pooling, padding 1; the average counts only real pixels (count_include_pad=False)."""
+    x = np.random.default_rng(1).normal(size=shape)
+    _, height, width, _ = shape
+    want = np.stack([
+        np.stack([
+            (np.mean if kind == "avg" else np.max)(
+                x[:, max(i - 1, 0):i + 2, max(j - 1, 0):j + 2, :], axis=(1, 2))
+            for j in range(0, width, strides)
+        ], axis=1)
+        for i in range(0, height, strides)
+    ], axis=1)
+    np.testing.assert_allclose(pool_3x3(jnp.asarray(x, jnp.float32), kind, strides), want,
+                               rtol=1e-5, atol=1e-6)

@@ -328,7 +328,11 @@ def test_mixture_against_numpy_with_unmixed_groups_and_uncomputed_experts():
     """p = sum_i u_i f_i over the mixed groups; d p / d u_i = f_i, 0 for experts not computed."""
     rng = np.random.default_rng(0)
     outputs = (rng.normal(size=(3, 2, 2, 2, 3)), rng.normal(size=(2, 2, 2, 3)))
-    rows = ((4, -1, 0), (2,))  # group 1 of the first array is not mixed; experts 1 and 3 absent
+    # Group 1 of the first array is not mixed; experts 1 and 3 are absent; the
+    # last array is not mixed at all (a sep conv's first block when only sep
+    # convs are computed).
+    outputs += (rng.normal(size=(2, 2, 2, 2, 3)),)
+    rows = ((4, -1, 0), (2,), (-1, -1))
     u = rng.dirichlet(np.ones(5))
     want = u[4] * outputs[0][0] + u[0] * outputs[0][2] + u[2] * outputs[1]
     got = mixture(tuple(map(jnp.asarray, outputs)), jnp.asarray(u), rows)
@@ -342,3 +346,4 @@ def test_mixture_against_numpy_with_unmixed_groups_and_uncomputed_experts():
     np.testing.assert_allclose(grads[0][0][1], 0)
     np.testing.assert_allclose(grads[0][0][2], u[0] * cotangent, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(grads[0][1], u[2] * cotangent, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(grads[0][2], 0)

@@ -504,10 +504,9 @@ def pool_3x3(x: jax.Array, kind: str, strides: int) -> jax.Array:
         (1,) * (x.ndim - 3) + (strides, strides, 1), ((0, 0),) * (x.ndim - 3) + _pad(1) + ((0, 0),),
     )
     # The number of real (not padding) pixels under each window, a constant.
-    counts = [
-        np.minimum(np.arange(0, size, strides) + 2, size) - np.maximum(np.arange(0, size, strides) - 1, 0)
-        for size in x.shape[-3:-1]
-    ]
+    starts = [np.arange(0, size, strides) - 1 for size in x.shape[-3:-1]]
+    counts = [np.minimum(start + 3, size) - np.maximum(start, 0)
+              for start, size in zip(starts, x.shape[-3:-1])]
     return summed / np.outer(*counts)[:, :, None].astype(x.dtype)
 
 

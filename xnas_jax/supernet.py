@@ -140,9 +140,10 @@ def _mixture_bwd(rows, residuals, grad):
             grad_rows[group_rows[0]] = jnp.sum(g32 * groups.astype(jnp.float32))
             continue
         mixed = [g for g, r in enumerate(group_rows) if r >= 0]
-        # d p / d u_i = <grad, f_i>: one reduction for the array's mixed groups.
-        sums = jnp.sum(_take_rows(groups, mixed).astype(jnp.float32) * g32, axis=(1, 2, 3, 4))
-        grad_rows.update({group_rows[g]: sums[j] for j, g in enumerate(mixed)})
+        if mixed:  # d p / d u_i = <grad, f_i>: one reduction for the array's mixed groups
+            sums = jnp.sum(_take_rows(groups, mixed).astype(jnp.float32) * g32,
+                           axis=(1, 2, 3, 4))
+            grad_rows.update({group_rows[g]: sums[j] for j, g in enumerate(mixed)})
         grad_outputs.append(jnp.stack([
             grad * weights[r].astype(grad.dtype) if r >= 0 else jnp.zeros_like(grad)
             for r in group_rows
@@ -264,7 +265,8 @@ class MixedOp(nn.Module):
         # backward pass of the edge scan reads them rather than a stacked copy.
         kernels = [weights[name][f"depthwise_{block}"] for name in experts]
         y = self._depthwise(x, kernels, experts, strides)
-        y = ops_lib.pointwise_convs(y, tuple(weights[name][f"pointwise_{block}"] for name in experts))
+        pointwise = tuple(weights[name][f"pointwise_{block}"] for name in experts)
+        y = ops_lib.pointwise_convs(y, pointwise)
         return self._batch_norm(stats_name, y, stats_rows, total)
 
     @nn.compact
