@@ -132,24 +132,26 @@ def _mixture_fwd(outputs, weights, rows):
 
 def _mixture_bwd(rows, residuals, grad):
     outputs, weights = residuals
-    grad_outputs, grad_rows = [], {}
     g32 = grad.astype(jnp.float32)
+    grad_outputs, products, mixed_rows = [], [], []
     for groups, group_rows in zip(outputs, rows):
         if groups.ndim == 4:  # a single expert
             grad_outputs.append(grad * weights[group_rows[0]].astype(grad.dtype))
-            grad_rows[group_rows[0]] = jnp.sum(g32 * groups.astype(jnp.float32))
+            products.append(g32 * groups.astype(jnp.float32))
+            mixed_rows.append(group_rows[0])
             continue
-        mixed = [g for g, r in enumerate(group_rows) if r >= 0]
-        if mixed:  # d p / d u_i = <grad, f_i>: one reduction for the array's mixed groups
-            sums = jnp.sum(_take_rows(groups, mixed).astype(jnp.float32) * g32,
-                           axis=(1, 2, 3, 4))
-            grad_rows.update({group_rows[g]: sums[j] for j, g in enumerate(mixed)})
+        for g, r in enumerate(group_rows):
+            if r >= 0:
+                products.append(g32 * groups[g].astype(jnp.float32))
+                mixed_rows.append(r)
         grad_outputs.append(jnp.stack([
             grad * weights[r].astype(grad.dtype) if r >= 0 else jnp.zeros_like(grad)
             for r in group_rows
         ]))
+    # d p / d u_i = <grad, f_i>: every expert's reward in one reduction.
+    sums = dict(zip(mixed_rows, ops_lib.sum_many(products, tuple(range(grad.ndim)))))
     zero = jnp.zeros((), jnp.float32)
-    grad_weights = jnp.stack([grad_rows.get(i, zero) for i in range(weights.shape[0])])
+    grad_weights = jnp.stack([sums.get(i, zero) for i in range(weights.shape[0])])
     return tuple(grad_outputs), grad_weights.astype(weights.dtype)
 
 
