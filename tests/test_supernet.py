@@ -11,6 +11,7 @@ import pytest
 from xnas_jax import genotypes
 from xnas_jax.supernet import (
     ARCH,
+    CONV_EXPERTS,
     MixedOp,
     SearchCell,
     SearchNetwork,
@@ -288,6 +289,37 @@ def test_default_search_network_parameter_count():
     # The reference PyTorch DARTS search network (C=16, 8 cells, 10 classes)
     # reports 1.930618 M parameters, architecture weights excluded.
     assert count == 1_930_618
+
+
+def test_init_declares_what_the_forward_pass_reads_with_lecun_normal_weights():
+    """init skips the experts' arithmetic, so check what it builds: the forward
+    pass finds every variable it reads and creates no batch statistics of its
+    own; each convolution weight is lecun normal (truncated at 2 sigma, variance
+    1 / fan-in), a separate draw for every edge, expert and weight."""
+    net = SearchNetwork(num_classes=10, channels=8, layers=3, ops=FEW_OPS)
+    x = jax.random.normal(jax.random.key(0), (4, 8, 8, 1))
+    variables = jax.jit(net.init)(jax.random.key(1), x)
+    _, updates = jax.jit(lambda v: net.apply(v, x, mutable=["batch_stats"]))(variables)
+    shapes = lambda tree: jax.tree.map(jnp.shape, tree)  # noqa: E731
+    assert shapes(updates["batch_stats"]) == shapes(variables["batch_stats"])
+
+    truncated_std = 0.87962566103423978  # of a unit normal truncated at +-2
+    drawn = []
+    for cell in ("cell_0", "cell_1"):  # a normal and a reduction cell
+        mixed = variables["params"][cell]["edges" if cell == "cell_0" else "input_edges"]["mixed"]
+        for name in ("sep_conv_3x3", "dil_conv_3x3"):
+            k, _, _, blocks = CONV_EXPERTS[name]
+            for block in range(1, blocks + 1):
+                for weight in (f"depthwise_{block}", f"pointwise_{block}"):
+                    w = np.asarray(mixed[name][weight], np.float64)  # (edges, k, k, C) or (edges, C, C)
+                    z = w * np.sqrt(k * k if weight.startswith("depthwise") else w.shape[-2])
+                    assert abs(z.std() - 1.0) < 0.1, (cell, name, weight)  # variance 1 / fan-in
+                    assert 1.8 < np.abs(z).max() * truncated_std <= 2.0 + 1e-5
+                    drawn.append(z.ravel())
+    drawn = np.concatenate(drawn)
+    # No draw is reused (a reused one would repeat thousands of values; float32
+    # draws collide by chance about n^2 / 2^24 times).
+    assert drawn.size - len(np.unique(drawn)) < 50
 
 
 def test_network_output_shape_and_skipping_experts():
