@@ -231,6 +231,7 @@ class Prepared(NamedTuple):
     order: jax.Array
     key: jax.Array
     trace_s: float
+    init_s: float  # building the initial search state (its own compile included)
 
 
 def prepare(config: Config, seed: int = 0) -> Prepared:
@@ -246,9 +247,11 @@ def prepare(config: Config, seed: int = 0) -> Prepared:
     weight_tx = search_step.weight_optimizer(0.025, 0.001, 0.9, 3e-4, 5.0, total_steps)
     arch_tx, _ = search_step.xnas_arch_optimizer(len(ops), spec["layers"], total_steps,
                                                  config.batch)
-    state = search_step.create_search_state(
+    started = time.perf_counter()
+    state = jax.block_until_ready(search_step.create_search_state(
         prng_key(seed), model, spec["image_shape"], weight_tx, arch_tx
-    )
+    ))
+    init_s = time.perf_counter() - started
     alive = surviving_experts(config.active_fraction)
     mask = jnp.asarray([name in alive for name in ops], jnp.float32)
     arch = jax.tree.map(lambda u: u * mask / jnp.sum(u * mask, -1, keepdims=True), state.arch)
@@ -275,7 +278,7 @@ def prepare(config: Config, seed: int = 0) -> Prepared:
     started = time.perf_counter()
     lowered = step.lower(state, *halves, order[0], order[1], key)
     trace_s = time.perf_counter() - started
-    return Prepared(config, alive, lowered, state, halves, order, key, trace_s)
+    return Prepared(config, alive, lowered, state, halves, order, key, trace_s, init_s)
 
 
 def compile_timed(prepared: Prepared) -> tuple[Any, float]:
@@ -316,6 +319,7 @@ def measure(prepared: Prepared, compiled: Any, compile_s: float) -> dict[str, An
         "experts_computed": list(prepared.experts),
         "device": jax.devices()[0].device_kind,
         "backend": jax.default_backend(),
+        "init_s": round(prepared.init_s, 3),
         "trace_s": round(prepared.trace_s, 3),
         "compile_s": round(compile_s, 3),
         "first_call_s": round(prepared.trace_s + compile_s, 3),

@@ -30,7 +30,7 @@ def test_records_hold_every_figure(records):
     assert measured["active_fraction"] == pytest.approx(2 / 7)
     assert len(measured["step_ms_repeats"]) == 2 and measured["step_ms"] > 0
     assert measured["images_per_s"] == pytest.approx(2 * 4 / (measured["step_ms"] / 1000), 1e-2)
-    assert measured["compile_s"] > 0 and measured["trace_s"] > 0
+    assert measured["compile_s"] > 0 and measured["trace_s"] > 0 and measured["init_s"] > 0
     assert measured["xla_memory"]["total_bytes"] > 0
     assert measured["executed_instructions"] > 0
     assert all(v > 0 for v in measured["val_loss_per_repeat"])

@@ -77,8 +77,12 @@ def sum_many(arrays: list[jax.Array], axes: tuple[int, ...]) -> list[jax.Array]:
     XLA's CPU backend does not merge sibling reductions by itself.
     """
     zeros = [jnp.zeros((), a.dtype) for a in arrays]
-    return list(jax.lax.reduce(
-        arrays, zeros, lambda xs, ys: [jax.lax.add(a, b) for a, b in zip(xs, ys)], axes))
+    return list(jax.lax.reduce(arrays, zeros, _add_pairwise, axes))
+
+
+def _add_pairwise(xs: list[jax.Array], ys: list[jax.Array]) -> list[jax.Array]:
+    # One function object, so JAX traces the reduction's computation once per arity.
+    return [jax.lax.add(a, b) for a, b in zip(xs, ys)]
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
