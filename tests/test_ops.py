@@ -18,6 +18,7 @@ from xnas_jax.ops import (
     pointwise_convs,
     pool_3x3,
     relu,
+    sum_many,
 )
 
 
@@ -111,6 +112,20 @@ def naive_batch_norm(y, axes):
     mean = jnp.mean(y, axis=axes, keepdims=True)
     var = jnp.mean(jnp.square(y), axis=axes, keepdims=True) - jnp.square(mean)
     return (y - mean) / jnp.sqrt(var + BN_EPSILON), jnp.squeeze(mean, axes), jnp.squeeze(var, axes)
+
+
+@settings(max_examples=15, deadline=None)
+@given(shape=st.sampled_from([(3, 4, 5), (2, 3, 1, 4), (7,)]), count=st.integers(1, 5),
+       data=st.data())
+def test_sum_many_is_one_sum_per_array(shape, count, data):
+    """The variadic reduction against NumPy's float64 sums, array by array."""
+    axes = tuple(sorted(data.draw(st.sets(st.integers(0, len(shape) - 1), min_size=1))))
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**16)))
+    arrays = [rng.normal(size=shape).astype(np.float32) for _ in range(count)]
+    sums = jax.jit(lambda xs: sum_many(xs, axes))([jnp.asarray(a) for a in arrays])
+    assert len(sums) == count
+    for got, a in zip(sums, arrays):
+        np.testing.assert_allclose(got, a.astype(np.float64).sum(axis=axes), rtol=1e-5, atol=1e-5)
 
 
 @settings(max_examples=12, deadline=None)

@@ -311,7 +311,8 @@ def test_init_declares_what_the_forward_pass_reads_with_lecun_normal_weights():
             k, _, _, blocks = CONV_EXPERTS[name]
             for block in range(1, blocks + 1):
                 for weight in (f"depthwise_{block}", f"pointwise_{block}"):
-                    w = np.asarray(mixed[name][weight], np.float64)  # (edges, k, k, C) or (edges, C, C)
+                    # (edges, k, k, C) or (edges, C, C)
+                    w = np.asarray(mixed[name][weight], np.float64)
                     z = w * np.sqrt(k * k if weight.startswith("depthwise") else w.shape[-2])
                     assert abs(z.std() - 1.0) < 0.1, (cell, name, weight)  # variance 1 / fan-in
                     assert 1.8 < np.abs(z).max() * truncated_std <= 2.0 + 1e-5

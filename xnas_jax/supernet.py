@@ -327,7 +327,8 @@ class MixedOp(nn.Module):
             # with one draw per edge, mostly random-number code).  The edge
             # outputs zeros of the right shape.
             for name, total, used in (("pool_bn", len(pools), live_pools),
-                                      ("conv_bn_1", len(convs), live), ("conv_bn_2", len(seps), sep)):
+                                      ("conv_bn_1", len(convs), live),
+                                      ("conv_bn_2", len(seps), sep)):
                 if used:
                     self._statistics(name, total)
             shape = jax.eval_shape(lambda v: ops_lib.pool_3x3(v, "max", s), x).shape
