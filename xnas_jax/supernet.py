@@ -311,11 +311,13 @@ class MixedOp(nn.Module):
         convs = [name for name in self.ops if name in CONV_EXPERTS]
         if self.is_initializing():
             drawn = _conv_experts_init(self.make_rng("params"), convs, c)
-        else:  # flax only checks the stored weights' shapes against these
-            drawn = {name: {} for name in convs}
-            for name, weight, shape, _ in _conv_weight_shapes(convs, c):
-                drawn[name][weight] = jnp.zeros(shape, jnp.float32)
-        params = {name: self.param(name, lambda _, n=name: drawn[n]) for name in convs}
+            init = lambda _, name: drawn[name]  # noqa: E731
+        else:  # flax only checks the stored weights' shapes against init's, abstractly
+            init = lambda _, name: {  # noqa: E731
+                weight: jnp.zeros(shape, jnp.float32)
+                for _, weight, shape, _ in _conv_weight_shapes([name], c)
+            }
+        params = {name: self.param(name, init, name) for name in convs}
         live = [name for name in convs if name in self.computed]
         seps = [name for name in convs if CONV_EXPERTS[name][3] == 2]
         sep = [g for g, name in enumerate(live) if name in seps]
