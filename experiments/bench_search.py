@@ -273,7 +273,7 @@ def prepare(config: Config, seed: int = 0) -> Prepared:
     )
     lean = model.clone(normal_ops=alive, reduce_ops=alive)
     step = search_step.make_search_step(lean, weight_tx, arch_tx, preprocess,
-                                        config.single_trace)
+                                        feedback_clip=1.0, single_trace=config.single_trace)
     key = prng_key(seed + 1)
     started = time.perf_counter()
     lowered = step.lower(state, *halves, order[0], order[1], key)

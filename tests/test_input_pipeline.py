@@ -647,3 +647,22 @@ def test_cutout_zeroes_one_clipped_square_per_image():
         full_squares += zero.sum() == 16
     assert full_squares > 10
     np.testing.assert_array_equal(ip.cutout(jax.random.key(0), images, size=0), images)
+
+
+def test_downsample_averages_pixel_blocks():
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (3, 4, 6, 3), dtype=np.uint8)
+    data = ArrayDataset(images, np.arange(3, dtype=np.int32), 3, "toy/train")
+    small = ip.downsample(data, 2)
+    want = np.zeros((3, 2, 3, 3))
+    for i in range(2):
+        for j in range(3):
+            want[:, i, j] = images[:, 2 * i:2 * i + 2, 2 * j:2 * j + 2].astype(float).mean((1, 2))
+    assert small.images.dtype == np.uint8
+    np.testing.assert_array_equal(small.images, np.round(want))
+    np.testing.assert_array_equal(small.labels, data.labels)
+    assert ip.downsample(data, 1) is data
+    with pytest.raises(ValueError, match="must divide"):
+        ip.downsample(data, 4)
+    with pytest.raises(ValueError, match="integer >= 1"):
+        ip.downsample(data, 0)

@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from xnas_jax import ops
 from xnas_jax.ops import (
     BN_EPSILON,
     batch_normalize,
@@ -195,3 +196,49 @@ def test_pool_3x3_against_numpy(shape, strides, kind):
     ], axis=1)
     np.testing.assert_allclose(pool_3x3(jnp.asarray(x, jnp.float32), kind, strides), want,
                                rtol=1e-5, atol=1e-6)
+
+
+def test_running_statistics_follow_the_reference_momentum():
+    """Running mean and variance after 3 training batches, against NumPy float64.
+
+    The reference (PyTorch DARTS) updates ``r <- 0.9 r + 0.1 batch`` (its
+    momentum 0.1); with another momentum (e.g. 0.99) this test fails.  Both
+    batch norms are checked: the evaluation network's (flax BatchNorm) and the
+    supernet's grouped one (pool experts), each from mean 0 and variance 1.
+    """
+    from xnas_jax.supernet import MixedOp
+
+    rng = np.random.default_rng(0)
+    batches = [rng.normal(loc=k, scale=1 + k, size=(4, 5, 5, 3)).astype(np.float32)
+               for k in range(3)]
+
+    def expected(arrays):
+        mean, var = np.zeros(3), np.ones(3)
+        for y in arrays:
+            y = np.asarray(y, np.float64)
+            mean = 0.9 * mean + 0.1 * y.mean((0, 1, 2))
+            var = 0.9 * var + 0.1 * y.var((0, 1, 2))  # biased, as flax's BatchNorm
+        return mean, var
+
+    bn = ops.batch_norm(train=True, affine=True)
+    variables = bn.init(jax.random.key(0), batches[0])
+    stats = variables["batch_stats"]
+    for x in batches:
+        _, updates = bn.apply({**variables, "batch_stats": stats}, x, mutable=["batch_stats"])
+        stats = updates["batch_stats"]
+    mean, var = expected(batches)
+    np.testing.assert_allclose(stats["mean"], mean, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(stats["var"], var, rtol=1e-5, atol=1e-6)
+
+    op = MixedOp(ops=("avg_pool_3x3", "skip_connect"), computed=("avg_pool_3x3",), channels=3,
+                 strides=1, train=True)
+    weights = jnp.array([1.0, 0.0])
+    variables = op.init(jax.random.key(1), batches[0], weights)
+    stats = variables["batch_stats"]
+    for x in batches:
+        _, updates = op.apply({**variables, "batch_stats": stats}, x, weights,
+                              mutable=["batch_stats"])
+        stats = updates["batch_stats"]
+    mean, var = expected([ops.pool_3x3(jnp.asarray(x), "avg", 1) for x in batches])
+    np.testing.assert_allclose(stats["pool_bn_mean"][0], mean, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(stats["pool_bn_var"][0], var, rtol=1e-5, atol=1e-5)

@@ -66,12 +66,23 @@ def test_search_writes_every_output(tiny_search):
     genotype = genotypes.load_genotype(tiny_search / "genotype.json")
     log = read_log(tiny_search)
     assert [r["epoch"] for r in log] == [1, 2] and [r["step"] for r in log] == [3, 6]
-    # The saved genotype is the discretization of the final mixture weights.
-    arch = log[-1]["arch"]
+    # The saved genotype ranks edges by the rewards the search accumulated
+    # (one-hot weights at the horizon would tie every edge), and says so.
+    arch, rewards = log[-1]["arch"], log[-1]["rewards"]
     expected = genotypes.discretize(
-        np.array(arch["normal"]), np.array(arch["reduce"]), FEW_OPS.split(",")
+        np.array(arch["normal"]), np.array(arch["reduce"]), FEW_OPS.split(","),
+        rewards={k: np.array(v) for k, v in rewards.items()},
     )
     assert genotype == expected
+    selection = json.loads((tiny_search / "genotype.json").read_text())["selection"]
+    assert selection["rule"] == "cumulative_reward"
+    for cell in ("normal", "reduce"):
+        kept = [(e["node"], e["source"]) for e in selection[cell] if e["kept"]]
+        assert sorted(kept) == sorted((node // 2 + 2, source) for node, (_, source)
+                                      in enumerate(getattr(genotype, cell)))
+        assert len({e["strength"] for e in selection[cell]}) > 1  # not tied
+    assert log[-1]["first_wipeout_step"] is not None
+    assert 0 <= log[-1]["clipped_fraction"]["normal"] <= 1
     for record in log:
         for kind in ("normal", "reduce"):
             u = np.array(record["arch"][kind])
@@ -141,7 +152,8 @@ def test_interrupt_saves_and_resumes(tiny_search, compilation_cache, tmp_path, m
 
             return Compiled()
 
-    monkeypatch.setattr(search_step, "make_search_step", lambda *a: Interrupting(make_step(*a)))
+    monkeypatch.setattr(search_step, "make_search_step",
+                        lambda *a, **k: Interrupting(make_step(*a, **k)))
     code, _, err = run_main(TINY + compilation_cache + ["--out-dir", str(out_dir)], capsys)
     assert code == 130 and "--resume" in err, err
     saved = sorted(int(p.name) for p in (out_dir / "checkpoints").iterdir() if p.name.isdigit())
@@ -229,6 +241,9 @@ def _odd_image_folder(root: Path) -> Path:
         (["--epochs", "-1"], ["--epochs", "-1"]),
         (["--epochs", "0"], ["--epochs"]),
         (["--wipeout-factor", "1.5"], ["--wipeout-factor", "1.5"]),
+        (["--wipeout-factor", "0"], ["--wipeout-factor", "0"]),
+        (["--reward-bound", "-1"], ["--reward-bound", "-1"]),
+        (["--downsample", "3"], ["8x8", "by 3"]),
         (["--ops", "sep_conv_3x3,conv_9x9"], ["conv_9x9"]),
         (["--dataset", "cifar10", "--layers", "8", "--data-dir", "/nonexistent/dir"],
          ["/nonexistent/dir"]),
@@ -281,26 +296,25 @@ def test_resume_with_other_settings_or_a_corrupt_checkpoint(tiny_search, tmp_pat
 
 
 def test_arch_optimizer_counts_rounds_as_the_paper():
-    # The paper's CIFAR-10 search: 25k validation images, 50 epochs, batch 64,
+    # The paper's CIFAR-10 search: 25k validation images, 50 epochs, batch 96,
     # 8 cells (6 normal + 2 reduction), 8 experts, L = 1 -> 7.5e-4 and 1.3e-3.
-    steps = 50 * (25_000 // 64)
-    tx, rates = search_step.xnas_arch_optimizer(8, 8, steps, 64)
+    steps = 50 * (25_000 // 96)
+    tx, rates = search_step.xnas_arch_optimizer(8, 8, steps, 96)
     assert abs(rates["normal"] - 7.5e-4) < 1e-5 and abs(rates["reduce"] - 1.3e-3) < 1e-5
-    # One step = the B * r_c feedbacks of a batch: log v moves by eta * B * (-dL/du),
-    # the clip is at B * r_c * L.
+    # One step = one round whose reward is the sum of the B * r_c clipped
+    # feedbacks: log v moves by eta * summed reward, the bound is B * r_c * L.
     u = {k: np.full((14, 8), 1 / 8, np.float32) for k in ("normal", "reduce")}
-    grads = {k: np.linspace(-0.01, 0.01, 8, dtype=np.float32)[None].repeat(14, 0) for k in u}
-    grads["reduce"][0, 0] = -1e3  # beyond the clip 64 * 2 * 1
+    summed = {k: np.linspace(-50, 50, 8, dtype=np.float32)[None].repeat(14, 0) for k in u}
+    summed["reduce"][0, 0] = 1e3  # beyond 96 * 2 * 1: a sum the step can never hand over
     state = tx.init(u)
-    _, state = tx.update(grads, state, u)
+    _, state = tx.update({k: -v for k, v in summed.items()}, state, u)
     normal, reduce = xnas_jax.find_states(state)
-    expected = -rates["normal"] * 64 * grads["normal"][0]
+    expected = rates["normal"] * summed["normal"][0]
     np.testing.assert_allclose(
         np.asarray(normal.log_weights["normal"][0]), expected - expected.max(), atol=1e-6
     )
-    # Reduction cells: the first expert's reward 6.4e4 is clipped to 64 * 2 * 1 = 128.
-    rewards = -64 * grads["reduce"][0]
-    rewards[0] = 128.0
+    rewards = summed["reduce"][0].copy()
+    rewards[0] = 96 * 2 * 1.0
     expected = rates["reduce"] * rewards
     np.testing.assert_allclose(
         np.asarray(reduce.log_weights["reduce"][0]), expected - expected.max(), atol=1e-6

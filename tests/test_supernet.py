@@ -380,3 +380,28 @@ def test_mixture_against_numpy_with_unmixed_groups_and_uncomputed_experts():
     np.testing.assert_allclose(grads[0][0][2], u[0] * cotangent, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(grads[0][1], u[2] * cotangent, rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(grads[0][2], 0)
+
+
+def test_mixture_with_per_image_weights_gives_each_image_its_reward():
+    """(B, N) weights: p_b = sum_i u_bi f_i,b and d/du_bi = <cotangent_b, f_i,b>, in float64."""
+    rng = np.random.default_rng(1)
+    outputs = (rng.normal(size=(2, 3, 2, 2, 4)), rng.normal(size=(3, 2, 2, 4)))
+    rows = ((3, 0), (1,))
+    u = rng.dirichlet(np.ones(4), size=3)  # one row per image; expert 2 not computed
+    f = {3: outputs[0][0], 0: outputs[0][1], 1: outputs[1]}
+    want = sum(u[:, i, None, None, None] * f[i] for i in f)
+    as_jax = tuple(map(jnp.asarray, outputs))
+    np.testing.assert_allclose(mixture(as_jax, jnp.asarray(u), rows), want, rtol=1e-5, atol=1e-6)
+    cotangent = rng.normal(size=want.shape)
+    grads = jax.grad(lambda o, w: jnp.sum(mixture(o, w, rows) * cotangent), argnums=(0, 1))(
+        as_jax, jnp.asarray(u))
+    expected = np.zeros((3, 4))
+    for i, fi in f.items():
+        expected[:, i] = np.sum(cotangent * fi, axis=(1, 2, 3))
+    np.testing.assert_allclose(grads[1], expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(grads[0][1], u[:, 1, None, None, None] * cotangent, rtol=1e-5,
+                               atol=1e-6)
+    # Summed over the images, the per-image rewards are the shared weights' gradient.
+    shared = jax.grad(lambda w: jnp.sum(mixture(as_jax, w, rows) * cotangent))(
+        jnp.asarray(u[0]))
+    np.testing.assert_allclose(grads[1].sum(0), shared, rtol=1e-4, atol=1e-4)

@@ -17,6 +17,16 @@ discrete cell is a :class:`Genotype`, in the format of the DARTS repository:
 and ``normal_concat`` the states concatenated into the cell's output
 (``reduce`` and ``reduce_concat`` likewise for the reduction cell).
 
+Which two edges a node keeps depends on how edges are ranked
+(:func:`edge_strengths`).  DARTS ranks them by ``max_i u_i``; with XNAS that
+carries no information at the end of a search, because the wipeout leaves
+exactly one expert per edge at the horizon (u one-hot: every edge ties at
+1).  An XNAS search therefore ranks a node's edges by the rewards their
+chosen experts accumulated over the search: every edge into a node adds into
+it and so receives the same loss gradient, which puts their rewards on one
+scale, and the summed reward is the "best in hindsight" quantity of XNAS's
+regret (eq. 2).
+
 This module turns mixture weights into a genotype (:func:`discretize`),
 validates genotypes (:func:`validate_genotype`), reads and writes them as
 JSON, prints them, draws them (:func:`plot_cell`) and holds the published cells
@@ -42,6 +52,8 @@ __all__ = [
     "edge_list",
     "num_edges",
     "discretize",
+    "edge_strengths",
+    "selection_record",
     "validate_genotype",
     "genotype_to_dict",
     "genotype_from_dict",
@@ -159,27 +171,80 @@ def _check_ops(ops: Any) -> tuple[str, ...]:
     return ops
 
 
-def _discretize_cell(
-    name: str, weights: Any, ops: tuple[str, ...], steps: int
-) -> list[tuple[str, int]]:
-    weights = np.asarray(weights)
+# The two rules that rank a node's incoming edges (see :func:`edge_strengths`).
+RULE_MAX_WEIGHT = "max_weight"
+RULE_CUMULATIVE_REWARD = "cumulative_reward"
+
+
+def _check_table(name: str, table: Any, ops: tuple[str, ...], steps: int) -> np.ndarray:
+    table = np.asarray(table)
     expected = (num_edges(steps), len(ops))
-    if weights.shape != expected:
+    if table.shape != expected:
         raise ValueError(
             f"{name} must have shape (num_edges(steps={steps}), len(ops)) = {expected}, "
-            f"got {weights.shape}"
+            f"got {table.shape}"
         )
-    if not (np.issubdtype(weights.dtype, np.integer) or np.issubdtype(weights.dtype, np.floating)):
-        raise ValueError(f"{name} must hold real numbers, got dtype {weights.dtype}")
-    weights = weights.astype(np.float64)
-    if not np.all(np.isfinite(weights)):
+    if not (np.issubdtype(table.dtype, np.integer) or np.issubdtype(table.dtype, np.floating)):
+        raise ValueError(f"{name} must hold real numbers, got dtype {table.dtype}")
+    table = table.astype(np.float64)
+    if not np.all(np.isfinite(table)):
         raise ValueError(f"{name} holds non-finite values (nan or inf)")
+    return table
+
+
+def edge_strengths(
+    weights: Any, ops: Sequence[str], steps: int = 4, rewards: Any = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each edge's chosen expert and the strength its node ranks it by.
+
+    The chosen expert is the edge's strongest by mixture weight, ``argmax_i
+    u_i`` over the experts other than "none" (XNAS section 2.1).  The
+    strength depends on the rule:
+
+    * without ``rewards`` (rule ``max_weight``, DARTS and XNAS section 2.1):
+      ``max_i u_i``.  Right for softmax weights, which stay dense; but XNAS's
+      wipeout leaves one expert per edge at the horizon (u one-hot), so every
+      edge then has strength 1 and the ranking carries no information.
+    * with ``rewards`` (rule ``cumulative_reward``): the chosen expert's
+      rewards summed over the search, ``sum_t R_t,i``.  The edges into a node
+      all add into that node, so they receive the same loss gradient
+      ``dL/dx_node`` and their rewards ``-<dL/dx_node, f_i>`` are on one
+      scale: the node's incoming (edge, expert) pairs compete as experts of
+      one forecaster, and the two best in hindsight (the quantity XNAS's
+      regret compares against, eq. 2) are kept.  It is what XNAS's log-weights
+      accumulate, ``log v_i = eta sum_t R_t,i``, before the per-edge
+      normalization that makes the edges' u incomparable.
+
+    Args:
+      weights: (num_edges(steps), len(ops)) mixture weights u.
+      ops: the operation of each column.
+      steps: intermediate nodes per cell.
+      rewards: None, or the (num_edges(steps), len(ops)) summed rewards.
+
+    Returns:
+      ``(best_op, strength)``: per edge, the index of the chosen expert in
+      ``ops`` (the first on ties) and its strength, float64.
+    """
+    steps = _check_steps(steps)
+    ops = _check_ops(ops)
+    weights = _check_table("weights", weights, ops, steps)
     # "none" never wins: it neither makes an edge strong nor labels it.
     candidates = np.array([op != _NONE for op in ops])
     scores = np.where(candidates, weights, -np.inf)
-    strength = scores.max(axis=1)  # XNAS section 2.1: max_i u_i over the real experts.
     best_op = scores.argmax(axis=1)  # argmax returns the first maximum: lowest op index.
+    if rewards is None:
+        return best_op, scores.max(axis=1)
+    rewards = _check_table("rewards", rewards, ops, steps)
+    return best_op, rewards[np.arange(len(best_op)), best_op]
 
+
+def _discretize_cell(
+    name: str, weights: Any, ops: tuple[str, ...], steps: int, rewards: Any
+) -> list[tuple[str, int]]:
+    weights = _check_table(name, weights, ops, steps)
+    if rewards is not None:
+        rewards = _check_table(f"{name.split('_')[0]} rewards", rewards, ops, steps)
+    best_op, strength = edge_strengths(weights, ops, steps, rewards)
     pairs = []
     first_edge = 0
     for node in range(steps):
@@ -193,16 +258,20 @@ def _discretize_cell(
 
 
 def discretize(
-    normal_weights: Any, reduce_weights: Any, ops: Sequence[str], steps: int = 4
+    normal_weights: Any,
+    reduce_weights: Any,
+    ops: Sequence[str],
+    steps: int = 4,
+    rewards: Mapping[str, Any] | None = None,
 ) -> Genotype:
-    """The discrete cells chosen by the mixture weights (DARTS / XNAS section 2.1).
+    """The discrete cells chosen by a search (DARTS / XNAS section 2.1).
 
     For each intermediate node, the two incoming edges with the largest
-    strength are kept, the strength of an edge being ``max_i u_i`` over its
-    experts other than "none"; each kept edge then becomes its strongest
-    expert other than "none".  As in DARTS, a node's two pairs are listed
-    strongest edge first, and every intermediate state is concatenated into
-    the output.
+    strength are kept (:func:`edge_strengths`: ``max_i u_i`` without
+    ``rewards``, the chosen expert's summed rewards with them); each kept
+    edge becomes its strongest expert other than "none".  As in DARTS, a
+    node's two pairs are listed strongest edge first, and every intermediate
+    state is concatenated into the output.
 
     Ties are broken deterministically, lowest index wins: between equally
     strong edges the one from the lower source state, between equally strong
@@ -215,6 +284,9 @@ def discretize(
       ops: the operation name of each column, a subset of :data:`PRIMITIVES`
         with at least one name other than "none" (e.g. :data:`XNAS_PRIMITIVES`).
       steps: the number of intermediate nodes.
+      rewards: None, or ``{"normal": ..., "reduce": ...}``, each expert's
+        rewards summed over the search, of the weights' shape (the XNAS
+        rule, ``cumulative_reward``).
 
     Returns:
       The :class:`Genotype`.
@@ -225,13 +297,46 @@ def discretize(
     """
     steps = _check_steps(steps)
     ops = _check_ops(ops)
+    rewards = rewards or {}
     concat = list(range(2, 2 + steps))
     return Genotype(
-        normal=_discretize_cell("normal_weights", normal_weights, ops, steps),
+        normal=_discretize_cell("normal_weights", normal_weights, ops, steps,
+                                rewards.get("normal")),
         normal_concat=concat,
-        reduce=_discretize_cell("reduce_weights", reduce_weights, ops, steps),
+        reduce=_discretize_cell("reduce_weights", reduce_weights, ops, steps,
+                                rewards.get("reduce")),
         reduce_concat=list(concat),
     )
+
+
+def selection_record(
+    weights: Mapping[str, Any],
+    ops: Sequence[str],
+    steps: int = 4,
+    rewards: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """What chose a genotype, JSON-ready: the rule and every edge's strength.
+
+    ``{"rule": "max_weight" | "cumulative_reward", "normal": [...],
+    "reduce": [...]}``, one entry per edge in :func:`edge_list` order:
+    ``{"source", "node", "op", "strength", "kept"}``, ``node`` being the
+    node's state number.
+    """
+    genotype = discretize(weights["normal"], weights["reduce"], ops, steps, rewards)
+    ops = _check_ops(ops)
+    record: dict[str, Any] = {
+        "rule": RULE_MAX_WEIGHT if rewards is None else RULE_CUMULATIVE_REWARD
+    }
+    for cell in _CELLS:
+        best_op, strength = edge_strengths(
+            weights[cell], ops, steps, None if rewards is None else rewards[cell])
+        kept = {(i // 2, source) for i, (_, source) in enumerate(getattr(genotype, cell))}
+        record[cell] = [
+            {"source": source, "node": node + 2, "op": ops[best_op[e]],
+             "strength": float(strength[e]), "kept": (node, source) in kept}
+            for e, (source, node) in enumerate(edge_list(steps))
+        ]
+    return record
 
 
 # --------------------------------------------------------------------------
@@ -399,10 +504,20 @@ def genotype_from_dict(data: Any) -> Genotype:
 
 
 def save_genotype(
-    genotype: Genotype, path: str | os.PathLike, ops: Sequence[str] = PRIMITIVES
+    genotype: Genotype,
+    path: str | os.PathLike,
+    ops: Sequence[str] = PRIMITIVES,
+    selection: Mapping[str, Any] | None = None,
 ) -> None:
-    """Writes ``genotype_to_dict(genotype, ops)`` to ``path`` as indented JSON."""
+    """Writes ``genotype_to_dict(genotype, ops)`` to ``path`` as indented JSON.
+
+    ``selection`` (:func:`selection_record`), if given, is stored under
+    ``"selection"``: the rule and the per-edge strengths that chose the cell.
+    Readers ignore it.
+    """
     data = genotype_to_dict(genotype, ops)
+    if selection is not None:
+        data["selection"] = dict(selection)
     with open(path, "w", encoding="utf-8") as file:
         json.dump(data, file, indent=2)
         file.write("\n")

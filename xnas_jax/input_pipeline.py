@@ -57,6 +57,7 @@ __all__ = [
     "channel_stats",
     "cutout",
     "epoch_permutation",
+    "downsample",
     "load_dataset",
     "normalize",
     "search_split",
@@ -895,6 +896,30 @@ def subset(dataset: ArrayDataset, max_examples: int, seed: int = 0) -> ArrayData
         return dataset
     chosen = np.sort(np.random.default_rng(seed).choice(n, size=max_examples, replace=False))
     return _take(dataset, chosen, f"{dataset.name}[:{max_examples}]")
+
+
+def downsample(dataset: ArrayDataset, factor: int) -> ArrayDataset:
+    """The images with each ``factor x factor`` block of pixels averaged (rounded).
+
+    For CPU proxies of a search: a 32x32 dataset at factor 2 costs a quarter
+    of the pixels.  Factor 1 returns the dataset unchanged.
+
+    Raises:
+      ValueError: if ``factor`` is not a positive integer dividing the image size.
+    """
+    if isinstance(factor, bool) or not isinstance(factor, (int, np.integer)) or factor < 1:
+        raise ValueError(f"the downsampling factor must be an integer >= 1, got {factor!r}")
+    if factor == 1:
+        return dataset
+    n, height, width, channels = dataset.images.shape
+    if height % factor or width % factor:
+        raise ValueError(
+            f"cannot downsample {height}x{width} images by {factor}: the factor must divide both "
+            "sides"
+        )
+    blocks = dataset.images.reshape(n, height // factor, factor, width // factor, factor, channels)
+    images = np.round(blocks.mean(axis=(2, 4), dtype=np.float32)).astype(np.uint8)
+    return dataset._replace(images=images, name=f"{dataset.name}[/{factor}]")
 
 
 # --------------------------------------------------------------------------

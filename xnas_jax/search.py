@@ -35,7 +35,9 @@ from xnas_jax import checkpointing, cli, configs, genotypes, input_pipeline, plo
 from xnas_jax import optimizers, search_step
 from xnas_jax.prng import prng_key
 from xnas_jax.search_step import CELL_TYPES, SearchState
-from xnas_jax.supernet import VARIABLES_LAYOUT, SearchNetwork, count_params, validate_ops
+from xnas_jax.supernet import (
+    VARIABLES_LAYOUT, SearchNetwork, count_params, reduction_layers, validate_ops,
+)
 
 
 class _Interrupted(Exception):
@@ -88,7 +90,7 @@ def build_model(config: configs.SearchConfig, num_classes: int) -> SearchNetwork
 def check_image_size(image_shape: Sequence[int], layers: int) -> None:
     """Each reduction halves the image with stride-2 ops on an even size."""
     height, width = image_shape[0], image_shape[1]
-    for _ in sorted({layers // 3, 2 * layers // 3}):
+    for _ in reduction_layers(layers):
         if height < 2 or width < 2 or height % 2 or width % 2:
             raise ValueError(
                 f"images of {image_shape[0]}x{image_shape[1]} are too small or odd-sized for "
@@ -172,7 +174,8 @@ def run_search(config: configs.SearchConfig) -> dict[str, Any]:
     checkpoints = checkpointing.Checkpointer(
         out_dir / "checkpoints",
         # A checkpoint of another supernet layout cannot be restored into this one.
-        fingerprint={**config.fingerprint(), "supernet_layout": VARIABLES_LAYOUT},
+        fingerprint={**config.fingerprint(), "supernet_layout": VARIABLES_LAYOUT,
+                     "search_state_layout": search_step.STATE_LAYOUT},
         max_to_keep=config.keep_checkpoints,
         resume=config.resume,
     )
@@ -186,6 +189,7 @@ def run_search(config: configs.SearchConfig) -> dict[str, Any]:
     print(f"{len(dataset.labels)} images in {time.perf_counter() - started:.1f} s", flush=True)
     if config.max_examples:
         dataset = input_pipeline.subset(dataset, config.max_examples, seed=config.seed)
+    dataset = input_pipeline.downsample(dataset, config.downsample)
     check_image_size(dataset.images.shape[1:], config.layers)
     weight_half, arch_half = input_pipeline.search_split(dataset, seed=config.seed)
     steps_per_epoch = min(len(weight_half.labels), len(arch_half.labels)) // config.batch_size
@@ -251,7 +255,8 @@ def run_search(config: configs.SearchConfig) -> dict[str, Any]:
             started = time.perf_counter()
             jitted = search_step.make_search_step(
                 search_step.with_computed(model, computed), weight_tx, arch_tx, preprocess,
-                config.single_trace,
+                feedback_clip=config.reward_bound if config.optimizer == "xnas" else None,
+                single_trace=config.single_trace,
             )
             steps_cache[key] = jitted.lower(state, *example_args).compile()
             seconds = time.perf_counter() - started
@@ -277,7 +282,7 @@ def run_search(config: configs.SearchConfig) -> dict[str, Any]:
             step_fn, computed = step_for(
                 state, (weight_data, arch_data, weight_order[0], arch_order[0], base_key)
             )
-            sums: dict[str, Any] = {}
+            per_step: list[dict[str, Any]] = []  # device arrays: read once per epoch
             started = time.perf_counter()
             first = step - epoch * steps_per_epoch
             progress = _progress(config, epoch, steps_per_epoch, first)
@@ -287,7 +292,7 @@ def run_search(config: configs.SearchConfig) -> dict[str, Any]:
                         state, weight_data, arch_data,
                         weight_order[i], arch_order[i], jax.random.fold_in(base_key, step),
                     )
-                    sums = metrics if not sums else jax.tree.map(jnp.add, sums, metrics)
+                    per_step.append(metrics)
                     step += 1
                     if progress is not None and (i + 1) % config.log_every == 0:
                         progress.set_postfix(
@@ -301,11 +306,11 @@ def run_search(config: configs.SearchConfig) -> dict[str, Any]:
             finally:
                 if progress is not None:
                     progress.close()
-            jax.block_until_ready(sums)
+            per_step = jax.device_get(per_step)
             seconds = time.perf_counter() - started
-            count = steps_per_epoch - first
             record = _epoch_record(
-                config, epoch + 1, step, state, sums, count, computed, seconds, compile_seconds[0]
+                config, epoch + 1, step, state, per_step, computed, seconds, compile_seconds[0],
+                history.records,
             )
             checkpoints.save(step, state, {"epoch": epoch + 1})
             history.append(record)
@@ -346,27 +351,56 @@ def _progress(config, epoch, total, first):
     )
 
 
-def _epoch_record(config, epoch, step, state: SearchState, sums, count, computed, seconds,
-                  compile_seconds):
-    means = {k: float(v) / count for k, v in jax.device_get(sums).items()}
+def _epoch_record(config, epoch, step, state: SearchState, per_step, computed, seconds,
+                  compile_seconds, previous):
+    count = len(per_step)
+    means = {k: float(np.mean([m[k] for m in per_step])) for k in per_step[0]}
     arch = {k: np.asarray(jax.device_get(v)) for k, v in state.arch.items()}
-    genotype = genotypes.discretize(arch["normal"], arch["reduce"], config.ops, config.nodes)
+    rewards = {k: np.asarray(jax.device_get(v)) for k, v in state.rewards.items()}
+    # The first step whose update wiped out an expert (of the whole search).
+    first_wipeout = next((r["first_wipeout_step"] for r in previous
+                          if r.get("first_wipeout_step") is not None), None)
+    if first_wipeout is None:
+        total = sum(v.size for v in arch.values())
+        first_wipeout = next((step - count + 1 + i for i, m in enumerate(per_step)
+                              if sum(int(m[f"active_{k}"]) for k in CELL_TYPES) < total), None)
+    selection = _selection(config, arch, rewards)
     return {
         "epoch": epoch,
         "step": step,
         **{k: means[k] for k in ("train_loss", "train_accuracy", "val_loss", "val_accuracy")},
-        "reward_abs_max": means["reward_abs_max"],
+        "reward_abs_max": max(float(m["reward_abs_max"]) for m in per_step),
+        "clipped_fraction": {k: means[f"clipped_{k}"] for k in CELL_TYPES},
         "active_experts": {k: int((v > 0).sum()) for k, v in arch.items()},
         "active_fraction": float(sum((v > 0).sum() for v in arch.values()))
         / sum(v.size for v in arch.values()),
+        "first_wipeout_step": first_wipeout,
+        "active_per_step": [[int(m[f"active_{k}"]) for k in CELL_TYPES] for m in per_step],
         "computed": {k: list(v) for k, v in computed.items()},
         "entropy": search_step.expert_weights_entropy(arch),
         "seconds": seconds,
         "compile_seconds_total": compile_seconds,
         "images_per_second": 2 * config.batch_size * count / max(seconds, 1e-9),
-        "genotype": genotypes.genotype_to_dict(genotype, config.ops),
+        "genotype": genotypes.genotype_to_dict(_genotype(config, arch, rewards), config.ops),
+        "selection_rule": selection["rule"],
         "arch": {k: np.round(v, 6).tolist() for k, v in arch.items()},
+        "rewards": {k: np.round(v, 4).tolist() for k, v in rewards.items()},
     }
+
+
+def _rule_rewards(config, rewards):
+    """The rewards the genotype ranks edges by: XNAS's evidence; DARTS keeps max u."""
+    return rewards if config.optimizer == "xnas" else None
+
+
+def _genotype(config, arch, rewards) -> genotypes.Genotype:
+    return genotypes.discretize(arch["normal"], arch["reduce"], config.ops, config.nodes,
+                                _rule_rewards(config, rewards))
+
+
+def _selection(config, arch, rewards) -> dict[str, Any]:
+    return genotypes.selection_record(arch, config.ops, config.nodes,
+                                      _rule_rewards(config, rewards))
 
 
 def _epoch_line(record) -> str:
@@ -375,14 +409,18 @@ def _epoch_line(record) -> str:
         f"acc {100 * record['train_accuracy']:.1f}% | val loss {record['val_loss']:.4f} "
         f"acc {100 * record['val_accuracy']:.1f}% | active experts normal "
         f"{record['active_experts']['normal']} reduce {record['active_experts']['reduce']} "
+        f"| clipped rewards {100 * record['clipped_fraction']['normal']:.0f}% / "
+        f"{100 * record['clipped_fraction']['reduce']:.0f}% "
         f"| {record['images_per_second']:.0f} img/s"
     )
 
 
 def _write_outputs(config, out_dir: Path, history, state: SearchState) -> None:
     arch = {k: np.asarray(jax.device_get(v)) for k, v in state.arch.items()}
-    genotype = genotypes.discretize(arch["normal"], arch["reduce"], config.ops, config.nodes)
-    genotypes.save_genotype(genotype, out_dir / "genotype.json", config.ops)
+    rewards = {k: np.asarray(jax.device_get(v)) for k, v in state.rewards.items()}
+    genotype = _genotype(config, arch, rewards)
+    genotypes.save_genotype(genotype, out_dir / "genotype.json", config.ops,
+                            selection=_selection(config, arch, rewards))
     text = genotypes.format_genotype(genotype)
     (out_dir / "genotype.txt").write_text(text + "\n")
     for cell in CELL_TYPES:
@@ -414,6 +452,9 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--cache-dir", default=None, help="cache decoded arrays here (.npz)")
     g.add_argument("--max-examples", type=cli.positive_int, default=None,
                    help="use at most this many training images (quick runs)")
+    g.add_argument("--downsample", type=cli.positive_int, default=d.downsample,
+                   help="average blocks of N x N pixels (e.g. 2: CIFAR at 16x16, for CPU "
+                   "proxies)")
     g.add_argument("--crop-padding", type=cli.non_negative_int, default=None,
                    help="random-crop padding (by dataset: 4 for 32x32, 1 for digits)")
     g.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None,
@@ -436,7 +477,7 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--epochs", type=cli.positive_int, default=None,
                    help="search epochs (by dataset: 10 digits, 50 otherwise)")
     g.add_argument("--batch-size", type=cli.positive_int, default=None,
-                   help="batch size of each half (by dataset: 64)")
+                   help="batch size of each half (96, the paper's)")
     g.add_argument("--max-steps-per-epoch", type=cli.positive_int, default=None,
                    help="cap the steps of an epoch (quick runs)")
     g.add_argument("--seed", type=cli.non_negative_int, default=d.seed,
@@ -500,7 +541,8 @@ def config_from_args(args: argparse.Namespace) -> configs.SearchConfig:
     ops = tuple(name.strip() for name in args.ops.split(",") if name.strip())
     return configs.SearchConfig(
         dataset=args.dataset, data_dir=args.data_dir, cache_dir=args.cache_dir,
-        max_examples=args.max_examples, crop_padding=args.crop_padding, flip=args.flip,
+        max_examples=args.max_examples, downsample=args.downsample,
+        crop_padding=args.crop_padding, flip=args.flip,
         channels=args.channels, layers=args.layers, nodes=args.nodes, ops=ops, dtype=args.dtype,
         depthwise=args.depthwise,
         epochs=args.epochs, batch_size=args.batch_size,

@@ -5,9 +5,12 @@ First-order alternating optimization (XNAS paper section 4.1, Algorithm 1):
 1. line 4: the network weights w descend the training loss on a batch of the
    weight half of the data (SGD with momentum, weight decay, gradient clip);
 2. lines 5-13: the supernet predicts a batch of the architecture half with
-   the updated w, and the mixture weights u take one step of the architecture
-   optimizer (:func:`xnas_jax.xnas` per cell type, or the DARTS baseline) on
-   ``d L_val / d u``, which autodiff gives through the ``arch`` collection.
+   the updated w; autodiff through the ``arch`` collection, with one copy of
+   u per image and per cell, gives every feedback's reward ``-dL_val/du``;
+   each is clipped to [-L, L], and their sum is one round of
+   :func:`xnas_jax.xnas` per cell type (the DARTS baseline takes the
+   batch's ``dL_val/du`` instead).  The state also accumulates the rewards,
+   which the genotype ranks edges by.
 
 Batch norm runs in training mode in both passes (as in DARTS's search) and its
 running statistics follow both.  Everything -- batch gathering from the
@@ -27,7 +30,7 @@ import optax
 
 from xnas_jax import input_pipeline
 from xnas_jax import optimizers
-from xnas_jax.supernet import ARCH, SearchNetwork
+from xnas_jax.supernet import ARCH, SearchNetwork, cell_replicas
 
 CELL_TYPES = ("normal", "reduce")
 
@@ -41,6 +44,15 @@ class SearchState(NamedTuple):
     arch: Any  # {"normal": (E, N), "reduce": (E, N)} mixture weights u.
     weight_opt_state: optax.OptState
     arch_opt_state: optax.OptState
+    # {"normal": (E, N), "reduce": (E, N)}, float32: each expert's rewards
+    # summed over the search while it was active (clipped per feedback when a
+    # reward bound is set); the evidence the genotype ranks edges by.
+    rewards: Any
+
+
+# Version of the search state's tree, part of a search checkpoint's
+# fingerprint: 2 = with the accumulated rewards.
+STATE_LAYOUT = 2
 
 
 class Preprocess(NamedTuple):
@@ -71,12 +83,6 @@ def weight_optimizer(
     )
 
 
-def cell_replicas(layers: int) -> dict[str, int]:
-    """How many cells share each cell type's mixture weights (r_c in the paper)."""
-    reductions = len({layers // 3, 2 * layers // 3})
-    return {"normal": layers - reductions, "reduce": reductions}
-
-
 def xnas_arch_optimizer(
     num_experts: int,
     layers: int,
@@ -91,18 +97,19 @@ def xnas_arch_optimizer(
     The paper counts one round per image and per cell: a forecaster of cell
     type c, shared by ``r_c`` cells, receives ``T_c = d * E * r_c`` feedbacks
     over E epochs of d validation images (section 3.1), each a reward in
-    ``[-L, L]``, and ``eta*_c = sqrt(2 ln N / (T_c L^2))`` (eq. 4; 7.5e-4 and
-    1.3e-3 for the paper's CIFAR-10 search).  A search step with a batch of B
-    images delivers B * r_c of these feedbacks at once, and exponentiated
-    gradient steps compose by adding their rewards, so one step is one XNAS
-    round whose reward is their sum: ``-B * dL_mean/du`` (autodiff through the
-    shared weights already sums over the r_c cells), bounded by
-    ``B * r_c * L``.  With that bound the threshold ``2 eta (B r_c L)
-    (T_steps - t_steps)`` equals the paper's ``2 eta L (T_c - t_c)``: the safe
-    wipeout of Lemma 1, counted in steps.
+    ``[-L, L]``, and ``eta*_c = sqrt(2 ln N / (T_c L^2))`` (eq. 4).  A search
+    step with a batch of B images delivers ``B * r_c`` feedbacks at once; the
+    step clips each to ``[-L, L]`` (Algorithm 1 line 9, see
+    :func:`feedback_rewards`), and exponentiated-gradient steps compose by
+    adding their rewards, so one step is one XNAS round whose reward is
+    their sum, bounded by ``B * r_c * L``.  With that bound the threshold
+    ``2 eta (B r_c L) (T_steps - t_steps)`` equals the paper's
+    ``2 eta L (T_c - t_c)``: the safe wipeout of Lemma 1, counted in steps.
+
+    The transform takes the negated summed rewards, as ``grads``.
 
     Args:
-      num_experts: N.
+      num_experts: N, the experts searched.
       layers: cells of the supernet (gives r_c).
       total_steps: search steps of the run.
       feedbacks_per_step: B, validation images per step.
@@ -124,11 +131,59 @@ def xnas_arch_optimizer(
             rates[kind] = optimizers.theoretical_learning_rate(
                 num_experts, total_steps * feedbacks, reward_bound
             )
-        transforms[kind] = optax.chain(
-            optax.scale(float(feedbacks_per_step)),  # mean-loss gradient -> summed rewards
-            optimizers.xnas(rates[kind], reward_bound * feedbacks, total_steps, wipeout_factor),
+        transforms[kind] = optimizers.xnas(
+            rates[kind], reward_bound * feedbacks, total_steps, wipeout_factor
         )
     return optax.multi_transform(transforms, {kind: kind for kind in CELL_TYPES}), rates
+
+
+def per_feedback(arch: dict[str, jax.Array], layers: int, batch_size: int
+                 ) -> dict[str, jax.Array]:
+    """One copy of each cell type's (E, N) table per feedback: (r_c, B, E, N).
+
+    The supernet's output is unchanged; the gradient of copy ``[cell, b]`` is
+    the feedback of image b through that cell (see :class:`SearchNetwork`).
+    """
+    replicas = cell_replicas(layers)
+    return {kind: jnp.broadcast_to(u, (replicas[kind], batch_size, *u.shape))
+            for kind, u in arch.items()}
+
+
+def feedback_rewards(
+    grads: dict[str, jax.Array], arch: dict[str, jax.Array], reward_bound: float | None
+) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
+    """Each feedback's reward, clipped, summed into one round per cell type.
+
+    ``grads`` are ``dL/du`` of the per-feedback copies (r_c, B, E, N) for the
+    batch-mean validation loss L, so ``-B * grads[c, b]`` is image b's own
+    reward in cell c: ``R_i = -<d l_b / d p, f_i>`` (Algorithm 1 line 8; in
+    training-mode batch norm ``l_b`` includes its effect through the batch
+    statistics).  Each is clipped to ``[-L, L]`` (line 9) and the B * r_c
+    clipped rewards are summed.  Experts that are no longer active (u = 0)
+    get no reward.
+
+    Args:
+      grads: per cell type, (r_c, B, E, N) gradients of the per-feedback copies.
+      arch: per cell type, the (E, N) mixture weights u of this round.
+      reward_bound: L; None sums the rewards unclipped.
+
+    Returns:
+      ``(summed, clipped)``: per cell type, the (E, N) summed rewards, and the
+      fraction of the active experts' feedbacks that the clip changed.
+    """
+    summed, clipped = {}, {}
+    for kind, g in grads.items():
+        active = arch[kind] > 0
+        rewards = -g.shape[1] * g.astype(jnp.float32)
+        if reward_bound is None:
+            bounded, over = rewards, jnp.zeros(rewards.shape, bool)
+        else:
+            bounded = jnp.clip(rewards, -reward_bound, reward_bound)
+            over = jnp.abs(rewards) > reward_bound
+        summed[kind] = jnp.where(active, bounded.sum((0, 1)), 0.0)
+        count = jnp.maximum(active.sum() * g.shape[0] * g.shape[1], 1)
+        clipped[kind] = jnp.sum(over & active) / count
+    return summed, clipped
 
 
 def create_search_state(
@@ -155,6 +210,7 @@ def create_search_state(
             arch=arch,
             weight_opt_state=weight_tx.init(params),
             arch_opt_state=arch_tx.init(arch),
+            rewards=jax.tree.map(jnp.zeros_like, arch),
         )
 
     # Committed to the device like a restored checkpoint, so that a fresh and
@@ -178,6 +234,7 @@ def make_search_step(
     weight_tx: optax.GradientTransformation,
     arch_tx: optax.GradientTransformation,
     preprocess: Preprocess,
+    feedback_clip: float | None = None,
     single_trace: bool = False,
 ) -> Callable[..., tuple[SearchState, dict[str, jax.Array]]]:
     """Builds ``step(state, weight_data, arch_data, weight_idx, arch_idx, key)``.
@@ -186,17 +243,24 @@ def make_search_step(
     (the two halves, on the device), ``*_idx`` the (B,) indices of this
     step's batches. The returned function is jitted with the state donated.
 
+    The architecture pass differentiates the validation loss with respect to
+    one copy of u per feedback (:func:`per_feedback`), so every image's
+    reward in every cell is known (:func:`feedback_rewards`).
+
     Args:
       model: the supernet (with the experts to compute).
       weight_tx: the network-weight optimizer.
       arch_tx: the architecture optimizer (on the ``arch`` collection).
       preprocess: augmentation and normalization of the uint8 batches.
+      feedback_clip: XNAS's L: each feedback's reward is clipped to [-L, L]
+        and ``arch_tx`` receives the negated sum of the clipped rewards
+        (:func:`xnas_arch_optimizer`).  None: ``arch_tx`` receives ``dL/du``
+        of the batch-mean loss (the DARTS baseline).
       single_trace: run the two passes as the two iterations of one loop, so
         the supernet's forward and backward pass is traced and compiled once
-        instead of twice (about half the compile time).  Each iteration then
-        differentiates with respect to both w and u and keeps the gradient it
-        needs, so a step does the unused gradient's work as well (the weight
-        gradients of the architecture pass).  Same results either way.
+        instead of twice.  Each iteration then differentiates with respect to
+        both w and u and keeps the gradient it needs, so a step does the
+        unused gradient's work as well.  Same results either way.
 
     Returns:
       The jitted step, returning the new state and a dict of metrics.
@@ -218,13 +282,26 @@ def make_search_step(
         updates, opt_state = weight_tx.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state
 
-    def arch_update(grads, state_parts):
-        arch, opt_state = state_parts
+    def arch_update(feedback_grads, state_parts):
+        """Lines 8-13 from the per-feedback gradients; also the round's rewards."""
+        arch, opt_state, totals = state_parts
+        summed, clipped = feedback_rewards(feedback_grads, arch, feedback_clip)
+        if feedback_clip is None:
+            grads = {k: g.sum((0, 1)) for k, g in feedback_grads.items()}
+        else:
+            grads = {k: -r for k, r in summed.items()}
         updates, opt_state = arch_tx.update(grads, opt_state, arch)
-        return optax.apply_updates(arch, updates), opt_state
+        arch = optax.apply_updates(arch, updates)
+        totals = jax.tree.map(jnp.add, totals, summed)
+        reward_max = jnp.max(jnp.stack(
+            [g.shape[1] * jnp.max(jnp.abs(g)) for g in feedback_grads.values()]))
+        metrics = {"reward_abs_max": reward_max,
+                   **{f"clipped_{k}": v for k, v in clipped.items()},
+                   **{f"active_{k}": jnp.sum(u > 0) for k, u in arch.items()}}
+        return (arch, opt_state, totals), metrics
 
-    def reward_abs_max(arch_grads):
-        return jnp.max(jnp.stack([jnp.max(jnp.abs(g)) for g in jax.tree.leaves(arch_grads)]))
+    def expand(arch, images):
+        return per_feedback(arch, model.layers, images.shape[0])
 
     def two_passes(state: SearchState, train, val):
         # Algorithm 1 line 4: update w on the training loss.
@@ -232,13 +309,15 @@ def make_search_step(
             loss_fn, has_aux=True
         )(state.params, state.arch, state.batch_stats, *train)
         params, weight_opt_state = weight_update(grads, (state.params, state.weight_opt_state))
-        # Lines 5-13: predict the validation batch, reward = -dL_val/du, EG + wipeout.
+        # Lines 5-13: predict the validation batch, per-feedback rewards, EG + wipeout.
         (val_loss, (val_acc, batch_stats)), arch_grads = jax.value_and_grad(
             loss_fn, argnums=1, has_aux=True
-        )(params, state.arch, batch_stats, *val)
-        arch, arch_opt_state = arch_update(arch_grads, (state.arch, state.arch_opt_state))
-        metrics = (train_loss, train_acc, val_loss, val_acc, reward_abs_max(arch_grads))
-        return (params, batch_stats, arch, weight_opt_state, arch_opt_state), metrics
+        )(params, expand(state.arch, val[0]), batch_stats, *val)
+        arch_parts, arch_metrics = arch_update(
+            arch_grads, (state.arch, state.arch_opt_state, state.rewards))
+        metrics = dict(train_loss=train_loss, train_accuracy=train_acc, val_loss=val_loss,
+                       val_accuracy=val_acc, **arch_metrics)
+        return (params, batch_stats, weight_opt_state) + arch_parts, metrics
 
     def one_loop(state: SearchState, train, val):
         # The same two passes as the iterations 0 (w) and 1 (u) of one loop.
@@ -247,26 +326,28 @@ def make_search_step(
             is_arch, images, labels = xs
             (loss, (accuracy, batch_stats)), (grads, arch_grads) = jax.value_and_grad(
                 loss_fn, argnums=(0, 1), has_aux=True
-            )(weights[0], archs[0], batch_stats, images, labels)
+            )(weights[0], expand(archs[0], images), batch_stats, images, labels)
             pick = lambda old, new: jax.tree.map(  # noqa: E731
                 lambda a, b: jnp.where(is_arch, a, b), old, new
             )
             weights = pick(weights, weight_update(grads, weights))
-            archs = pick(arch_update(arch_grads, archs), archs)
-            return (weights, batch_stats, archs), (loss, accuracy, reward_abs_max(arch_grads))
+            new_archs, arch_metrics = arch_update(arch_grads, archs)
+            archs = pick(new_archs, archs)
+            return (weights, batch_stats, archs), (loss, accuracy, arch_metrics)
 
         stacked = jax.tree.map(lambda a, b: jnp.stack([a, b]), train, val)
         carry = (
             (state.params, state.weight_opt_state),
             state.batch_stats,
-            (state.arch, state.arch_opt_state),
+            (state.arch, state.arch_opt_state, state.rewards),
         )
-        carry, (losses, accuracies, rewards) = jax.lax.scan(
+        carry, (losses, accuracies, arch_metrics) = jax.lax.scan(
             body, carry, (jnp.array([False, True]), *stacked)
         )
-        (params, weight_opt_state), batch_stats, (arch, arch_opt_state) = carry
-        metrics = (losses[0], accuracies[0], losses[1], accuracies[1], rewards[1])
-        return (params, batch_stats, arch, weight_opt_state, arch_opt_state), metrics
+        (params, weight_opt_state), batch_stats, arch_parts = carry
+        metrics = dict(train_loss=losses[0], train_accuracy=accuracies[0], val_loss=losses[1],
+                       val_accuracy=accuracies[1], **jax.tree.map(lambda m: m[1], arch_metrics))
+        return (params, batch_stats, weight_opt_state) + arch_parts, metrics
 
     def step(state: SearchState, weight_data, arch_data, weight_idx, arch_idx, key):
         weight_key, arch_key = jax.random.split(key)
@@ -276,10 +357,9 @@ def make_search_step(
                  train_batch["label"])
         val = (preprocess_batch(arch_key, val_batch["image"], preprocess), val_batch["label"])
         passes = one_loop if single_trace else two_passes
-        (params, batch_stats, arch, weight_opt_state, arch_opt_state), metrics = passes(
+        (params, batch_stats, weight_opt_state, arch, arch_opt_state, rewards), metrics = passes(
             state, train, val
         )
-        names = ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "reward_abs_max")
         new_state = SearchState(
             step=state.step + 1,
             params=params,
@@ -287,8 +367,9 @@ def make_search_step(
             arch=arch,
             weight_opt_state=weight_opt_state,
             arch_opt_state=arch_opt_state,
+            rewards=rewards,
         )
-        return new_state, dict(zip(names, metrics))
+        return new_state, metrics
 
     return jax.jit(step, donate_argnums=(0,))
 

@@ -74,6 +74,17 @@ ARCH = "arch"  # the variable collection of the mixture weights
 VARIABLES_LAYOUT = 2
 
 
+def reduction_layers(layers: int) -> tuple[int, ...]:
+    """The indices of the reduction cells: at 1/3 and 2/3 of the depth (DARTS)."""
+    return tuple(sorted({layers // 3, 2 * layers // 3}))
+
+
+def cell_replicas(layers: int) -> dict[str, int]:
+    """How many cells share each cell type's mixture weights (r_c in the paper)."""
+    reductions = len(reduction_layers(layers))
+    return {"normal": layers - reductions, "reduce": reductions}
+
+
 def _edge_groups(steps: int) -> tuple[np.ndarray, np.ndarray]:
     """Indices of the edges from the cell inputs, and of the node-to-node edges."""
     sources = np.array([s for s, _ in genotypes.edge_list(steps)])
@@ -101,6 +112,12 @@ def _set_rows(x: jax.Array, rows: Sequence[int], values: jax.Array) -> jax.Array
     return jax.lax.concatenate([p.astype(x.dtype) for p in pieces], 0)
 
 
+def _expert_weight(weights: jax.Array, row: int, like: jax.Array) -> jax.Array:
+    """u_row, as a scalar (shared weights (N,)) or per image ((B, N) -> (B, 1, 1, 1))."""
+    w = weights[..., row].astype(like.dtype)
+    return w if weights.ndim == 1 else w.reshape(w.shape + (1,) * (like.ndim - 1))
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def mixture(
     outputs: tuple[jax.Array, ...], weights: jax.Array, rows: tuple[tuple[int, ...], ...]
@@ -114,9 +131,16 @@ def mixture(
     other operations keep anyway), rather than a copy of each weight and
     group it selects: inside the edge scan each copy is a stacked residual.
 
+    ``weights`` is either the forecaster's row u, shape (N,), or one copy of
+    it per image, shape (B, N).  The prediction is the same; the gradient of
+    a per-image copy is that image's own feedback ``<dL/dp_b, f_i,b>``
+    (Algorithm 1 line 8 for one image), which the search step clips one by
+    one before summing (line 9).  It costs a reduction over (H, W, C) per
+    image instead of over the whole batch.
+
     Args:
       outputs: arrays (G_k, B, H, W, C), or (B, H, W, C) for a single expert.
-      weights: the forecaster's mixture weights u, (N,), any float dtype.
+      weights: the mixture weights u, (N,) or (B, N), any float dtype.
       rows: static, per array the mixture row of each group, or -1.
 
     Returns:
@@ -128,7 +152,7 @@ def mixture(
             if r < 0:
                 continue
             y = groups if groups.ndim == 4 else groups[g]
-            term = y * weights[r].astype(y.dtype)
+            term = y * _expert_weight(weights, r, y)
             out = term if out is None else out + term
     return out
 
@@ -143,7 +167,7 @@ def _mixture_bwd(rows, residuals, grad):
     grad_outputs, products, mixed_rows = [], [], []
     for groups, group_rows in zip(outputs, rows):
         if groups.ndim == 4:  # a single expert
-            grad_outputs.append(grad * weights[group_rows[0]].astype(grad.dtype))
+            grad_outputs.append(grad * _expert_weight(weights, group_rows[0], grad))
             products.append(g32 * groups.astype(jnp.float32))
             mixed_rows.append(group_rows[0])
             continue
@@ -152,13 +176,15 @@ def _mixture_bwd(rows, residuals, grad):
                 products.append(g32 * groups[g].astype(jnp.float32))
                 mixed_rows.append(r)
         grad_outputs.append(jnp.stack([
-            grad * weights[r].astype(grad.dtype) if r >= 0 else jnp.zeros_like(grad)
+            grad * _expert_weight(weights, r, grad) if r >= 0 else jnp.zeros_like(grad)
             for r in group_rows
         ]))
-    # d p / d u_i = <grad, f_i>: every expert's reward in one reduction.
-    sums = dict(zip(mixed_rows, ops_lib.sum_many(products, tuple(range(grad.ndim)))))
-    zero = jnp.zeros((), jnp.float32)
-    grad_weights = jnp.stack([sums.get(i, zero) for i in range(weights.shape[0])])
+    # d p / d u_i = <grad, f_i>: every expert's reward in one reduction, over
+    # the whole batch for shared weights, per image for per-image weights.
+    axes = tuple(range(grad.ndim)) if weights.ndim == 1 else tuple(range(1, grad.ndim))
+    sums = dict(zip(mixed_rows, ops_lib.sum_many(products, axes)))
+    zero = jnp.zeros(weights.shape[:-1], jnp.float32)
+    grad_weights = jnp.stack([sums.get(i, zero) for i in range(weights.shape[-1])], axis=-1)
     return tuple(grad_outputs), grad_weights.astype(weights.dtype)
 
 
@@ -405,7 +431,8 @@ def _scan(body, length: int, **broadcast):
 
 
 class SearchCell(nn.Module):
-    """A DARTS search cell; ``weights`` is its (num_edges, N) mixture table."""
+    """A DARTS search cell; ``weights`` is its (num_edges, N) mixture table,
+    or one table per image, (B, num_edges, N) (see :func:`mixture`)."""
 
     channels: int
     reduction: bool
@@ -426,6 +453,8 @@ class SearchCell(nn.Module):
         s1 = ops_lib.preprocess(c, False, False, self.dtype, "preprocess1")(s1, self.train)
         endpoints = np.array(genotypes.edge_list(self.steps))
         batch, height, width = s1.shape[0], s1.shape[1], s1.shape[2]
+        if weights.ndim == 3:  # per image: the edges lead, as the scans read them
+            weights = jnp.moveaxis(weights, 1, 0)
 
         def mixed(strides):
             return dict(
@@ -482,6 +511,13 @@ class SearchNetwork(nn.Module):
       dtype: computation dtype (parameters and BN statistics stay float32).
       depthwise: "shifts" or "conv", the depthwise-convolution form (same
         function; see :class:`xnas_jax.ops.DepthwiseConv`).
+
+    The ``arch`` collection holds one (num_edges, N) table per cell type,
+    shared by its cells.  A caller may pass instead one copy per feedback,
+    shape (r_c, B, num_edges, N): per cell of the type (in depth order) and
+    per image.  The output is the same; the gradient of each copy is then
+    one feedback's ``dL/du`` (XNAS section 3.1 counts a feedback per image
+    and per cell), which is what the search step clips one by one.
     """
 
     num_classes: int
@@ -508,7 +544,7 @@ class SearchNetwork(nn.Module):
         return genotypes.num_edges(self.steps)
 
     def reduction_layers(self) -> tuple[int, ...]:
-        return tuple(sorted({self.layers // 3, 2 * self.layers // 3}))
+        return reduction_layers(self.layers)
 
     @nn.compact
     def __call__(self, images: jax.Array, train: bool = True) -> jax.Array:
@@ -522,6 +558,16 @@ class SearchNetwork(nn.Module):
             "normal": tuple(self.ops if self.normal_ops is None else self.normal_ops),
             "reduce": tuple(self.ops if self.reduce_ops is None else self.reduce_ops),
         }
+        replicas = cell_replicas(self.layers)
+        for kind, table in mixture.items():
+            if table.ndim == 4 and table.shape != (replicas[kind], images.shape[0], *shape):
+                raise ValueError(
+                    f"per-feedback {kind} mixture weights must have shape (cells, batch, edges, "
+                    f"experts) = {(replicas[kind], images.shape[0], *shape)}, got {table.shape}"
+                )
+            if table.ndim not in (2, 4):
+                raise ValueError(f"{kind} mixture weights must have 2 or 4 axes, got {table.shape}")
+        seen = {"normal": 0, "reduce": 0}
         c = self.channels
         x = nn.Conv(
             self.stem_multiplier * c, (3, 3), padding=((1, 1), (1, 1)), use_bias=False,
@@ -547,7 +593,11 @@ class SearchNetwork(nn.Module):
                 depthwise=self.depthwise,
                 name=f"cell_{i}",
             )
-            s0, s1 = s1, cell(s0, s1, mixture[kind])
+            table = mixture[kind]
+            if table.ndim == 4:  # per feedback: this cell's copies
+                table = table[seen[kind]]
+            seen[kind] += 1
+            s0, s1 = s1, cell(s0, s1, table)
             reduction_prev = reduction
         x = jnp.mean(s1.astype(jnp.float32), axis=(1, 2))
         return nn.Dense(self.num_classes, name="classifier")(x)

@@ -1,0 +1,177 @@
+"""What a search returns: rewards clipped per feedback, cells chosen by evidence.
+
+Per-feedback rewards: one reward per image and per cell, clipped before
+summing.  The reference computes the per-feedback gradients with plain
+autodiff of ``sum_i u_i f_i`` (no custom VJP), then the rewards, their clip,
+their sum and the clipped fraction in NumPy float64.
+
+Discretization: with planted rewards in which node-to-node edges are the
+strongest, XNAS's one-hot weights at the horizon tie every edge, and only the
+accumulated rewards find those edges.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import xnas_jax
+from xnas_jax import genotypes, search_step, supernet
+from xnas_jax.search_step import feedback_rewards, per_feedback
+from xnas_jax.supernet import ARCH, SearchNetwork
+
+OPS = ("avg_pool_3x3", "skip_connect", "sep_conv_3x3", "dil_conv_3x3")
+LAYERS = 4  # cells 0 and 3 normal, 1 and 2 reduction: r_c = 2 for both types
+BATCH = 4
+
+
+def _plain_mixture(outputs, weights, rows):
+    """sum_i u_i f_i by plain autodiff, for (N,) or (B, N) weights."""
+    out = 0.0
+    for groups, group_rows in zip(outputs, rows):
+        for g, r in enumerate(group_rows):
+            if r >= 0:
+                y = groups if groups.ndim == 4 else groups[g]
+                w = weights[..., r].astype(y.dtype)
+                out = out + y * (w if weights.ndim == 1 else w[:, None, None, None])
+    return out
+
+
+@pytest.fixture(scope="module")
+def setup():
+    model = SearchNetwork(num_classes=3, channels=2, layers=LAYERS, ops=OPS, steps=2)
+    images = jax.random.normal(jax.random.key(0), (BATCH, 8, 8, 3))
+    labels = jnp.array([0, 1, 2, 1])
+    variables = model.init(jax.random.key(1), images, train=True)
+    # Unequal weights, one expert wiped out on one edge of the normal cell.
+    arch = {k: jax.nn.softmax(jax.random.normal(jax.random.key(2 + i), v.shape))
+            for i, (k, v) in enumerate(variables[ARCH].items())}
+    arch["normal"] = arch["normal"].at[0, 2].set(0.0)
+    arch["normal"] = arch["normal"] / arch["normal"].sum(-1, keepdims=True)
+
+    def loss(copies):
+        logits, _ = model.apply(
+            {"params": variables["params"], "batch_stats": variables["batch_stats"],
+             ARCH: copies}, images, train=True, mutable=["batch_stats"])
+        return search_step.cross_entropy(logits, labels)
+
+    copies = per_feedback(arch, LAYERS, BATCH)
+    grads = jax.jit(jax.grad(loss))(copies)
+    return model, loss, arch, copies, grads
+
+
+@pytest.fixture(scope="module")
+def reference(setup):
+    """Per-feedback gradients by plain autodiff, float64."""
+    _, loss, _, copies, _ = setup
+    original = supernet.mixture
+    supernet.mixture = _plain_mixture
+    try:
+        grads = jax.jit(jax.grad(loss))(copies)
+    finally:
+        supernet.mixture = original
+    return {k: np.asarray(v, np.float64) for k, v in grads.items()}
+
+
+def test_per_feedback_copies_have_the_shape_of_one_reward_per_image_and_cell(setup):
+    _, _, arch, copies, grads = setup
+    for kind in ("normal", "reduce"):
+        assert copies[kind].shape == grads[kind].shape == (2, BATCH, 5, len(OPS))
+
+
+def test_per_feedback_gradients_against_plain_autodiff(setup, reference):
+    _, _, _, _, grads = setup
+    for kind, want in reference.items():
+        np.testing.assert_allclose(np.asarray(grads[kind]), want, rtol=2e-4, atol=1e-6)
+        # They differ across images and across the cells of one type.
+        assert np.ptp(want, axis=1).max() > 1e-3 and np.ptp(want, axis=0).max() > 1e-3
+
+
+@pytest.mark.parametrize("quantile", [None, 0.9, 0.5])
+def test_clipped_summed_rewards_against_numpy(setup, reference, quantile):
+    """R = -B dL/du per feedback, clipped to [-L, L], summed; None: L above every reward."""
+    _, _, arch, _, grads = setup
+    rewards = {k: -BATCH * g for k, g in reference.items()}
+    everything = np.concatenate([np.abs(r).ravel() for r in rewards.values()])
+    bound = 2 * everything.max() if quantile is None else float(np.quantile(everything, quantile))
+    summed, clipped = feedback_rewards(grads, arch, bound)
+    for kind, r in rewards.items():
+        active = np.asarray(arch[kind]) > 0
+        want = np.where(active, np.clip(r, -bound, bound).sum((0, 1)), 0.0)
+        np.testing.assert_allclose(np.asarray(summed[kind]), want, rtol=1e-4, atol=1e-4 * bound)
+        over = (np.abs(r) > bound) & active
+        np.testing.assert_allclose(float(clipped[kind]), over.sum() / (active.sum() * 2 * BATCH),
+                                   atol=0.02)
+        if quantile is not None:
+            # The clip binds, and summing first would not have bound: the
+            # per-feedback sum differs from the clipped sum.
+            assert 0 < float(clipped[kind]) < 1
+            assert np.abs(want - np.where(active, r.sum((0, 1)), 0)).max() > 1e-3 * bound
+    assert np.asarray(summed["normal"])[0, 2] == 0  # a wiped-out expert gets no reward
+
+
+def test_unclipped_sum_is_the_batch_gradient(setup):
+    """Without a bound the summed rewards are -B dL/du of the shared weights."""
+    model, loss, arch, _, grads = setup
+    summed, clipped = feedback_rewards(grads, arch, None)
+    shared = jax.jit(jax.grad(loss))(arch)  # (E, N) weights, as the weight pass uses them
+    for kind in arch:
+        active = np.asarray(arch[kind]) > 0
+        np.testing.assert_allclose(np.asarray(summed[kind]),
+                                   np.where(active, -BATCH * np.asarray(shared[kind]), 0),
+                                   rtol=1e-4, atol=1e-5)
+        assert float(clipped[kind]) == 0
+
+
+def test_per_feedback_weights_of_the_wrong_shape_are_refused(setup):
+    model, loss, arch, copies, _ = setup
+    with pytest.raises(ValueError, match="per-feedback normal mixture weights"):
+        loss({**copies, "normal": copies["normal"][:1]})
+
+
+def _planted_search(horizon: int = 400, seed: int = 0):
+    """XNAS on planted rewards for one cell of 4 nodes (14 edges, 7 experts).
+
+    Edge e's expert best[e] earns mean reward strength[e], the others 0, plus
+    noise, clipped to [-1, 1].  A node's strongest edges are planted on its two
+    nearest predecessors, so that nodes 3-5 should read other nodes.
+    """
+    rng = np.random.default_rng(seed)
+    edges = genotypes.edge_list(4)
+    best = rng.integers(0, 7, len(edges))
+    strength = np.array([0.1 + 0.15 * source / (node + 1) for source, node in edges])
+    tx = xnas_jax.xnas(xnas_jax.theoretical_learning_rate(7, horizon, 1.0), 1.0, horizon)
+    u = jnp.full((len(edges), 7), 1 / 7)
+    state = tx.init(u)
+    update = jax.jit(tx.update)
+    totals = np.zeros((len(edges), 7))
+    for _ in range(horizon):
+        mean = np.zeros((len(edges), 7))
+        mean[np.arange(len(edges)), best] = strength
+        rewards = np.clip(mean + 0.5 * rng.normal(size=mean.shape), -1, 1)
+        totals += np.where(np.asarray(u) > 0, rewards, 0.0)  # as SearchState.rewards
+        updates, state = update(jnp.asarray(-rewards, jnp.float32), state, u)
+        u = u + updates
+    return np.asarray(u), totals, best
+
+
+def test_planted_evidence_selects_node_to_node_edges():
+    u, totals, best = _planted_search()
+    ops = genotypes.XNAS_PRIMITIVES
+    assert ((u > 0).sum(-1) == 1).all()  # the horizon left one expert per edge: all tie
+    want = [2, 1, 3, 2, 4, 3]  # nodes 3, 4, 5 read their two nearest predecessors
+    chosen = genotypes.discretize(u, u, ops, rewards={"normal": totals, "reduce": totals})
+    assert [source for _, source in chosen.normal[2:]] == want
+    edges = genotypes.edge_list(4)
+    for (op, source), node in zip(chosen.normal, np.repeat(range(4), 2)):
+        assert op == ops[best[edges.index((source, node))]]  # each edge's planted expert
+    # The max-weight rule sees only ties and reads the cell inputs everywhere.
+    tied = genotypes.discretize(u, u, ops)
+    assert [source for _, source in tied.normal] == [0, 1] * 4
+    record = genotypes.selection_record({"normal": u, "reduce": u}, ops,
+                                        rewards={"normal": totals, "reduce": totals})
+    assert record["rule"] == "cumulative_reward"
+    kept = [(e["node"], e["source"]) for e in record["normal"] if e["kept"]]
+    assert sorted(kept) == sorted([(2, 0), (2, 1), (3, 2), (3, 1), (4, 3), (4, 2), (5, 4), (5, 3)])
