@@ -393,7 +393,8 @@ def test_checkpoint_typed_prng_keys(tmp_path):
 def _resolved(capsys, *flags):
     """The recipe settings a command line resolves to (as --summary prints them)."""
     config, _ = train.parse_args(["--dataset", "cifar10", *flags])
-    return {**train.recipe_settings(config), "cutout": 16 if config.cutout is None else config.cutout}
+    cutout = 16 if config.cutout is None else config.cutout
+    return {**train.recipe_settings(config), "cutout": cutout}
 
 
 def test_recipes_resolve_to_the_papers_settings(capsys):
