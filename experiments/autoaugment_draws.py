@@ -1,6 +1,6 @@
 """AutoAugment draws: one CIFAR-10 image and 16 draws of the CIFAR-10 policy.
 
-A look at what ``xnas_jax.autoaugment`` does to a training image: the policy of
+A look at what ``xnas_jax.data.autoaugment`` does to a training image: the policy of
 Cubuk et al. (2018) picks one of 25 sub-policies per image and applies each of
 its two operations with its probability, so some draws come back unchanged.
 Each panel's title names the operations that were applied.  The image is read
@@ -24,7 +24,7 @@ from typing import Sequence
 import jax
 import numpy as np
 
-from xnas_jax import autoaugment as aa
+from xnas_jax.data import autoaugment as aa
 
 NAME = "autoaugment_draws"
 REPO_ROOT = Path(__file__).resolve().parents[1]

@@ -43,7 +43,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from xnas_jax import cli, genotypes, input_pipeline, search_step
+from xnas_jax import cli, configs, genotypes, search, search_step
+from xnas_jax.data import augment
+from xnas_jax.kernels import DTYPES, dtype_from_name
 from xnas_jax.prng import prng_key
 from xnas_jax.supernet import SearchNetwork
 
@@ -189,7 +191,7 @@ def boolean(text: str) -> bool:
 
 CONFIG_TYPES = {"preset": str, "batch": int, "dtype": str, "active_fraction": float,
                 "depthwise": str, "steps": int, "repeats": int, "single_trace": boolean}
-CHOICES = {"preset": sorted(PRESETS), "dtype": ["float32", "bfloat16"],
+CHOICES = {"preset": sorted(PRESETS), "dtype": list(DTYPES),
            "depthwise": ["shifts", "conv"]}
 
 
@@ -227,7 +229,7 @@ class Prepared(NamedTuple):
     experts: tuple[str, ...]
     lowered: Any
     state: search_step.SearchState
-    halves: list[input_pipeline.DeviceData]
+    halves: list[augment.DeviceData]
     order: jax.Array
     key: jax.Array
     trace_s: float
@@ -240,11 +242,11 @@ def prepare(config: Config, seed: int = 0) -> Prepared:
     ops = genotypes.XNAS_PRIMITIVES
     model = SearchNetwork(
         num_classes=spec["num_classes"], channels=spec["channels"], layers=spec["layers"],
-        ops=ops, dtype={"float32": jnp.float32, "bfloat16": jnp.bfloat16}[config.dtype],
+        ops=ops, dtype=dtype_from_name(config.dtype),
         depthwise=config.depthwise,
     )
     total_steps = 10_000
-    weight_tx = search_step.weight_optimizer(0.025, 0.001, 0.9, 3e-4, 5.0, total_steps)
+    weight_tx = search.weight_optimizer(configs.SearchConfig(), total_steps)
     arch_tx, _ = search_step.xnas_arch_optimizer(len(ops), spec["layers"], total_steps,
                                                  config.batch)
     started = time.perf_counter()
@@ -261,7 +263,7 @@ def prepare(config: Config, seed: int = 0) -> Prepared:
     rng = np.random.default_rng(seed)
     pool = 8 * config.batch
     halves = [
-        input_pipeline.DeviceData(
+        augment.DeviceData(
             jnp.asarray(rng.integers(0, 256, (pool, *spec["image_shape"]), dtype=np.uint8)),
             jnp.asarray(rng.integers(0, spec["num_classes"], pool, dtype=np.int32)),
         )
@@ -383,7 +385,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = cli.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--preset", nargs="+", default=["tiny"], choices=sorted(PRESETS))
     parser.add_argument("--batch", nargs="+", type=int, default=[64])
-    parser.add_argument("--dtype", nargs="+", default=["float32"], choices=["float32", "bfloat16"])
+    parser.add_argument("--dtype", nargs="+", default=["float32"], choices=list(DTYPES))
     parser.add_argument("--active-fraction", nargs="+", type=float, default=[1.0])
     parser.add_argument("--depthwise", nargs="+", default=["shifts"], choices=["shifts", "conv"])
     parser.add_argument("--steps", type=int, default=30, help="steps per repetition")

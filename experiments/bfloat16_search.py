@@ -59,8 +59,9 @@ def run(seed: int = 0, num_seeds: int = 2, **overrides: Any) -> dict[str, Any]:
     return {
         "setup": {
             "seeds": list(range(seed, seed + num_seeds)),
-            "config": {k: v for k, v in configs.SearchConfig(**overrides).resolved()
-                       .fingerprint().items() if k not in ("dtype", "seed")},
+            "config": {k: v for k, v in configs.fingerprint(
+                configs.SearchConfig(**overrides).resolved()).items()
+                       if k not in ("dtype", "seed")},
         },
         "runs": runs,
         "final_val_loss": final,
@@ -78,7 +79,7 @@ def _run_all(runs: dict[str, list[dict[str, Any]]], seed: int, num_seeds: int, t
                 dtype=dtype, seed=s, out_dir=str(Path(tmp) / f"{dtype}_{s}"), progress=False,
                 **overrides,
             )
-            search.run_search(config)
+            search.train_and_evaluate(config)
             lines = (Path(config.out_dir) / "log.jsonl").read_text().splitlines()
             log = [json.loads(line) for line in lines]
             runs[dtype].append({

@@ -39,7 +39,7 @@ NAME = "wipeout_search"
 ZETAS = (1.0, 0.5, 0.25, 0.02)
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10_jpeg" / "train.zip"
 PROXY = dict(
-    dataset="image_folder", max_examples=2000, downsample=2, crop_padding=2, flip=True,
+    dataset="image_folder", max_train_examples=2000, downsample=2, crop_padding=2, flip=True,
     channels=8, layers=5, epochs=12, batch_size=96, seed=0, progress=False,
 )
 
@@ -60,7 +60,7 @@ def search_once(data: Path, work_dir: Path, zeta: float, cache_dir: Path) -> lis
         log.read_text().splitlines()) == PROXY["epochs"]
     if not done:
         print(f"zeta = {zeta:g}: searching into {out}", flush=True)
-        search.run_search(config)
+        search.train_and_evaluate(config)
     return [json.loads(line) for line in log.read_text().splitlines()]
 
 
@@ -120,7 +120,7 @@ def plot(result: dict[str, Any], path: str) -> None:
         ax.legend(fontsize=8)
     pea.save_figure(
         fig, path,
-        f"XNAS wipeout in a CIFAR-10 proxy search ({setup['max_examples']} images at "
+        f"XNAS wipeout in a CIFAR-10 proxy search ({setup['max_train_examples']} images at "
         f"{32 // setup['downsample']}px, C={setup['channels']}, {setup['layers']} cells, "
         f"{result['runs'][0]['total_steps']} steps)",
     )

@@ -1,4 +1,5 @@
-"""Shared test helpers: a persistent compilation cache, CLI error checks."""
+"""Shared test helpers: a persistent compilation cache, CLI error checks, and the tiny
+search and training runs that several test files read (run once per session)."""
 
 from __future__ import annotations
 
@@ -21,6 +22,48 @@ def compilation_cache(tmp_path_factory):
     jax_compilation_cache.reset_cache()
 
 
+# A search and a training run small enough for the CPU: every part of each runs.
+FEW_OPS = "max_pool_3x3,skip_connect,sep_conv_3x3,dil_conv_3x3"
+TINY_SEARCH = [
+    "--channels", "4", "--layers", "3", "--ops", FEW_OPS, "--epochs", "2",
+    "--batch-size", "16", "--max-steps-per-epoch", "3", "--max-train-examples", "200",
+    "--no-progress",
+]  # fmt: skip
+TINY_TRAIN = [
+    "--genotype", "DARTS_V2", "--dataset", "digits", "--channels", "4", "--layers", "3",
+    "--epochs", "3", "--batch-size", "32", "--max-steps-per-epoch", "8",
+    "--learning-rate", "0.05", "--eval-batch-size", "128", "--no-progress",
+]  # fmt: skip
+
+
+def _run(main, argv) -> None:
+    try:
+        code = main(argv)
+    except SystemExit as exit_:
+        code = exit_.code
+    assert code in (0, None), f"exit status {code}"
+
+
+@pytest.fixture(scope="session")
+def tiny_search(tmp_path_factory, compilation_cache):
+    """The folder of a finished TINY_SEARCH run (read-only: copy it to change it)."""
+    from xnas_jax import search
+
+    out = tmp_path_factory.mktemp("tiny_search") / "run"
+    _run(search.main, TINY_SEARCH + compilation_cache + ["--out-dir", str(out)])
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_train(tmp_path_factory, compilation_cache):
+    """The folder of a finished TINY_TRAIN run (read-only: copy it to change it)."""
+    from xnas_jax import train
+
+    out = tmp_path_factory.mktemp("tiny_train") / "run"
+    _run(train.main, TINY_TRAIN + compilation_cache + ["--out-dir", str(out)])
+    return out
+
+
 def assert_usage_error(code: int, err: str, *fragments: str) -> None:
     """A CLI usage error: exit status 2 and one line ``error: ...`` naming the problem."""
     lines = err.strip().splitlines()
@@ -28,3 +71,13 @@ def assert_usage_error(code: int, err: str, *fragments: str) -> None:
     assert len(lines) == 1 and lines[0].startswith("error: "), err
     for fragment in fragments:
         assert fragment in lines[0], (fragment, lines[0])
+
+
+_RUN_FIXTURES = {"tiny_search", "tiny_train", "darts_search", "search_run", "train_run"}
+
+
+def pytest_collection_modifyitems(items):
+    """Tests that read a whole search or training run are `slow` (marked by fixture)."""
+    for item in items:
+        if _RUN_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)

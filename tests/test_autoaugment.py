@@ -1,4 +1,4 @@
-"""Tests of xnas_jax.autoaugment: every operation against PIL, and the policy's draws.
+"""Tests of xnas_jax.data.autoaugment: every operation against PIL, and the policy's draws.
 
 Tolerances (the reference is Pillow, the library of the paper's and the reference
 implementations' operations):
@@ -33,7 +33,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from PIL import Image, ImageEnhance, ImageOps
 
-from xnas_jax import autoaugment as aa
+from xnas_jax.data import autoaugment as aa
 
 FILL = (aa.FILL_VALUE,) * 3
 TIE_BAND = 1e-3  # pixels; see the module docstring

@@ -23,6 +23,7 @@ def records(tmp_path_factory, compilation_cache):
     return [json.loads(line) for line in (out / "b.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_records_hold_every_figure(records):
     measured, cache_hit = records
     assert measured["preset"] == "tiny" and measured["batch"] == 4
@@ -61,10 +62,11 @@ def test_bad_input_is_one_line(argv, fragment, capsys):
     assert_usage_error(exit_.value.code, capsys.readouterr().err, fragment)
 
 
+@pytest.mark.slow
 def test_bfloat16_search_compares_the_dtypes_over_seeds():
     result = bfloat16_search.run(
         num_seeds=2, channels=4, layers=3, ops=("max_pool_3x3", "skip_connect"),
-        epochs=2, batch_size=16, max_steps_per_epoch=2, max_examples=200,
+        epochs=2, batch_size=16, max_steps_per_epoch=2, max_train_examples=200,
     )
     assert set(result["runs"]) == {"float32", "bfloat16"}
     final = {}

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from xnas_jax import ops
-from xnas_jax.ops import (
+from xnas_jax.kernels import (
     BN_EPSILON,
     batch_normalize,
     depthwise_conv,
@@ -109,9 +109,10 @@ def test_depthwise_taps_rejects_groups_of_different_output_sizes():
 
 
 def naive_batch_norm(y, axes):
-    """Autodiff's reference: the documented formula, every intermediate left to jax.grad."""
+    """Autodiff's reference: the definition (variance as the mean squared deviation, two
+    passes, so float32 loses nothing to cancellation), every intermediate left to jax.grad."""
     mean = jnp.mean(y, axis=axes, keepdims=True)
-    var = jnp.mean(jnp.square(y), axis=axes, keepdims=True) - jnp.square(mean)
+    var = jnp.mean(jnp.square(y - mean), axis=axes, keepdims=True)
     return (y - mean) / jnp.sqrt(var + BN_EPSILON), jnp.squeeze(mean, axes), jnp.squeeze(var, axes)
 
 
@@ -139,7 +140,11 @@ def test_batch_normalize_matches_autodiff_of_the_formula(shape, axes, scale, see
     y = scale * jax.random.normal(keys[0], shape) + 3.0
     got = batch_normalize(y, axes, BN_EPSILON)
     want = naive_batch_norm(y, axes)
-    for a, b in zip(got, want):
+    y64 = np.asarray(y, np.float64)  # values against float64: the mean of 3 is large
+    mean64, var64 = y64.mean(axis=axes, keepdims=True), y64.var(axis=axes, keepdims=True)
+    values64 = ((y64 - mean64) / np.sqrt(var64 + BN_EPSILON), np.squeeze(mean64, axes),
+                np.squeeze(var64, axes))
+    for a, b in zip(got, values64):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * scale**2)
     cotangents = [jax.random.normal(k, w.shape) for k, w in zip(keys[1:], want)]
     loss = lambda f: lambda y: sum(jnp.sum(o * c) for o, c in zip(f(y), cotangents))  # noqa: E731
@@ -239,6 +244,6 @@ def test_running_statistics_follow_the_reference_momentum():
         _, updates = op.apply({**variables, "batch_stats": stats}, x, weights,
                               mutable=["batch_stats"])
         stats = updates["batch_stats"]
-    mean, var = expected([ops.pool_3x3(jnp.asarray(x), "avg", 1) for x in batches])
+    mean, var = expected([pool_3x3(jnp.asarray(x), "avg", 1) for x in batches])
     np.testing.assert_allclose(stats["pool_bn_mean"][0], mean, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(stats["pool_bn_var"][0], var, rtol=1e-5, atol=1e-5)

@@ -81,6 +81,7 @@ def test_per_feedback_copies_have_the_shape_of_one_reward_per_image_and_cell(set
         assert copies[kind].shape == grads[kind].shape == (2, BATCH, 5, len(OPS))
 
 
+@pytest.mark.slow
 def test_per_feedback_gradients_against_plain_autodiff(setup, reference):
     _, _, _, _, grads = setup
     for kind, want in reference.items():
@@ -90,6 +91,7 @@ def test_per_feedback_gradients_against_plain_autodiff(setup, reference):
 
 
 @pytest.mark.parametrize("quantile", [None, 0.9, 0.5])
+@pytest.mark.slow
 def test_clipped_summed_rewards_against_numpy(setup, reference, quantile):
     """R = -B dL/du per feedback, clipped to [-L, L], summed; None: L above every reward."""
     _, _, arch, _, grads = setup
@@ -112,6 +114,7 @@ def test_clipped_summed_rewards_against_numpy(setup, reference, quantile):
     assert np.asarray(summed["normal"])[0, 2] == 0  # a wiped-out expert gets no reward
 
 
+@pytest.mark.slow
 def test_unclipped_sum_is_the_batch_gradient(setup):
     """Without a bound the summed rewards are -B dL/du of the shared weights."""
     model, loss, arch, _, grads = setup
@@ -157,6 +160,7 @@ def _planted_search(horizon: int = 400, seed: int = 0):
     return np.asarray(u), totals, best
 
 
+@pytest.mark.slow
 def test_planted_evidence_selects_node_to_node_edges():
     u, totals, best = _planted_search()
     ops = genotypes.XNAS_PRIMITIVES

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from xnas_jax import genotypes
+from xnas_jax.ops import CONV_GEOMETRY
 from xnas_jax.supernet import (
     ARCH,
-    CONV_EXPERTS,
     MixedOp,
     SearchCell,
     SearchNetwork,
@@ -127,6 +127,7 @@ def _expert_modules_reference(ops, computed, strides, params, x, u):
 @pytest.mark.parametrize("strides", [1, 2])
 @pytest.mark.parametrize("computed", [OPS, ("avg_pool_3x3", "skip_connect", "sep_conv_5x5",
                                             "dil_conv_3x3")])
+@pytest.mark.slow
 def test_grouped_experts_match_one_module_per_expert(strides, computed):
     x = jax.random.normal(jax.random.key(4), (3, 8, 8, 4))
     u = jax.nn.softmax(jax.random.normal(jax.random.key(5), (len(OPS),)))
@@ -215,6 +216,7 @@ def _reference_cell(cell: SearchCell, variables, s0, s1, weights):
 
 
 @pytest.mark.parametrize("reduction, reduction_prev", [(False, False), (True, False), (False, True)])
+@pytest.mark.slow
 def test_scanned_cell_matches_unrolled_reference(reduction, reduction_prev):
     cell = SearchCell(channels=4, reduction=reduction, reduction_prev=reduction_prev,
                       ops=FEW_OPS, computed=FEW_OPS)
@@ -308,7 +310,7 @@ def test_init_declares_what_the_forward_pass_reads_with_lecun_normal_weights():
     for cell in ("cell_0", "cell_1"):  # a normal and a reduction cell
         mixed = variables["params"][cell]["edges" if cell == "cell_0" else "input_edges"]["mixed"]
         for name in ("sep_conv_3x3", "dil_conv_3x3"):
-            k, _, _, blocks = CONV_EXPERTS[name]
+            k, _, _, blocks = CONV_GEOMETRY[name]
             for block in range(1, blocks + 1):
                 for weight in (f"depthwise_{block}", f"pointwise_{block}"):
                     # (edges, k, k, C) or (edges, C, C)

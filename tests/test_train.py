@@ -21,16 +21,10 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from xnas_jax import checkpointing, genotypes, input_pipeline, train
+from xnas_jax import checkpointing, configs, genotypes, optimizers, runs, train
+from xnas_jax.data import datasets
 from xnas_jax.checkpointing import CheckpointError, Checkpointer
-from conftest import assert_usage_error
-
-TINY_FLAGS = [
-    "--genotype", "DARTS_V2", "--dataset", "digits", "--channels", "4", "--layers", "3",
-    "--epochs", "3", "--batch-size", "32", "--max-steps-per-epoch", "8",
-    "--learning-rate", "0.05", "--eval-batch-size", "128", "--no-progress",
-]  # fmt: skip
-
+from conftest import TINY_TRAIN as TINY_FLAGS, assert_usage_error
 
 def run_main(argv, capsys) -> tuple[int, str, str]:
     """Runs the CLI in-process: (exit code, stdout, stderr)."""
@@ -43,7 +37,7 @@ def run_main(argv, capsys) -> tuple[int, str, str]:
 
 
 def saved_state(workdir: Path, step: int):
-    return ocp.StandardCheckpointer().restore(workdir / train.CHECKPOINT_DIR / str(step) / "state")
+    return ocp.StandardCheckpointer().restore(workdir / runs.CHECKPOINT_DIR / str(step) / "state")
 
 
 # --------------------------------------------------------------------------
@@ -51,19 +45,13 @@ def saved_state(workdir: Path, step: int):
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory, compilation_cache):
-    workdir = tmp_path_factory.mktemp("tiny_run")
-    try:
-        code = train.main(TINY_FLAGS + compilation_cache + ["--out-dir", str(workdir)])
-    except SystemExit as exit_:
-        code = exit_.code
-    assert code == 0
-    return workdir, json.loads((workdir / train.RESULTS_FILE).read_text())
+def tiny_run(tiny_train):
+    return tiny_train, json.loads((tiny_train / train.RESULTS_FILE).read_text())
 
 
 def test_tiny_run_lowers_the_loss_and_writes_its_outputs(tiny_run):
     workdir, results = tiny_run
-    log = [json.loads(line) for line in (workdir / train.LOG_FILE).read_text().splitlines()]
+    log = [json.loads(line) for line in (workdir / runs.LOG_FILE).read_text().splitlines()]
     assert [record["epoch"] for record in log] == [1, 2, 3]
     assert [record["step"] for record in log] == [8, 16, 24]
     assert log[-1]["train_loss"] < log[0]["train_loss"]
@@ -79,9 +67,10 @@ def test_tiny_run_lowers_the_loss_and_writes_its_outputs(tiny_run):
     assert saved["test_error"] == pytest.approx(100 * (1 - log[-1]["test_accuracy"]), abs=1e-3)
     assert saved["params"] == 2642 and saved["params_with_aux"] > saved["params"]
     assert saved["flops_per_image"] > 0 and saved["train_images_per_s"] > 0
-    assert sorted(int(p.name) for p in (workdir / train.CHECKPOINT_DIR).iterdir()) == [1, 2, 3]
+    steps = sorted(int(p.name) for p in (workdir / runs.CHECKPOINT_DIR).iterdir())
+    assert steps == [8, 16, 24]  # numbered by step
     # Parameters and BN statistics are float32 and finite.
-    state = saved_state(workdir, 3)
+    state = saved_state(workdir, 24)
     assert int(state["step"]) == 24
     for leaf in jax.tree.leaves((state["params"], state["batch_stats"])):
         assert leaf.dtype == np.float32 and np.all(np.isfinite(leaf))
@@ -92,16 +81,16 @@ def test_resume_gives_the_uninterrupted_result(tiny_run, compilation_cache, tmp_
     interrupted = tmp_path / "interrupted"
     shutil.copytree(workdir, interrupted)
     # As if the run had stopped after epoch 2: its last checkpoint is gone.
-    shutil.rmtree(interrupted / train.CHECKPOINT_DIR / "3")
+    shutil.rmtree(interrupted / runs.CHECKPOINT_DIR / "24")
     (interrupted / train.RESULTS_FILE).unlink()
 
     flags = TINY_FLAGS + compilation_cache + ["--out-dir", str(interrupted), "--resume"]
     code, out, err = run_main(flags, capsys)
     assert code == 0, err
-    log = [json.loads(line) for line in (interrupted / train.LOG_FILE).read_text().splitlines()]
+    log = [json.loads(line) for line in (interrupted / runs.LOG_FILE).read_text().splitlines()]
     assert [record["epoch"] for record in log] == [1, 2, 3]  # epoch 3 replaced, not repeated
 
-    expected, resumed = saved_state(workdir, 3), saved_state(interrupted, 3)
+    expected, resumed = saved_state(workdir, 24), saved_state(interrupted, 24)
     assert jax.tree.structure(expected) == jax.tree.structure(resumed)
     for a, b in zip(jax.tree.leaves(expected), jax.tree.leaves(resumed)):
         np.testing.assert_array_equal(a, b)
@@ -110,13 +99,13 @@ def test_resume_gives_the_uninterrupted_result(tiny_run, compilation_cache, tmp_
 
 
 def test_power_cosine_schedule():
-    schedule = train.power_cosine_schedule(0.1, 1000, cycles=5, cycle_decay=0.5, exponent=10)
+    schedule = optimizers.power_cosine_schedule(0.1, 1000, cycles=5, cycle_decay=0.5, exponent=10)
     values = np.array([schedule(step) for step in (0, 100, 199, 200, 400, 999, 1000, 2000)])
     np.testing.assert_allclose(values[[0, 3, 4]], [0.1, 0.05, 0.025], rtol=1e-5)
     # Halfway through a cycle the power curve is below the cosine's half.
     assert values[1] == pytest.approx(0.1 * (10**0.5 - 1) / 9, rel=1e-5) and values[1] < 0.05
     assert values[2] < 1e-4 and values[5] < 1e-5 and values[6] == values[7] == 0
-    cosine = train.power_cosine_schedule(0.1, 100, exponent=1)
+    cosine = optimizers.power_cosine_schedule(0.1, 100, exponent=1)
     reference = __import__("optax").cosine_decay_schedule(0.1, 100)
     for step in (0, 13, 50, 99):
         assert cosine(step) == pytest.approx(float(reference(step)), abs=1e-6)
@@ -124,7 +113,8 @@ def test_power_cosine_schedule():
 
 def test_power_cosine_flags():
     config, _ = train.parse_args(
-        ["--lr-schedule", "power_cosine", "--cycles", "5", "--cycle-decay", "0.5", "--epochs", "10"]
+        ["--learning-rate-schedule", "power_cosine", "--cycles", "5", "--cycle-decay", "0.5",
+         "--epochs", "10"]
     )
     schedule = train.learning_rate_schedule(config, steps_per_epoch=4)  # 40 steps, 8 per cycle
     np.testing.assert_allclose(
@@ -165,7 +155,7 @@ def test_summary_prints_one_json_line_without_data(capsys, monkeypatch):
     def no_data(*args, **kwargs):
         raise AssertionError("--summary must not load data")
 
-    monkeypatch.setattr(input_pipeline, "load_dataset", no_data)
+    monkeypatch.setattr(datasets, "load_dataset", no_data)
     flags = ["--genotype", "DARTS_V2", "--dataset", "cifar10", "--summary"]
     code, out, err = run_main(flags, capsys)
     assert code == 0, err
@@ -249,7 +239,7 @@ def test_existing_checkpoints_need_resume(tiny_run, tmp_path, capsys):
     workdir, _ = tiny_run
     before = sorted(str(p) for p in workdir.rglob("*"))
     code, _, err = run_main(TINY_FLAGS + ["--out-dir", str(workdir)], capsys)
-    assert_usage_error(code, err, str(workdir / train.CHECKPOINT_DIR), "--resume")
+    assert_usage_error(code, err, str(workdir / runs.CHECKPOINT_DIR), "--resume")
     assert sorted(str(p) for p in workdir.rglob("*")) == before
 
 
@@ -258,7 +248,7 @@ def test_resume_with_other_settings_is_refused(tiny_run, capsys):
     before = sorted(str(p) for p in workdir.rglob("*"))
     flags = TINY_FLAGS + ["--out-dir", str(workdir), "--resume", "--weight-decay", "0.001"]
     code, _, err = run_main(flags, capsys)
-    checkpoints = str(workdir / train.CHECKPOINT_DIR)
+    checkpoints = str(workdir / runs.CHECKPOINT_DIR)
     assert_usage_error(code, err, "incompatible", checkpoints, "weight_decay")
     assert sorted(str(p) for p in workdir.rglob("*")) == before
 
@@ -394,7 +384,7 @@ def _resolved(capsys, *flags):
     """The recipe settings a command line resolves to (as --summary prints them)."""
     config, _ = train.parse_args(["--dataset", "cifar10", *flags])
     cutout = 16 if config.cutout is None else config.cutout
-    return {**train.recipe_settings(config), "cutout": cutout}
+    return {**configs.recipe_settings(config), "cutout": cutout}
 
 
 def test_recipes_resolve_to_the_papers_settings(capsys):
@@ -402,27 +392,29 @@ def test_recipes_resolve_to_the_papers_settings(capsys):
     assert code == 0, err
     xnas = json.loads(out)["recipe"]
     assert xnas == _resolved(capsys, "--recipe", "xnas")
-    assert {k: xnas[k] for k in ("epochs", "batch_size", "lr_schedule", "cycles", "cycle_decay",
+    assert {k: xnas[k] for k in ("epochs", "batch_size", "learning_rate_schedule", "cycles",
+                                 "cycle_decay",
                                  "nesterov", "autoaugment", "label_smoothing", "cutout")} == {
-        "epochs": 1500, "batch_size": 96, "lr_schedule": "power_cosine", "cycles": 5,
+        "epochs": 1500, "batch_size": 96, "learning_rate_schedule": "power_cosine", "cycles": 5,
         "cycle_decay": 0.5, "nesterov": True, "autoaugment": True, "label_smoothing": 0.1,
         "cutout": 16}
     # Where the paper is silent: DARTS's values.
     assert (xnas["learning_rate"], xnas["weight_decay"], xnas["drop_path_prob"],
             xnas["auxiliary_weight"], xnas["grad_clip"]) == (0.025, 3e-4, 0.2, 0.4, 5.0)
     darts = _resolved(capsys, "--recipe", "darts")
-    assert (darts["epochs"], darts["lr_schedule"], darts["nesterov"], darts["autoaugment"],
+    assert (darts["epochs"], darts["learning_rate_schedule"], darts["nesterov"],
+            darts["autoaugment"],
             darts["label_smoothing"]) == (600, "cosine", False, False, 0.0)
     assert _resolved(capsys) == darts  # the default recipe
     imagenet = _resolved(capsys, "--recipe", "xnas-imagenet", "--size", "xnas-imagenet",
                          "--image-size", "64", "--num-classes", "100")
     assert (imagenet["network"], imagenet["epochs"], imagenet["cycles"], imagenet["nesterov"],
-            imagenet["lr_schedule"]) == ("imagenet", 250, 1, True, "power_cosine")
+            imagenet["learning_rate_schedule"]) == ("imagenet", 250, 1, True, "power_cosine")
 
 
 def test_every_flag_overrides_the_recipe_and_sizes_keep_it(capsys):
     flags = ["--recipe", "xnas", "--epochs", "7", "--no-nesterov", "--no-autoaugment",
-             "--cycles", "2", "--label-smoothing", "0", "--cutout", "8", "--lr", "0.1"]
+             "--cycles", "2", "--label-smoothing", "0", "--cutout", "8", "--learning-rate", "0.1"]
     got = _resolved(capsys, *flags)
     assert (got["epochs"], got["nesterov"], got["autoaugment"], got["cycles"],
             got["label_smoothing"], got["cutout"], got["learning_rate"]) == (
@@ -446,6 +438,7 @@ def test_bad_recipes(flags, fragments, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("recipe", ["xnas", "darts"])
+@pytest.mark.slow
 def test_one_training_step_of_each_recipe(recipe):
     """A real step (AutoAugment included for xnas) on a tiny network lowers nothing to NaN."""
     config, _ = train.parse_args(["--recipe", recipe, "--dataset", "cifar10", "--channels", "2",
@@ -470,5 +463,5 @@ def test_one_training_step_of_each_recipe(recipe):
 
 def test_autoaugment_needs_rgb_images():
     config, _ = train.parse_args(["--recipe", "xnas", "--dataset", "digits"])
-    with pytest.raises(train.ConfigError, match="RGB"):
+    with pytest.raises(configs.ConfigError, match="RGB"):
         train.resolve_setup(config, (8, 8, 1), 10, genotypes.get_genotype("XNAS"))

@@ -1,7 +1,7 @@
-"""Per-epoch checkpoints of a training run: one pytree plus JSON metadata.
+"""Step-numbered checkpoints of a run: one pytree plus JSON metadata.
 
-A thin layer over orbax's ``CheckpointManager`` shared by the evaluation
-trainer (:mod:`xnas_jax.train`) and the architecture search loop.  It adds the
+A thin layer over orbax's ``CheckpointManager``, used by the run harness
+(:mod:`xnas_jax.runs`) for the search and the training alike.  It adds the
 guarantees a long run needs on top of orbax:
 
 * **No silent overwrite.**  Opening a directory that already holds checkpoints
@@ -13,11 +13,15 @@ guarantees a long run needs on top of orbax:
   pytree (path, shape and dtype of every leaf).  Resuming with a different
   fingerprint, or into a target pytree of another structure, fails with a
   message naming the directory and the first differences.
-* **Corruption is reported.**  A checkpoint orbax cannot read (missing or
-  garbled files, bad JSON) raises :class:`CheckpointError` naming its path;
-  nothing falls back silently to an older one.
+* **Corruption is detected.**  Each checkpoint stores a SHA-256 digest of
+  every array.  A checkpoint orbax cannot read (missing or garbled files, bad
+  JSON), or whose arrays do not match their digests (flipped bytes that still
+  decode), raises :class:`CorruptCheckpoint` naming its path and the first bad
+  array.  :meth:`Checkpointer.restore_latest_good` moves such a checkpoint
+  aside (to ``<directory>/../corrupt/<step>``), says so, and falls back to the
+  previous one: never silently, and never deleting anything.
 
-Typical use (the same in the trainer and in the search loop)::
+Typical use::
 
     with Checkpointer(out_dir / "checkpoints", fingerprint=config_dict,
                       max_to_keep=3, resume=args.resume) as checkpoints:
@@ -29,16 +33,19 @@ Typical use (the same in the trainer and in the search loop)::
             state_tree = ...  # one epoch of work
             checkpoints.save(epoch + 1, state_tree, {"epoch": epoch + 1, ...})
 
-The step number is the caller's choice; both loops use "epochs completed", so
-``restored.step`` is the epoch to start from.  Leaves are arrays (numpy or
-jax, typed PRNG keys included) or Python scalars.
+The step number is the caller's choice; both loops use the optimizer steps
+completed, so ``restored.step`` is the step to continue from.  Leaves are
+arrays (numpy or jax, typed PRNG keys included) or Python scalars.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
+import shutil
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -47,7 +54,10 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-__all__ = ["CheckpointError", "Restored", "Checkpointer", "tree_signature"]
+__all__ = [
+    "CheckpointError", "CorruptCheckpoint", "Restored", "Checkpointer", "tree_signature",
+    "tree_checksums",
+]
 
 _FORMAT = "xnas_jax.checkpoint/1"
 _STATE = "state"
@@ -58,6 +68,14 @@ _MAX_LISTED = 5  # differences quoted in an error message.
 class CheckpointError(RuntimeError):
     """A checkpoint directory cannot be used as asked: it holds another run's
     checkpoints, an incompatible or corrupt checkpoint, or the step exists."""
+
+
+class CorruptCheckpoint(CheckpointError):
+    """A checkpoint whose files cannot be read or whose arrays fail their digests."""
+
+    def __init__(self, message: str, step: int):
+        super().__init__(message)
+        self.step = step
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,6 +100,26 @@ def tree_signature(tree: Any) -> dict[str, list]:
             leaf = np.asarray(leaf)
         signature[jax.tree_util.keystr(path)] = [list(leaf.shape), str(leaf.dtype)]
     return signature
+
+
+def _leaf_bytes(leaf: Any) -> bytes:
+    if isinstance(leaf, jax.Array) and jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+        leaf = jax.random.key_data(leaf)
+    array = np.asarray(leaf)
+    return str(array.dtype).encode() + str(array.shape).encode() + array.tobytes()
+
+
+def tree_checksums(tree: Any) -> dict[str, str]:
+    """``{leaf path: SHA-256 hex digest of dtype, shape and bytes}`` of a pytree.
+
+    Saved with every checkpoint and recomputed on restore, so that a file
+    whose bytes changed on disk is caught before the run uses it.
+    """
+    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return {
+        jax.tree_util.keystr(path): hashlib.sha256(_leaf_bytes(leaf)).hexdigest()
+        for path, leaf in leaves
+    }
 
 
 def _place_like(restored: Any, target: Any) -> Any:
@@ -128,6 +166,8 @@ class Checkpointer:
         deleted after each save).
       resume: whether existing checkpoints may be continued.  Without it an
         existing checkpoint is an error.
+      tolerate_corrupt: open even if the latest checkpoint's metadata is
+        unreadable (for :meth:`restore_latest_good`, which moves it aside).
 
     Raises:
       CheckpointError: if the directory holds checkpoints and ``resume`` is
@@ -142,6 +182,7 @@ class Checkpointer:
         fingerprint: Mapping[str, Any],
         max_to_keep: int = 3,
         resume: bool = False,
+        tolerate_corrupt: bool = False,
     ):
         if max_to_keep < 1:
             raise ValueError(f"max_to_keep must be >= 1, got {max_to_keep}")
@@ -171,7 +212,11 @@ class Checkpointer:
                     f"another output directory"
                 )
             if existing:
-                self._check_fingerprint(existing[-1])
+                try:
+                    self._check_fingerprint(existing[-1])
+                except CorruptCheckpoint:
+                    if not tolerate_corrupt:
+                        raise
         except BaseException:
             self._manager.close()
             raise
@@ -215,6 +260,7 @@ class Checkpointer:
             "step": step,
             "fingerprint": self.fingerprint,
             "signature": tree_signature(tree),
+            "checksums": tree_checksums(tree),
             "user": _jsonable(metadata or {}, "metadata"),
         }
         saved = self._manager.save(
@@ -267,8 +313,53 @@ class Checkpointer:
         # Leaves take the target's sharding.  They come back committed to
         # their device: a caller that wants the same compiled program for a
         # fresh and a restored tree commits the fresh one too (device_put).
+        saved_sums = record.get("checksums", {})
+        for path, digest in tree_checksums(restored[_STATE]).items():
+            if saved_sums.get(path, digest) != digest:
+                raise CorruptCheckpoint(
+                    f"checkpoint {str(self.step_path(step))!r} is corrupt: array {path} does not "
+                    f"match the digest saved with it", step)
         tree = jax.tree.map(_place_like, restored[_STATE], target)
         return Restored(step=step, tree=tree, metadata=record["user"])
+
+    def restore_latest_good(self, target: Any, log=None) -> Restored | None:
+        """The newest checkpoint that restores intact, moving corrupt ones aside.
+
+        A corrupt checkpoint (unreadable, or an array that fails its digest)
+        is moved to ``<directory>/../corrupt/<step>`` and reported through
+        ``log`` (default: stderr); the previous checkpoint is tried next.
+        Fingerprint and structure mismatches are errors, not corruption.
+
+        Returns:
+          None if the directory holds no checkpoint, else a :class:`Restored`.
+
+        Raises:
+          CheckpointError: if every checkpoint is corrupt, or one was written
+            by another run.
+        """
+        log = log or (lambda message: print(message, file=sys.stderr, flush=True))
+        while (step := self.latest_step) is not None:
+            try:
+                return self.restore(step, target)
+            except CorruptCheckpoint as error:
+                moved = self._quarantine(step)
+                earlier = self.latest_step
+                log(f"warning: {error}; moved it to {str(moved)!r}; "
+                    + (f"resuming from step {earlier}" if earlier is not None
+                       else "no earlier checkpoint, starting over"))
+        return None
+
+    def _quarantine(self, step: int) -> Path:
+        corrupt = self.directory.parent / "corrupt"
+        corrupt.mkdir(exist_ok=True)
+        destination = corrupt / str(step)
+        suffix = 1
+        while destination.exists():
+            suffix += 1
+            destination = corrupt / f"{step}.{suffix}"
+        shutil.move(str(self.step_path(step)), destination)
+        self._manager.reload()
+        return destination
 
     def close(self) -> None:
         self._manager.close()
@@ -297,11 +388,9 @@ class Checkpointer:
         reason = " ".join(str(error).split())
         if len(reason) > 300:
             reason = reason[:300] + "..."
-        return CheckpointError(
+        return CorruptCheckpoint(
             f"checkpoint {str(self.step_path(step))!r} is corrupt or unreadable "
-            f"({type(error).__name__}: {reason}); delete or move it to resume from an "
-            f"earlier one"
-        )
+            f"({type(error).__name__}: {reason})", step)
 
     def _read_metadata(self, step: int) -> dict[str, Any]:
         try:

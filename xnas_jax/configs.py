@@ -1,46 +1,73 @@
-"""Configuration of the architecture search: every hyper-parameter in one place."""
+"""Every hyper-parameter of a search and of a training run, and their command lines.
+
+:class:`SearchConfig` and :class:`TrainConfig` are plain frozen dataclasses,
+as in the Flax examples.  Both command lines are generated from their fields
+(:func:`build_parser`): a field ``max_train_examples`` is the flag
+``--max-train-examples`` in both, with the help, check and default written
+once in :data:`FLAGS`.  ``--config FILE`` (JSON or YAML) sets fields too;
+flags given on the command line override it.
+
+Settings that do not change what a run computes (where it writes, how often
+it reports) are :data:`VOLATILE`: they may differ when a run is resumed.
+Everything else forms the run's fingerprint (:func:`fingerprint`).
+"""
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
-from typing import Any
+import json
+from pathlib import Path
+from typing import Any, NamedTuple, Sequence, TypeVar
 
-from xnas_jax import genotypes
+from xnas_jax import cli, evalnet, genotypes, kernels
+from xnas_jax.data import specs
+
+__all__ = [
+    "SearchConfig", "TrainConfig", "ConfigError", "FLAGS", "VOLATILE", "RECIPES",
+    "RECIPE_FIELDS", "recipe_config", "recipe_settings", "build_parser", "config_from_args",
+    "fingerprint", "SEARCH_DEFAULTS", "parse_command_line",
+]
+
+
+class ConfigError(ValueError):
+    """Settings that do not fit together or with the data."""
+
+
+# ------------------------------------------------------------------ search
 
 # The smallest search that still exercises the whole method: the README's
 # quick run on the embedded digits (8x8 grayscale) finishes in minutes on a
-# 2-core CPU.  Real datasets use the DARTS/XNAS search network.
-# The search batch is the paper's 96 (XNAS section 4.1) everywhere.
-DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
-    "digits": dict(channels=8, layers=5, epochs=10, crop_padding=1, flip=False),
+# 2-core CPU.  Other datasets get the DARTS/XNAS search network, with the
+# paper's batch of 96 (XNAS section 4.1).
+SEARCH_DEFAULTS: dict[str, dict[str, Any]] = {
+    "digits": dict(channels=8, layers=5, epochs=10),
+    "*": dict(channels=16, layers=8, epochs=50),
 }
-SEARCH_NETWORK_DEFAULTS = dict(channels=16, layers=8, batch_size=96, epochs=50, crop_padding=4)
-# Horizontal flips keep the class of natural images, not of digits.
-FLIP_DATASETS = ("cifar10", "cifar100", "image_folder")
 
 
 @dataclasses.dataclass(frozen=True)
 class SearchConfig:
-    """An XNAS (or DARTS) search. ``None`` fields take the dataset's default."""
+    """An XNAS (or DARTS) search.  ``None`` fields take the dataset's default."""
 
     # Data.
     dataset: str = "digits"
     data_dir: str | None = None
     cache_dir: str | None = None
-    max_examples: int | None = None  # use at most this many training images
-    downsample: int = 1  # average blocks of downsample x downsample pixels (CPU proxies)
-    crop_padding: int | None = None  # random crop after zero padding; 0: none
-    flip: bool | None = None  # random horizontal flips
+    max_train_examples: int | None = None
+    downsample: int = 1
+    crop_padding: int | None = None
+    flip: bool | None = None
     # Supernet.
-    channels: int | None = None  # C (the stem has 3C)
-    layers: int | None = None  # cells; reductions at 1/3 and 2/3
-    nodes: int = 4  # intermediate nodes per cell
+    channels: int | None = None
+    layers: int | None = None
+    nodes: int = 4
     ops: tuple[str, ...] = genotypes.XNAS_PRIMITIVES
-    dtype: str = "float32"  # computation dtype: float32 or bfloat16
-    depthwise: str = "shifts"  # depthwise-convolution form: shifts or conv (same function)
+    dtype: str = "float32"
+    depthwise: str = "shifts"
     # Schedule.
     epochs: int | None = None
-    batch_size: int | None = None
+    batch_size: int = 96
     max_steps_per_epoch: int | None = None
     seed: int = 0
     # Network weights (DARTS's recipe).
@@ -50,39 +77,402 @@ class SearchConfig:
     weight_decay: float = 3e-4
     grad_clip: float = 5.0
     # Architecture weights.
-    optimizer: str = "xnas"  # "xnas" or "darts"
-    reward_bound: float = 1.0  # L
-    wipeout_factor: float = 1.0  # zeta
-    arch_learning_rate_normal: float | None = None  # None: eta* from the horizon
+    optimizer: str = "xnas"
+    reward_bound: float = 1.0
+    wipeout_factor: float = 1.0
+    arch_learning_rate_normal: float | None = None
     arch_learning_rate_reduce: float | None = None
     darts_learning_rate: float = 3e-4
     darts_weight_decay: float = 1e-3
-    skip_wiped_out: bool = True  # leave experts wiped out on every edge uncomputed
-    single_trace: bool = False  # both passes as one loop: half the compile, more work per step
-    # Output.
-    out_dir: str = "runs/search"
+    skip_wiped_out: bool = True
+    single_trace: bool = False
+    # Run.
+    out_dir: str | None = None
+    runs_root: str = "runs/search"
     resume: bool = False
-    log_every: int = 10  # steps between progress-bar updates (host syncs)
+    log_every: int = 10
     keep_checkpoints: int = 2
     progress: bool = True
+    compilation_cache: str | None = None
 
     def resolved(self) -> SearchConfig:
-        """The config with every ``None`` default filled in for its dataset."""
-        defaults = dict(SEARCH_NETWORK_DEFAULTS, flip=self.dataset in FLIP_DATASETS)
-        defaults.update(DATASET_DEFAULTS.get(self.dataset, {}))
-        filled = {
-            key: value
-            for key, value in defaults.items()
-            if getattr(self, key) is None
-        }
+        """The config with the dataset's defaults filled in where a field is None.
+
+        ``crop_padding`` stays None until the image size is known
+        (:func:`xnas_jax.data.specs.default_crop_padding`).
+        """
+        defaults = dict(SEARCH_DEFAULTS.get(self.dataset, SEARCH_DEFAULTS["*"]))
+        defaults["flip"] = specs.DATASETS[self.dataset].flip
+        filled = {k: v for k, v in defaults.items() if getattr(self, k) is None}
         return dataclasses.replace(self, **filled)
 
-    def fingerprint(self) -> dict[str, Any]:
-        """The settings that make two runs the same run (checked on resume)."""
-        volatile = {"resume", "out_dir", "log_every", "progress", "keep_checkpoints", "cache_dir",
-                    "single_trace"}  # same results either way
-        return {
-            key: (list(value) if isinstance(value, tuple) else value)
-            for key, value in dataclasses.asdict(self.resolved()).items()
-            if key not in volatile
-        }
+
+# ------------------------------------------------------------------ training
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Every hyper-parameter of an evaluation run (defaults: the ``darts`` recipe).
+
+    :func:`recipe_config` builds the config of a named recipe (:data:`RECIPES`).
+    """
+
+    recipe: str = "darts"
+    genotype: str = "XNAS"
+    # Data.
+    dataset: str = "cifar10"
+    data_dir: str | None = None
+    test_data_dir: str | None = None
+    cache_dir: str | None = None
+    max_train_examples: int | None = None
+    max_test_examples: int | None = None
+    downsample: int = 1
+    crop_padding: int | None = None
+    flip: bool | None = None
+    # Network: a named size sets all three; explicit channels/layers override it.
+    size: str | None = None
+    network: str = "cifar"
+    channels: int | None = None
+    layers: int | None = None
+    dtype: str = "float32"
+    # Optimization.
+    epochs: int = 600
+    batch_size: int = 96
+    max_steps_per_epoch: int | None = None
+    seed: int = 0
+    learning_rate: float = 0.025
+    learning_rate_min: float = 0.0
+    learning_rate_schedule: str = "cosine"
+    cycles: int = 1
+    cycle_decay: float = 0.5
+    power_exponent: float = 10.0
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 3e-4
+    grad_clip: float = 5.0
+    # Regularization.
+    auxiliary_weight: float = 0.4
+    drop_path_prob: float = 0.2
+    label_smoothing: float = 0.0
+    autoaugment: bool = False
+    cutout: int | None = None
+    # Run.
+    eval_batch_size: int = 256
+    out_dir: str | None = None
+    runs_root: str = "runs/train"
+    resume: bool = False
+    log_every: int = 50
+    keep_checkpoints: int = 3
+    progress: bool = True
+    compilation_cache: str | None = None
+
+
+# Named recipes: the settings a recipe fixes, and the network it is for.
+# XNAS section 4.2 gives, for CIFAR-10: 1,500 epochs of batch 96, SGD with
+# Nesterov momentum, 5 cycles of power-cosine annealing with amplitude decay
+# 0.5, cutout, scheduled drop-path, auxiliary towers, label smoothing,
+# AutoAugment and weight decay; for ImageNet: 250 epochs, one power-cosine
+# cycle, Nesterov momentum.  The values it does not give come from the works
+# it cites: the power-cosine curve (exponent 10) from sharpDARTS (Hundt et
+# al. 2019); the learning rate, momentum, weight decay, gradient clip, cutout
+# size, drop-path probability and auxiliary weight from DARTS's CIFAR-10
+# training (Liu et al. 2019), and for ImageNet its ImageNet training (batch
+# 128, rate 0.1, weight decay 3e-5, no drop-path, no cutout); the label
+# smoothing factor 0.1 from DARTS's ImageNet training, the only one of the
+# cited works that smooths labels.  ``darts`` is DARTS's own CIFAR-10
+# recipe, which the XNAS paper calls XNAS-Plain (2.48% error).
+_DARTS_CIFAR = dict(
+    epochs=600, batch_size=96, learning_rate=0.025, learning_rate_min=0.0,
+    learning_rate_schedule="cosine", cycles=1, cycle_decay=0.5, power_exponent=10.0,
+    momentum=0.9, nesterov=False, weight_decay=3e-4, grad_clip=5.0, auxiliary_weight=0.4,
+    drop_path_prob=0.2, label_smoothing=0.0, autoaugment=False, cutout=None,
+)
+RECIPES: dict[str, tuple[str, dict[str, Any]]] = {
+    "darts": ("cifar", _DARTS_CIFAR),
+    "xnas": ("cifar", dict(
+        _DARTS_CIFAR, epochs=1500, learning_rate_schedule="power_cosine", cycles=5,
+        nesterov=True, label_smoothing=0.1, autoaugment=True,
+    )),
+    "xnas-imagenet": ("imagenet", dict(
+        _DARTS_CIFAR, epochs=250, batch_size=128, learning_rate=0.1,
+        learning_rate_schedule="power_cosine", cycles=1, nesterov=True, weight_decay=3e-5,
+        drop_path_prob=0.0, label_smoothing=0.1, cutout=0,
+    )),
+}  # fmt: skip
+RECIPE_FIELDS = frozenset(_DARTS_CIFAR)
+
+
+def recipe_config(recipe: str, **overrides: Any) -> TrainConfig:
+    """The :class:`TrainConfig` of a named recipe, with ``overrides`` on top.
+
+    Raises:
+      ConfigError: for an unknown recipe, or a network (``network`` or the
+        variant of ``size``) that the recipe is not for.
+    """
+    if recipe not in RECIPES:
+        raise ConfigError(f"unknown recipe {recipe!r}; known: {', '.join(sorted(RECIPES))}")
+    network, settings = RECIPES[recipe]
+    size = overrides.get("size")
+    chosen = evalnet.SIZES[size].variant if size is not None else overrides.get("network", network)
+    if chosen != network:
+        others = [name for name, (net, _) in RECIPES.items() if net == chosen]
+        raise ConfigError(
+            f"recipe {recipe!r} is for the {network} network, not {chosen}"
+            + (f"; use --recipe {' or '.join(others)}" if others else "")
+        )
+    return TrainConfig(**{**settings, "network": network, **overrides, "recipe": recipe})
+
+
+def recipe_settings(config: TrainConfig) -> dict[str, Any]:
+    """The recipe-controlled settings of a config, as resolved (JSON-ready)."""
+    return {"recipe": config.recipe, "network": config.network,
+            **{name: getattr(config, name) for name in sorted(RECIPE_FIELDS)}}
+
+
+# ------------------------------------------------------------------ fingerprint
+
+# Fields that do not change what a run computes: they may differ on resume.
+VOLATILE = frozenset({
+    "out_dir", "runs_root", "resume", "log_every", "keep_checkpoints", "progress",
+    "compilation_cache", "cache_dir", "data_dir", "test_data_dir", "eval_batch_size",
+    "max_test_examples", "genotype", "single_trace",
+})  # fmt: skip
+
+
+def fingerprint(config: SearchConfig | TrainConfig) -> dict[str, Any]:
+    """The settings that make two runs the same run (checked on resume)."""
+    return {
+        key: (list(value) if isinstance(value, tuple) else value)
+        for key, value in dataclasses.asdict(config).items()
+        if key not in VOLATILE
+    }
+
+
+# ------------------------------------------------------------------ command lines
+
+
+def _comma_list(text: str) -> tuple[str, ...]:
+    return tuple(name.strip() for name in text.split(",") if name.strip())
+
+
+def _wipeout_factor(text: str) -> float:
+    value = cli.positive_float(text)
+    if value > 1:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}")
+    return value
+
+
+class Flag(NamedTuple):
+    """How a field appears on the command line."""
+
+    group: str
+    help: str
+    type: Any = None  # an argparse type; None: a string (bool fields: --x/--no-x).
+    choices: Sequence[str] | None = None
+    default: str | None = None  # the help's default text where the field's is None.
+
+
+_DATASETS = tuple(sorted(specs.DATASETS))
+FLAGS: dict[str, Flag] = {
+    # Data.
+    "dataset": Flag("data", "dataset; 'digits' is embedded (no download)", choices=_DATASETS),
+    "data_dir": Flag("data", "local data: official files (CIFAR python batches, MNIST IDX), an "
+                     "image folder/zip of <split>/<class>/<image>, or a tfds data dir"),
+    "test_data_dir": Flag("data", "where the test split lies", default="--data-dir"),
+    "cache_dir": Flag("data", "cache decoded arrays here (.npz): later runs skip decoding"),
+    "max_train_examples": Flag("data", "use at most this many training images (quick runs)",
+                               cli.positive_int, default="all"),
+    "max_test_examples": Flag("data", "evaluate on at most this many test images",
+                              cli.positive_int, default="all"),
+    "downsample": Flag("data", "average blocks of N x N pixels (2: CIFAR at 16x16, for CPU "
+                       "proxies)", cli.positive_int),
+    "crop_padding": Flag("data", "random-crop padding", cli.non_negative_int,
+                         default="4 at 32x32, in proportion for other sizes, at least 1"),
+    "flip": Flag("data", "random horizontal flips", default="the dataset's: natural images "
+                 "only"),
+    # Networks.
+    "channels": Flag("network", "initial channels C", cli.positive_int,
+                     default="search: 8 on digits, else 16; training: the network's"),
+    "layers": Flag("network", "number of cells", cli.positive_int,
+                   default="search: 5 on digits, else 8; training: the network's"),
+    "nodes": Flag("network", "intermediate nodes per cell", cli.positive_int),
+    "ops": Flag("network", f"comma-separated experts, from: {','.join(genotypes.PRIMITIVES)}",
+                _comma_list),
+    "dtype": Flag("network", "computation dtype (parameters stay float32)",
+                  choices=tuple(kernels.DTYPES)),
+    "depthwise": Flag("network", "depthwise convolution as shifted slices (custom VJP) or "
+                      "XLA's grouped convolution: the same function", choices=("shifts", "conv")),
+    "genotype": Flag("network", f"the cell: a published name ({', '.join(genotypes.PUBLISHED)}),"
+                     " a genotype.json file, or a JSON string"),
+    "size": Flag("network", "a named network (sets --network, --channels, --layers)",
+                 choices=tuple(sorted(evalnet.SIZES)), default="none"),
+    "network": Flag("network", "the evaluation network's variant",
+                    choices=tuple(sorted(evalnet.VARIANTS))),
+    # Schedule.
+    "recipe": Flag("optimization", "a named training recipe: xnas (XNAS section 4.2), darts "
+                   "(DARTS's, the paper's XNAS-Plain), xnas-imagenet; each flag given "
+                   "overrides one of its settings (--summary prints them)",
+                   choices=tuple(sorted(RECIPES))),
+    "epochs": Flag("optimization", "epochs", cli.positive_int,
+                   default="search: 10 on digits, else 50"),
+    "batch_size": Flag("optimization", "batch size (in a search: of each half)",
+                       cli.positive_int),
+    "max_steps_per_epoch": Flag("optimization", "cap the steps of an epoch (quick runs)",
+                                cli.positive_int, default="none"),
+    "seed": Flag("optimization", "seed of the initialization, data order, split and "
+                 "augmentation", cli.non_negative_int),
+    "learning_rate": Flag("optimization", "initial SGD learning rate of the network weights",
+                          cli.positive_float),
+    "learning_rate_min": Flag("optimization", "final learning rate of the annealing",
+                              cli.non_negative_float),
+    "learning_rate_schedule": Flag("optimization", "cosine annealing, or power-cosine cycles",
+                                   choices=("cosine", "power_cosine")),
+    "cycles": Flag("optimization", "power_cosine: annealing cycles", cli.positive_int),
+    "cycle_decay": Flag("optimization", "power_cosine: peak factor per cycle",
+                        cli.positive_float),
+    "power_exponent": Flag("optimization", "power_cosine: the power curve's base",
+                           cli.positive_float),
+    "momentum": Flag("optimization", "SGD momentum of the network weights", cli.probability),
+    "nesterov": Flag("optimization", "Nesterov momentum"),
+    "weight_decay": Flag("optimization", "L2 weight decay of the network weights",
+                         cli.non_negative_float),
+    "grad_clip": Flag("optimization", "global-norm gradient clip of the network weights",
+                      cli.positive_float),
+    # Regularization.
+    "auxiliary_weight": Flag("regularization", "weight of the auxiliary tower's loss (0: none)",
+                             cli.non_negative_float),
+    "drop_path_prob": Flag("regularization", "drop-path probability, reached at the last epoch",
+                           cli.probability),
+    "label_smoothing": Flag("regularization", "label smoothing", cli.probability),
+    "autoaugment": Flag("regularization", "the CIFAR-10 AutoAugment policy, inside the step"),
+    "cutout": Flag("regularization", "cutout side", cli.non_negative_int,
+                   default="16 at 32x32, in proportion for other sizes"),
+    # Architecture weights.
+    "optimizer": Flag("architecture weights", "xnas, or the DARTS baseline (Adam on softmax "
+                      "logits)", choices=("xnas", "darts")),
+    "reward_bound": Flag("architecture weights", "XNAS reward clip L", cli.positive_float),
+    "wipeout_factor": Flag("architecture weights", "XNAS zeta in (0, 1]; 1 is the theory's safe "
+                           "wipeout", _wipeout_factor),
+    "arch_learning_rate_normal": Flag("architecture weights", "XNAS learning rate of normal "
+                                      "cells", cli.positive_float, default="eta* of eq. 4"),
+    "arch_learning_rate_reduce": Flag("architecture weights", "XNAS learning rate of reduction "
+                                      "cells", cli.positive_float, default="eta* of eq. 4"),
+    "darts_learning_rate": Flag("architecture weights", "Adam learning rate of --optimizer "
+                                "darts", cli.positive_float),
+    "darts_weight_decay": Flag("architecture weights", "L2 decay on the softmax logits of "
+                               "--optimizer darts", cli.non_negative_float),
+    "skip_wiped_out": Flag("architecture weights", "leave out experts wiped out on every edge "
+                           "(the same results, less work)"),
+    "single_trace": Flag("architecture weights", "both passes as one loop: half the compile "
+                         "time, more work per step"),
+    # Run.
+    "eval_batch_size": Flag("run", "batch size of the test evaluation", cli.positive_int),
+    "out_dir": Flag("run", "the run folder (a finished run's folder is never reused)",
+                    default="a new <runs-root>/<date-time>"),
+    "runs_root": Flag("run", "where new run folders go, with a 'latest' link"),
+    "resume": Flag("run", "continue the run in --out-dir, else the newest unfinished run under "
+                   "--runs-root"),
+    "log_every": Flag("run", "steps between progress updates and TensorBoard scalars",
+                      cli.positive_int),
+    "keep_checkpoints": Flag("run", "how many of the newest checkpoints to keep",
+                             cli.positive_int),
+    "progress": Flag("run", "progress bars"),
+    "compilation_cache": Flag("run", "persistent XLA compilation cache: repeated runs skip "
+                              "compiling", default="none"),
+}
+
+Config = TypeVar("Config", SearchConfig, TrainConfig)
+
+
+def build_parser(config_class: type, prog: str, description: str,
+                 choices: dict[str, Sequence[str]] | None = None) -> cli.ArgumentParser:
+    """The command line of ``config_class``: one flag per field, from :data:`FLAGS`.
+
+    Flags default to ``argparse.SUPPRESS``, so the parsed namespace holds only
+    what the command line gave; the dataclass holds the defaults.  ``choices``
+    replaces the choices of some flags (e.g. datasets known only by shape).
+    """
+    choices = choices or {}
+    parser = cli.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("--config", metavar="FILE",
+                        help="a JSON or YAML file of settings; flags override it")
+    groups: dict[str, Any] = {}
+    for field in dataclasses.fields(config_class):
+        flag = FLAGS[field.name]
+        group = groups.get(flag.group) or groups.setdefault(
+            flag.group, parser.add_argument_group(flag.group))
+        value = field.default
+        if value is None and flag.default is not None:
+            default = flag.default
+        elif isinstance(value, (str, tuple)):
+            default = ",".join(value) if isinstance(value, tuple) else value
+        else:
+            default = json.dumps(value)
+        if config_class is TrainConfig and field.name in RECIPE_FIELDS:
+            default = f"set by --recipe; darts: {default}"
+        kwargs: dict[str, Any] = dict(default=argparse.SUPPRESS,
+                                      help=f"{flag.help} (default: {default})")
+        if field.type in ("bool", "bool | None"):
+            kwargs["action"] = argparse.BooleanOptionalAction
+        else:
+            if flag.type is not None:
+                kwargs["type"] = flag.type
+            if choices.get(field.name, flag.choices) is not None:
+                kwargs["choices"] = choices.get(field.name, flag.choices)
+        group.add_argument("--" + field.name.replace("_", "-"), **kwargs)
+    return parser
+
+
+def _read_config_file(path: str, config_class: type) -> dict[str, Any]:
+    try:
+        text = Path(path).read_text()
+    except OSError as error:
+        raise ConfigError(f"--config {path!r}: {error.strerror or error}") from None
+    try:
+        if path.endswith((".yaml", ".yml")):
+            import yaml
+
+            values = yaml.safe_load(text)
+        else:
+            values = json.loads(text)
+    except Exception as error:  # JSON and YAML raise their own types.
+        raise ConfigError(f"--config {path!r} is not valid JSON/YAML: "
+                          f"{' '.join(str(error).split())}") from None
+    if isinstance(values, dict) and isinstance(values.get("config"), dict):
+        values = values["config"]  # a run's config.json
+    if not isinstance(values, dict):
+        raise ConfigError(f"--config {path!r} must hold a mapping of settings")
+    names = {f.name for f in dataclasses.fields(config_class)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise ConfigError(f"--config {path!r}: unknown settings {', '.join(unknown)}")
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+
+
+def config_from_args(config_class: type, args: argparse.Namespace) -> Any:
+    """The config of a parsed command line: ``--config`` file, then the flags.
+
+    Raises:
+      ConfigError: an unreadable ``--config`` file, an unknown setting in it,
+        or (training) a recipe that does not fit the network.
+    """
+    names = {f.name for f in dataclasses.fields(config_class)}
+    values = _read_config_file(args.config, config_class) if getattr(args, "config", None) else {}
+    values.update({k: v for k, v in vars(args).items() if k in names})
+    if config_class is TrainConfig:
+        return recipe_config(values.pop("recipe", TrainConfig.recipe), **{
+            k: v for k, v in values.items() if not (v is None and k in RECIPE_FIELDS)})
+    return config_class(**values)
+
+
+def parse_command_line(config_class: type, parser: cli.ArgumentParser,
+                       argv: Sequence[str] | None) -> tuple[Any, argparse.Namespace]:
+    """The config of a command line (``--config`` file, then the flags) and the flags.
+
+    A bad setting ends the program with one line and exit status 2.
+    """
+    args = parser.parse_args(argv)
+    try:
+        return config_from_args(config_class, args), args
+    except ConfigError as error:
+        parser.error(str(error))

@@ -38,7 +38,8 @@ import jax
 import jax.numpy as jnp
 
 from xnas_jax import ops
-from xnas_jax.genotypes import Genotype, validate_genotype
+from xnas_jax.genotypes import Genotype, reduction_layers, validate_genotype
+from xnas_jax.kernels import Dtype
 
 __all__ = [
     "DROP_PATH_RNG",
@@ -59,8 +60,6 @@ __all__ = [
     "network_summary",
     "count_flops",
 ]
-
-Dtype = Any
 
 DROP_PATH_RNG = "drop_path"  # the rng stream drop-path draws from.
 AUXILIARY_HEAD = "auxiliary_head"  # the auxiliary tower's name in the params.
@@ -306,13 +305,13 @@ class _EvalNetwork(nn.Module):
           ``aux_logits`` is None unless ``train`` and ``auxiliary``.
         """
         s0, s1 = self.build_stem(images.astype(self.dtype), train)
-        reduction_layers = {self.layers // 3, 2 * self.layers // 3}
-        aux_layer = 2 * self.layers // 3
+        reductions = reduction_layers(self.layers)
+        aux_layer = reductions[-1]  # the tower follows the second reduction cell
         features = self.channels
         reduction_prev = self.first_reduction_prev
         aux_logits = None
         for layer in range(self.layers):
-            reduction = layer in reduction_layers
+            reduction = layer in reductions
             if reduction:
                 features *= 2
             genotype = self.genotype

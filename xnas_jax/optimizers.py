@@ -40,6 +40,8 @@ __all__ = [
     "expert_probabilities",
     "active_experts",
     "normalized_entropy",
+    "weight_optimizer",
+    "power_cosine_schedule",
 ]
 
 
@@ -384,3 +386,80 @@ def _check_same_tree(name_a: str, a: Any, name_b: str, b: Any) -> None:
                 f"{name_a} must have the shapes of {name_b}: "
                 f"{jnp.shape(leaf_a)} != {jnp.shape(leaf_b)}"
             )
+
+
+# --------------------------------------------------------------------------
+# The network weights' optimizer and schedules, shared by search and training.
+
+
+def weight_optimizer(
+    learning_rate: optax.ScalarOrSchedule,
+    *,
+    momentum: float,
+    weight_decay: float,
+    grad_clip: float,
+    nesterov: bool = False,
+) -> optax.GradientTransformation:
+    """PyTorch's SGD as DARTS uses it for the network weights (search and training).
+
+    The loss gradient is clipped by its global norm, then the weight decay
+    (on every parameter) is added, then momentum (Algorithm 1 line 4 is one
+    step of it in the search).
+    """
+    return optax.chain(
+        optax.clip_by_global_norm(grad_clip),
+        optax.add_decayed_weights(weight_decay),
+        optax.sgd(learning_rate, momentum=momentum, nesterov=nesterov),
+    )
+
+
+def power_cosine_schedule(
+    peak_value: float,
+    total_steps: int,
+    cycles: int = 1,
+    cycle_decay: float = 0.5,
+    exponent: float = 10.0,
+    end_value: float = 0.0,
+) -> optax.Schedule:
+    """Cycles of power-cosine annealing (Hundt et al., sharpDARTS, 2019).
+
+    Used by XNAS section 4.2 ("5 cycles of power cosine annealing learning
+    rate, with amplitude decay factor of 0.5 per cycle").  Within a cycle of
+    ``T`` steps, with ``c(t) = (1 + cos(pi t / T)) / 2`` the cosine proportion,
+    the rate is ``end + (peak_k - end) * (exponent**c - 1) / (exponent - 1)``:
+    it leaves the peak faster than cosine annealing and lingers less at the
+    end; ``exponent = 1`` is plain cosine annealing.  The k-th cycle's peak is
+    ``peak_value * cycle_decay**k``.
+
+    Args:
+      peak_value: the first cycle's initial rate.
+      total_steps: steps of the whole run (split into equal cycles).
+      cycles: the number of cycles, >= 1.
+      cycle_decay: peak multiplier from one cycle to the next.
+      exponent: the power curve's base, >= 1.
+      end_value: the rate at the end of every cycle.
+
+    Returns:
+      An optax schedule (step -> rate); steps past the end keep ``end_value``.
+    """
+    if cycles < 1 or total_steps < cycles:
+        raise ValueError(
+            f"need 1 <= cycles <= total_steps, got cycles={cycles}, total_steps={total_steps}"
+        )
+    if exponent < 1:
+        raise ValueError(f"exponent must be >= 1, got {exponent}")
+    cycle_steps = total_steps / cycles
+
+    def schedule(step: jax.typing.ArrayLike) -> jax.Array:
+        step = jnp.minimum(jnp.asarray(step, jnp.float32), total_steps)
+        cycle = jnp.minimum(jnp.floor(step / cycle_steps), cycles - 1)
+        progress = (step - cycle * cycle_steps) / cycle_steps
+        cosine = (1 + jnp.cos(jnp.pi * progress)) / 2
+        if exponent == 1:
+            proportion = cosine
+        else:
+            proportion = (jnp.power(exponent, cosine) - 1) / (exponent - 1)
+        peak = peak_value * jnp.power(cycle_decay, cycle)
+        return end_value + (peak - end_value) * proportion
+
+    return schedule

@@ -28,9 +28,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from xnas_jax import input_pipeline
 from xnas_jax import optimizers
-from xnas_jax.supernet import ARCH, SearchNetwork, cell_replicas
+from xnas_jax.data import augment
+from xnas_jax.genotypes import cell_replicas
+from xnas_jax.supernet import ARCH, SearchNetwork
 
 CELL_TYPES = ("normal", "reduce")
 
@@ -62,25 +63,6 @@ class Preprocess(NamedTuple):
     std: tuple[float, ...]
     crop_padding: int  # 0: no random crop
     flip: bool
-
-
-def weight_optimizer(
-    learning_rate: float,
-    learning_rate_min: float,
-    momentum: float,
-    weight_decay: float,
-    grad_clip: float,
-    total_steps: int,
-) -> optax.GradientTransformation:
-    """DARTS's weight optimizer: clip, L2 decay, SGD momentum, cosine-annealed rate."""
-    schedule = optax.cosine_decay_schedule(
-        learning_rate, max(total_steps, 1), alpha=learning_rate_min / learning_rate
-    )
-    return optax.chain(
-        optax.clip_by_global_norm(grad_clip),
-        optax.add_decayed_weights(weight_decay),
-        optax.sgd(schedule, momentum=momentum),
-    )
 
 
 def xnas_arch_optimizer(
@@ -195,8 +177,8 @@ def create_search_state(
 ) -> SearchState:
     """Initializes the supernet (uniform u) and both optimizer states.
 
-    One jitted program: the optimizers' states built eagerly compiled one
-    small program per leaf shape (about 40 for the tiny net).
+    One jitted program: built eagerly, the optimizers' states would compile
+    one small program per leaf shape.
     """
     dummy = jnp.zeros((2, *image_shape), jnp.float32)
 
@@ -225,8 +207,8 @@ def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
 def preprocess_batch(key: jax.Array, images: jax.Array, config: Preprocess) -> jax.Array:
     """Augments (crop with padding, flip) uint8 images and normalizes them."""
     if config.crop_padding or config.flip:
-        images = input_pipeline.augment(key, images, config.crop_padding, config.flip)
-    return input_pipeline.normalize(images, jnp.asarray(config.mean), jnp.asarray(config.std))
+        images = augment.augment(key, images, config.crop_padding, config.flip)
+    return augment.normalize(images, jnp.asarray(config.mean), jnp.asarray(config.std))
 
 
 def make_search_step(
@@ -239,7 +221,7 @@ def make_search_step(
 ) -> Callable[..., tuple[SearchState, dict[str, jax.Array]]]:
     """Builds ``step(state, weight_data, arch_data, weight_idx, arch_idx, key)``.
 
-    ``weight_data`` / ``arch_data`` are :class:`input_pipeline.DeviceData`
+    ``weight_data`` / ``arch_data`` are :class:`augment.DeviceData`
     (the two halves, on the device), ``*_idx`` the (B,) indices of this
     step's batches. The returned function is jitted with the state donated.
 

@@ -9,41 +9,34 @@ search step hands those gradients to :func:`xnas_jax.xnas` unchanged.
 
 Structure (the DARTS search network, Liu et al. 2019): a 3x3 stem with 3C
 channels and BN; ``layers`` cells, reduction cells at 1/3 and 2/3 of the
-depth where the channels double; each cell preprocesses its two inputs
-(1x1 ReLU-conv-BN, or a factorized reduce after a reduction cell), builds
-``steps`` nodes from all previous states and outputs their concatenation;
-global average pooling and a dense classifier.  Batch norms inside cells have
-no affine parameters, as in DARTS's search network.
+depth (:func:`xnas_jax.genotypes.reduction_layers`) where the channels
+double; each cell preprocesses its two inputs (1x1 ReLU-conv-BN, or a
+factorized reduce after a reduction cell), builds ``steps`` nodes from all
+previous states and outputs their concatenation; global average pooling and a
+dense classifier.  Batch norms inside cells have no affine parameters, as in
+DARTS's search network.
 
-Compile time: an unrolled supernet traces 14 x N experts per cell and takes
-minutes to compile.  Here a cell runs its edges with ``nn.scan``, which traces
-each expert once per loop: a normal cell with one scan over its 14 edges in
-DARTS order (the carry is a buffer of the 2 inputs and the nodes; an edge's
-source is complete when the edge runs), a reduction cell with one scan over
-the 8 strided edges that read its inputs, then one over the 6 node-to-node
-edges.  Edge e's parameters are stacked along the leading axis of its scan,
-so the parameter count is unchanged.  Within an edge, experts of one kind run
-together (:class:`MixedOp`): the four convolutional experts' first blocks as
-one grouped depthwise-pointwise-BN block, the sep convs' second blocks as
-another, the two pools with one BN.  On the CPU compile this cut the
-instructions a step executes by 18-23%; on a GPU each is a kernel launch.
+Program size: a cell runs its edges with ``nn.scan``, so each expert is
+traced once per scan rather than once per edge: a normal cell scans its 14
+edges in DARTS order (the carry buffers the 2 inputs and the nodes; an edge's
+source is complete when the edge runs), a reduction cell scans the 8 strided
+edges that read its inputs, then the 6 node-to-node edges.  Parameters are
+stacked along each scan's leading axis (the parameter count is unchanged).
+Within an edge, experts of one kind run together (:class:`MixedOp`): fewer,
+larger operations (on a GPU, fewer kernel launches).
 
 Backward pass: inside a scan, every value the backward pass keeps is a
 residual stacked per iteration (one more buffer, one more write per edge).
-The grouped operations (:func:`xnas_jax.ops.batch_normalize`,
-:func:`xnas_jax.ops.relu`, :func:`xnas_jax.ops.pointwise_convs`,
-:func:`xnas_jax.ops.depthwise_taps`, :func:`mixture`) have their own VJPs that
-keep only what they need, and take the parameters as they are (the scan then
-forwards them instead of stacking copies): an edge keeps 12 arrays instead of
-about 50, which cut the executed instructions by another 24-25%, and XLA's
-temporary memory of the DARTS step (batch 64, CPU compile) by 38%.  Sibling
-reductions (the kernel gradients of all taps, BN's two sums, the experts'
-rewards) run as one variadic reduction each (:func:`xnas_jax.ops.sum_many`):
-another 40% fewer instructions.
+The grouped operations (:mod:`xnas_jax.kernels` and :func:`mixture`)
+therefore have their own VJPs that keep only what they need, and take the
+parameters as they are, so that the scan forwards them instead of stacking
+copies.  Sibling reductions (the kernel gradients of all taps, BN's two sums,
+the experts' rewards) run as one variadic reduction each
+(:func:`xnas_jax.kernels.sum_many`).
 
 Initialization: ``init`` declares every variable but computes no expert (an
 edge outputs zeros then), and an edge's convolution weights come from one
-truncated-normal draw: the init program is a fraction of the forward pass's.
+truncated-normal draw, which keeps the init program small.
 
 Skipping experts: ``normal_ops`` / ``reduce_ops`` name the experts that are
 computed per cell type (default: all).  Experts wiped out on every edge of a
@@ -64,25 +57,24 @@ import numpy as np
 
 from xnas_jax import genotypes
 from xnas_jax import ops as ops_lib
-
-Dtype = Any
+from xnas_jax.kernels import (
+    BN_EPSILON,
+    BN_MOMENTUM,
+    Dtype,
+    batch_normalize,
+    depthwise_taps,
+    kernel_taps,
+    pointwise_convs,
+    pool_3x3,
+    relu,
+    sum_many,
+)
 
 ARCH = "arch"  # the variable collection of the mixture weights
 # Version of the supernet's variable trees, part of a search's checkpoint
 # fingerprint: 2 = experts grouped by kind (per-expert parameter dicts,
 # batch-norm statistics with one row per expert).
 VARIABLES_LAYOUT = 2
-
-
-def reduction_layers(layers: int) -> tuple[int, ...]:
-    """The indices of the reduction cells: at 1/3 and 2/3 of the depth (DARTS)."""
-    return tuple(sorted({layers // 3, 2 * layers // 3}))
-
-
-def cell_replicas(layers: int) -> dict[str, int]:
-    """How many cells share each cell type's mixture weights (r_c in the paper)."""
-    reductions = len(reduction_layers(layers))
-    return {"normal": layers - reductions, "reduce": reductions}
 
 
 def _edge_groups(steps: int) -> tuple[np.ndarray, np.ndarray]:
@@ -182,7 +174,7 @@ def _mixture_bwd(rows, residuals, grad):
     # d p / d u_i = <grad, f_i>: every expert's reward in one reduction, over
     # the whole batch for shared weights, per image for per-image weights.
     axes = tuple(range(grad.ndim)) if weights.ndim == 1 else tuple(range(1, grad.ndim))
-    sums = dict(zip(mixed_rows, ops_lib.sum_many(products, axes)))
+    sums = dict(zip(mixed_rows, sum_many(products, axes)))
     zero = jnp.zeros(weights.shape[:-1], jnp.float32)
     grad_weights = jnp.stack([sums.get(i, zero) for i in range(weights.shape[-1])], axis=-1)
     return tuple(grad_outputs), grad_weights.astype(weights.dtype)
@@ -191,14 +183,6 @@ def _mixture_bwd(rows, residuals, grad):
 mixture.defvjp(_mixture_fwd, _mixture_bwd)
 
 
-# The convolutional experts: kernel size, dilation, padding, and the number
-# of (ReLU, depthwise, pointwise, BN) blocks (sep convs stack two).
-CONV_EXPERTS = {
-    "sep_conv_3x3": (3, 1, 1, 2),
-    "sep_conv_5x5": (5, 1, 2, 2),
-    "dil_conv_3x3": (3, 2, 2, 1),
-    "dil_conv_5x5": (5, 2, 4, 1),
-}
 POOL_EXPERTS = {"max_pool_3x3": "max", "avg_pool_3x3": "avg"}
 
 
@@ -207,8 +191,9 @@ def _conv_weight_shapes(names: Sequence[str], channels: int
     """(expert, weight, shape, fan-in) of an edge's convolutional experts (DARTS layers)."""
     table = []
     for name in names:
-        k, _, _, blocks = CONV_EXPERTS[name]
-        for block in range(1, blocks + 1):
+        geometry = ops_lib.CONV_GEOMETRY[name]
+        k = geometry.kernel
+        for block in range(1, geometry.blocks + 1):
             table.append((name, f"depthwise_{block}", (k, k, channels), k * k))
             table.append((name, f"pointwise_{block}", (channels, channels), channels))
     return table
@@ -222,7 +207,7 @@ def _conv_experts_init(key: jax.Array, names: Sequence[str], channels: int
     truncated at 2 standard deviations, with variance 1 / fan-in (k*k for a
     depthwise (k, k, 1, C) kernel, C for a pointwise (C, C) one).  All of
     them come from one draw: one truncated-normal program per edge rather than
-    one per weight (the random-number code was 90% of the init program).
+    one per weight, since the random-number code dominates the init program.
     """
     table = _conv_weight_shapes(names, channels)
     sizes = [int(np.prod(shape)) for _, _, shape, _ in table]
@@ -239,11 +224,12 @@ class MixedOp(nn.Module):
 
     The experts are computed by kind, several at once, which keeps the traced
     program (and the number of GPU kernels) small; the function is the DARTS
-    one, expert by expert (see :mod:`xnas_jax.ops`):
+    one, expert by expert (see :mod:`xnas_jax.ops`), computed with the
+    grouped functions of :mod:`xnas_jax.kernels`:
 
     * the convolutional experts all start from ReLU(x): their first depthwise
       convolutions (3x3, 5x5, dilated 3x3 and 5x5) run as one
-      :func:`~xnas_jax.ops.depthwise_taps` (each kernel with its own taps,
+      :func:`~xnas_jax.kernels.depthwise_taps` (each kernel with its own taps,
       centred in one padding; the groups lead, (G, B, H, W, C)), their
       pointwise convolutions as one batched matmul, their batch norms as one;
       the second blocks of the sep convs the same way;
@@ -277,8 +263,8 @@ class MixedOp(nn.Module):
         """
         mean_var, var_var = self._statistics(name, total)
         if self.train:
-            y, mean, var = ops_lib.batch_normalize(y, (1, 2, 3), ops_lib.BN_EPSILON)
-            m = ops_lib.BN_MOMENTUM
+            y, mean, var = batch_normalize(y, (1, 2, 3), BN_EPSILON)
+            m = BN_MOMENTUM
             mean, var = jax.lax.stop_gradient(mean), jax.lax.stop_gradient(var)
             mean_var.value = _set_rows(
                 mean_var.value, rows, m * _take_rows(mean_var.value, rows) + (1 - m) * mean)
@@ -287,12 +273,12 @@ class MixedOp(nn.Module):
             return y
         mean = _take_rows(mean_var.value, rows)[:, None, None, None, :]
         var = _take_rows(var_var.value, rows)[:, None, None, None, :]
-        return ((y - mean) * jax.lax.rsqrt(var + ops_lib.BN_EPSILON)).astype(self.dtype)
+        return ((y - mean) * jax.lax.rsqrt(var + BN_EPSILON)).astype(self.dtype)
 
     def _depthwise(self, x: jax.Array, kernels: list[jax.Array], experts: list[str],
                    strides: int) -> jax.Array:
         """The experts' depthwise convolutions of x ((1 or G, B, H, W, C)) -> (G, B, H', W', C)."""
-        specs = [CONV_EXPERTS[name] for name in experts]
+        specs = [ops_lib.CONV_GEOMETRY[name] for name in experts]
         if self.depthwise == "conv":
             outs = [
                 jax.lax.conv_general_dilated(
@@ -309,18 +295,18 @@ class MixedOp(nn.Module):
             )
         # One padding for all, each kernel's taps centred in it.
         padding = max(pad for _, _, pad, _ in specs)
-        taps = tuple(ops_lib.kernel_taps(k, dil, padding - pad) for k, dil, pad, _ in specs)
-        return ops_lib.depthwise_taps(x, tuple(kernels), taps, padding, strides)
+        taps = tuple(kernel_taps(k, dil, padding - pad) for k, dil, pad, _ in specs)
+        return depthwise_taps(x, tuple(kernels), taps, padding, strides)
 
     def _conv_block(self, x, weights, experts, block, strides, stats_name, stats_rows, total):
         """ReLU, depthwise, pointwise, BN for several experts at once (the groups of x)."""
-        x = ops_lib.relu(x)
+        x = relu(x)
         # The parameters themselves (depthwise_taps casts them), so that the
         # backward pass of the edge scan reads them rather than a stacked copy.
         kernels = [weights[name][f"depthwise_{block}"] for name in experts]
         y = self._depthwise(x, kernels, experts, strides)
         pointwise = tuple(weights[name][f"pointwise_{block}"] for name in experts)
-        y = ops_lib.pointwise_convs(y, pointwise)
+        y = pointwise_convs(y, pointwise)
         return self._batch_norm(stats_name, y, stats_rows, total)
 
     @nn.compact
@@ -334,7 +320,7 @@ class MixedOp(nn.Module):
         if "skip_connect" in self.computed:
             skip = x if s == 1 else ops_lib.FactorizedReduce(
                 c, False, self.dtype, name="skip_connect")(x, self.train)
-        convs = [name for name in self.ops if name in CONV_EXPERTS]
+        convs = [name for name in self.ops if name in ops_lib.CONV_GEOMETRY]
         if self.is_initializing():
             drawn = _conv_experts_init(self.make_rng("params"), convs, c)
             init = lambda _, name: drawn[name]  # noqa: E731
@@ -345,26 +331,24 @@ class MixedOp(nn.Module):
             }
         params = {name: self.param(name, init, name) for name in convs}
         live = [name for name in convs if name in self.computed]
-        seps = [name for name in convs if CONV_EXPERTS[name][3] == 2]
+        seps = [name for name in convs if ops_lib.CONV_GEOMETRY[name].blocks == 2]
         sep = [g for g, name in enumerate(live) if name in seps]
 
         if self.is_initializing():
             # Only the variables are wanted: declaring them without computing
-            # the experts keeps the init program small (the tiny net's init
-            # took 9.6 s of XLA compile with them; 5.8 s without them and
-            # with one draw per edge, mostly random-number code).  The edge
-            # outputs zeros of the right shape.
+            # the experts keeps the init program small.  The edge outputs
+            # zeros of the right shape.
             for name, total, used in (("pool_bn", len(pools), live_pools),
                                       ("conv_bn_1", len(convs), live),
                                       ("conv_bn_2", len(seps), sep)):
                 if used:
                     self._statistics(name, total)
-            shape = jax.eval_shape(lambda v: ops_lib.pool_3x3(v, "max", s), x).shape
+            shape = jax.eval_shape(lambda v: pool_3x3(v, "max", s), x).shape
             return jnp.zeros(shape, self.dtype)
 
         terms = []  # (outputs (G, B, H', W', C) or (B, H', W', C), their mixture rows)
         if live_pools:
-            y = jnp.stack([ops_lib.pool_3x3(x, POOL_EXPERTS[n], s) for n in live_pools])
+            y = jnp.stack([pool_3x3(x, POOL_EXPERTS[n], s) for n in live_pools])
             # DARTS follows pooling by a BN without affine parameters.
             terms.append((self._batch_norm("pool_bn", y, [pools.index(n) for n in live_pools],
                                            len(pools)), tuple(row(n) for n in live_pools)))
@@ -375,7 +359,7 @@ class MixedOp(nn.Module):
                                      [convs.index(n) for n in live], len(convs))
             # The dil convs end after one block: their rows of `first` are
             # mixed as they are (-1: a sep conv's intermediate, not mixed).
-            terms.append((first, tuple(row(n) if CONV_EXPERTS[n][3] == 1 else -1 for n in live)))
+            terms.append((first, tuple(-1 if n in seps else row(n) for n in live)))
             if sep:
                 names = [live[g] for g in sep]
                 second = self._conv_block(_take_rows(first, sep), params, names, 2, 1, "conv_bn_2",
@@ -502,7 +486,8 @@ class SearchNetwork(nn.Module):
     Attributes:
       num_classes: classifier outputs.
       channels: C, the channels of the first cells (the stem has 3C).
-      layers: number of cells; reductions at ``layers // 3`` and ``2 * layers // 3``.
+      layers: number of cells; reductions at
+        :func:`xnas_jax.genotypes.reduction_layers`.
       ops: the experts of every forecaster (mixture-row order).
       steps: intermediate nodes per cell.
       normal_ops / reduce_ops: the experts evaluated in normal / reduction
@@ -523,15 +508,7 @@ class SearchNetwork(nn.Module):
     num_classes: int
     channels: int = 16
     layers: int = 8
-    ops: tuple[str, ...] = (
-        "max_pool_3x3",
-        "avg_pool_3x3",
-        "skip_connect",
-        "sep_conv_3x3",
-        "sep_conv_5x5",
-        "dil_conv_3x3",
-        "dil_conv_5x5",
-    )
+    ops: tuple[str, ...] = genotypes.XNAS_PRIMITIVES
     steps: int = 4
     stem_multiplier: int = 3
     normal_ops: tuple[str, ...] | None = None
@@ -544,7 +521,7 @@ class SearchNetwork(nn.Module):
         return genotypes.num_edges(self.steps)
 
     def reduction_layers(self) -> tuple[int, ...]:
-        return reduction_layers(self.layers)
+        return genotypes.reduction_layers(self.layers)
 
     @nn.compact
     def __call__(self, images: jax.Array, train: bool = True) -> jax.Array:
@@ -558,7 +535,7 @@ class SearchNetwork(nn.Module):
             "normal": tuple(self.ops if self.normal_ops is None else self.normal_ops),
             "reduce": tuple(self.ops if self.reduce_ops is None else self.reduce_ops),
         }
-        replicas = cell_replicas(self.layers)
+        replicas = genotypes.cell_replicas(self.layers)
         for kind, table in mixture.items():
             if table.ndim == 4 and table.shape != (replicas[kind], images.shape[0], *shape):
                 raise ValueError(

@@ -1,4 +1,4 @@
-"""Tests of xnas_jax.input_pipeline.
+"""Tests of the data layer, xnas_jax.data (AutoAugment: test_autoaugment.py).
 
 Every loader is checked on small files written here in the dataset's
 official format, with known pixels and labels, against exact equality.
@@ -21,8 +21,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from xnas_jax import input_pipeline as ip
-from xnas_jax.input_pipeline import ArrayDataset, DatasetError
+from xnas_jax.data import augment, datasets, order, readers, specs
+from xnas_jax.data.specs import ArrayDataset, DatasetError
 
 
 def _random_images(seed, shape):
@@ -91,7 +91,7 @@ def cifar10_files(tmp_path_factory):
 @pytest.mark.parametrize("split", ["train", "test"])
 def test_cifar10_official_files_give_known_pixels(cifar10_files, layout, split):
     paths, expected = cifar10_files
-    dataset = ip.load_dataset("cifar10", split, data_dir=paths[layout])
+    dataset = datasets.load_dataset("cifar10", split, data_dir=paths[layout])
     images, labels = expected[split]
     assert dataset.images.dtype == np.uint8 and dataset.labels.dtype == np.int32
     np.testing.assert_array_equal(dataset.images, images)
@@ -120,7 +120,7 @@ def test_cifar100_official_files_use_fine_labels(tmp_path):
 
     for data_dir in (folder.parent, folder, archive_dir):
         for split, (images, fine) in expected.items():
-            dataset = ip.load_dataset("cifar100", split, data_dir=data_dir)
+            dataset = datasets.load_dataset("cifar100", split, data_dir=data_dir)
             np.testing.assert_array_equal(dataset.images, images)
             np.testing.assert_array_equal(dataset.labels, fine)
             assert dataset.num_classes == 100
@@ -151,8 +151,8 @@ def test_idx_files_give_known_pixels(tmp_path, name, compress):
     _write_idx(tmp_path, "train", train_images, np.array([3, 1, 4, 1]), compress)
     _write_idx(tmp_path, "t10k", test_images, np.array([5, 9]), compress)
 
-    train = ip.load_dataset(name, "train", data_dir=tmp_path)
-    test = ip.load_dataset(name, "test", data_dir=tmp_path)
+    train = datasets.load_dataset(name, "train", data_dir=tmp_path)
+    test = datasets.load_dataset(name, "test", data_dir=tmp_path)
     np.testing.assert_array_equal(train.images, train_images[..., None])
     np.testing.assert_array_equal(train.labels, [3, 1, 4, 1])
     np.testing.assert_array_equal(test.images, test_images[..., None])
@@ -168,11 +168,11 @@ def test_svhn_mat_files_map_label_10_to_digit_0(tmp_path):
         tmp_path / "test_32x32.mat",
         {"X": images.transpose(1, 2, 3, 0), "y": np.array([[10], [1], [9]], np.uint8)},
     )
-    dataset = ip.load_dataset("svhn_cropped", "test", data_dir=tmp_path)
+    dataset = datasets.load_dataset("svhn_cropped", "test", data_dir=tmp_path)
     np.testing.assert_array_equal(dataset.images, images)
     np.testing.assert_array_equal(dataset.labels, [0, 1, 9])
     with pytest.raises(DatasetError, match="train_32x32.mat"):
-        ip.load_dataset("svhn_cropped", "train", data_dir=tmp_path)
+        datasets.load_dataset("svhn_cropped", "train", data_dir=tmp_path)
 
 
 # ----- image folders -----------------------------------------------------------
@@ -236,7 +236,7 @@ def test_image_folder_gives_known_pixels(tmp_path, layout):
             _write_zip(data_dir / f"{split}.zip", split_files)
 
     for split in ("train", "test"):
-        dataset = ip.load_dataset("image_folder", split, data_dir=data_dir)
+        dataset = datasets.load_dataset("image_folder", split, data_dir=data_dir)
         images, labels = _expected_split(files, split)
         np.testing.assert_array_equal(dataset.images, images)
         np.testing.assert_array_equal(dataset.labels, labels)
@@ -249,10 +249,10 @@ def test_image_folder_keeps_grayscale_and_promotes_mixed_to_rgb(tmp_path):
     _write_folder(tmp_path / "gray", {"train/a/0.png": gray, "train/b/0.png": gray[::-1]})
     _write_folder(tmp_path / "mixed", {"train/a/0.png": gray, "train/b/0.png": color})
 
-    only_gray = ip.load_dataset("image_folder", "train", data_dir=tmp_path / "gray")
+    only_gray = datasets.load_dataset("image_folder", "train", data_dir=tmp_path / "gray")
     assert only_gray.images.shape == (2, 6, 6, 1)
     np.testing.assert_array_equal(only_gray.images[1], gray[::-1])
-    mixed = ip.load_dataset("image_folder", "train", data_dir=tmp_path / "mixed")
+    mixed = datasets.load_dataset("image_folder", "train", data_dir=tmp_path / "mixed")
     assert mixed.images.shape == (2, 6, 6, 3)
     np.testing.assert_array_equal(mixed.images[0], np.repeat(gray, 3, axis=-1))
     np.testing.assert_array_equal(mixed.images[1], color)
@@ -261,27 +261,27 @@ def test_image_folder_keeps_grayscale_and_promotes_mixed_to_rgb(tmp_path):
 def test_named_dataset_from_image_folder_checks_class_count(tmp_path):
     files = {f"train/{c:02d}/0.png": _random_images(c, (32, 32, 3)) for c in range(10)}
     _write_folder(tmp_path / "ten", files)
-    dataset = ip.load_dataset("cifar10", "train", data_dir=tmp_path / "ten")
+    dataset = datasets.load_dataset("cifar10", "train", data_dir=tmp_path / "ten")
     np.testing.assert_array_equal(dataset.labels, np.arange(10))
     assert dataset.name == "cifar10/train"
 
     del files["train/09/0.png"]
     _write_folder(tmp_path / "nine", files)
     with pytest.raises(DatasetError, match="9 class folders.*10 classes"):
-        ip.load_dataset("cifar10", "train", data_dir=tmp_path / "nine")
+        datasets.load_dataset("cifar10", "train", data_dir=tmp_path / "nine")
 
 
 def test_cache_dir_reuses_decoded_arrays(tmp_path, monkeypatch):
     data_dir = _write_zip(tmp_path / "all.zip", _image_folder_files())
     cache_dir = tmp_path / "cache"
-    first = ip.load_dataset("image_folder", "train", data_dir=data_dir, cache_dir=cache_dir)
+    first = datasets.load_dataset("image_folder", "train", data_dir=data_dir, cache_dir=cache_dir)
     assert len(list(cache_dir.glob("*.npz"))) == 1
 
     def no_decoding(*args):
         raise AssertionError("decoded again instead of reading the cache")
 
-    monkeypatch.setattr(ip, "_decode_images", no_decoding)
-    second = ip.load_dataset("image_folder", "train", data_dir=data_dir, cache_dir=cache_dir)
+    monkeypatch.setattr(readers, "_decode_images", no_decoding)
+    second = datasets.load_dataset("image_folder", "train", data_dir=data_dir, cache_dir=cache_dir)
     np.testing.assert_array_equal(second.images, first.images)
     np.testing.assert_array_equal(second.labels, first.labels)
     assert (second.num_classes, second.name, second.class_names) == (
@@ -329,11 +329,11 @@ def _write_tfds_mnist(data_dir, images, labels, file_format):
 def test_prepared_tfds_layout_is_read_without_tensorflow(tmp_path, file_format):
     images = _random_images(0, (3, 28, 28, 1))
     _write_tfds_mnist(tmp_path, images, [7, 0, 2], file_format)
-    dataset = ip.load_dataset("mnist", "train", data_dir=tmp_path)
+    dataset = datasets.load_dataset("mnist", "train", data_dir=tmp_path)
     np.testing.assert_array_equal(dataset.images, images)
     np.testing.assert_array_equal(dataset.labels, [7, 0, 2])
     with pytest.raises(DatasetError, match=r"no split='test'.*\['train'\]"):
-        ip.load_dataset("mnist", "test", data_dir=tmp_path)
+        datasets.load_dataset("mnist", "test", data_dir=tmp_path)
 
 
 # ----- digits ------------------------------------------------------------------
@@ -342,8 +342,8 @@ def test_prepared_tfds_layout_is_read_without_tensorflow(tmp_path, file_format):
 def test_digits_split_is_fixed_stratified_and_covers_the_dataset():
     from sklearn.datasets import load_digits
 
-    train = ip.load_dataset("digits", "train", data_dir="/ignored/path")
-    test = ip.load_dataset("digits", "test")
+    train = datasets.load_dataset("digits", "train", data_dir="/ignored/path")
+    test = datasets.load_dataset("digits", "test")
     assert train.images.shape == (1438, 8, 8, 1) and test.images.shape == (359, 8, 8, 1)
     assert train.images.dtype == np.uint8 and train.images.max() == 255
     assert train.num_classes == test.num_classes == 10
@@ -358,7 +358,7 @@ def test_digits_split_is_fixed_stratified_and_covers_the_dataset():
     # Stratified: each class gives 20% (rounded) of its images to test.
     per_class = np.bincount(digits.target)
     np.testing.assert_array_equal(np.bincount(test.labels), np.round(0.2 * per_class))
-    again = ip.load_dataset("digits", "test")
+    again = datasets.load_dataset("digits", "test")
     np.testing.assert_array_equal(again.images, test.images)
 
 
@@ -367,27 +367,27 @@ def test_digits_split_is_fixed_stratified_and_covers_the_dataset():
 
 def test_unknown_name_and_split_list_the_choices():
     with pytest.raises(DatasetError, match=r"imagenet.*valid names.*cifar10.*digits"):
-        ip.load_dataset("imagenet")
+        datasets.load_dataset("imagenet")
     with pytest.raises(DatasetError, match=r"split='validation'.*'train', 'test'"):
-        ip.load_dataset("cifar10", "validation")
+        datasets.load_dataset("cifar10", "validation")
 
 
 def test_missing_or_empty_data_dir_says_what_to_provide(tmp_path):
     hint = r"does not exist.*--data-dir.*cifar-10-batches-py.*<split>/<class>/<image>"
     with pytest.raises(DatasetError, match=hint):
-        ip.load_dataset("cifar10", data_dir=tmp_path / "nowhere")
+        datasets.load_dataset("cifar10", data_dir=tmp_path / "nowhere")
     (tmp_path / "README").write_text("nothing useful")
     with pytest.raises(DatasetError, match=r"no mnist data.*README.*train-images-idx3-ubyte.gz"):
-        ip.load_dataset("mnist", data_dir=tmp_path)
+        datasets.load_dataset("mnist", data_dir=tmp_path)
     with pytest.raises(DatasetError, match="image_folder needs data_dir"):
-        ip.load_dataset("image_folder")
+        datasets.load_dataset("image_folder")
 
 
 def test_tfds_not_prepared_without_data_dir_explains_the_alternatives(tmp_path, monkeypatch):
     pytest.importorskip("tensorflow_datasets")
     monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path))
     with pytest.raises(DatasetError) as info:
-        ip.load_dataset("cifar10", "train")
+        datasets.load_dataset("cifar10", "train")
     message = str(info.value)
     for words in ("not prepared locally", str(tmp_path), "no internet", "--data-dir",
                   "cifar-10-python.tar.gz", "<split>/<class>/<image>"):
@@ -400,7 +400,7 @@ def test_broken_tfds_layout_is_wrapped_with_its_cause(tmp_path):
     version_dir.mkdir(parents=True)
     (version_dir / "dataset_info.json").write_text("not json")
     with pytest.raises(DatasetError, match="cannot open 'cifar10'.*--data-dir") as info:
-        ip.load_dataset("cifar10", data_dir=tmp_path)
+        datasets.load_dataset("cifar10", data_dir=tmp_path)
     assert info.value.__cause__ is not None
 
 
@@ -414,17 +414,17 @@ def test_corrupt_cifar_files_raise_dataset_error(tmp_path, cifar10_files):
     (folder / "test_batch").write_bytes(b"\x80\x02}q\x00garbage")
     corrupt = r"test_batch is not a readable CIFAR python batch.*corrupt"
     with pytest.raises(DatasetError, match=corrupt) as info:
-        ip.load_dataset("cifar10", "test", data_dir=tmp_path)
+        datasets.load_dataset("cifar10", "test", data_dir=tmp_path)
     assert info.value.__cause__ is not None
 
     (folder / "data_batch_3").unlink()
     with pytest.raises(DatasetError, match=r"lacks \['data_batch_3'\]"):
-        ip.load_dataset("cifar10", "train", data_dir=tmp_path)
+        datasets.load_dataset("cifar10", "train", data_dir=tmp_path)
 
     archive = tmp_path / "cifar-10-python.tar.gz"
     archive.write_bytes(paths["tar"].read_bytes()[:300])
     with pytest.raises(DatasetError, match="not a readable tar archive"):
-        ip.load_dataset("cifar10", "train", data_dir=archive)
+        datasets.load_dataset("cifar10", "train", data_dir=archive)
 
 
 class _Payload:
@@ -443,7 +443,7 @@ def test_cifar_pickle_may_not_call_arbitrary_globals(tmp_path):
     target = tmp_path / "pwned"
     (folder / "test_batch").write_bytes(pickle.dumps({b"data": _Payload(target), b"labels": []}))
     with pytest.raises(DatasetError, match="refusing to load the global pathlib"):
-        ip.load_dataset("cifar10", "test", data_dir=tmp_path)
+        datasets.load_dataset("cifar10", "test", data_dir=tmp_path)
     assert not target.exists()
 
 
@@ -455,23 +455,23 @@ def test_bad_idx_files_raise_dataset_error(tmp_path):
     (tmp_path / "train-images-idx3-ubyte").write_bytes(b"\x00\x00\x08\x01" + good[4:])
     magic = r"bad IDX magic number 0x00000801 \(expected 0x00000803"
     with pytest.raises(DatasetError, match=magic):
-        ip.load_dataset("mnist", data_dir=tmp_path)
+        datasets.load_dataset("mnist", data_dir=tmp_path)
 
     (tmp_path / "train-images-idx3-ubyte").write_bytes(good[:-10])
     with pytest.raises(DatasetError, match=r"shape \(2, 28, 28\).*truncated"):
-        ip.load_dataset("mnist", data_dir=tmp_path)
+        datasets.load_dataset("mnist", data_dir=tmp_path)
 
     (tmp_path / "train-images-idx3-ubyte").write_bytes(good)
     (tmp_path / "train-labels-idx1-ubyte").write_bytes(_idx_bytes(np.array([1, 2, 3])))
     with pytest.raises(DatasetError, match="2 images but .* 3 labels"):
-        ip.load_dataset("mnist", data_dir=tmp_path)
+        datasets.load_dataset("mnist", data_dir=tmp_path)
 
     with pytest.raises(DatasetError, match=r"t10k-images-idx3-ubyte\[.gz\]"):
-        ip.load_dataset("mnist", "test", data_dir=tmp_path)
+        datasets.load_dataset("mnist", "test", data_dir=tmp_path)
 
     (tmp_path / "train-labels-idx1-ubyte").write_bytes(_idx_bytes(np.array([1, 12])))
     with pytest.raises(DatasetError, match=r"labels range over \[1, 12\]"):
-        ip.load_dataset("mnist", data_dir=tmp_path)
+        datasets.load_dataset("mnist", data_dir=tmp_path)
 
 
 def test_image_folder_errors_name_the_file(tmp_path):
@@ -479,19 +479,19 @@ def test_image_folder_errors_name_the_file(tmp_path):
     files["train/dog/odd.png"] = _random_images(0, (4, 6, 3))
     _write_folder(tmp_path / "sizes", files)
     with pytest.raises(DatasetError, match=r"dog/odd.png is 6x4 pixels .* 5x4: .*one size"):
-        ip.load_dataset("image_folder", "train", data_dir=tmp_path / "sizes")
+        datasets.load_dataset("image_folder", "train", data_dir=tmp_path / "sizes")
 
     broken = _write_folder(tmp_path / "broken", _image_folder_files())
     (broken / "test" / "cat" / "2.png").write_bytes(b"not a png")
     with pytest.raises(DatasetError, match=r"cannot decode the image .*cat/2.png"):
-        ip.load_dataset("image_folder", "test", data_dir=broken)
+        datasets.load_dataset("image_folder", "test", data_dir=broken)
 
     with pytest.raises(DatasetError, match=r"no split folder 'valid'.*\['test', 'train'\]"):
-        ip.load_dataset("image_folder", "valid", data_dir=broken)
+        datasets.load_dataset("image_folder", "valid", data_dir=broken)
     archive = _write_zip(tmp_path / "train_only.zip", {"train/a/0.png": files["train/dog/a.png"]})
     missing_split = r"no images under test/<class>/ \(splits found: \['train'\]\)"
     with pytest.raises(DatasetError, match=missing_split):
-        ip.load_dataset("image_folder", "test", data_dir=archive)
+        datasets.load_dataset("image_folder", "test", data_dir=archive)
 
 
 # ----- splits ------------------------------------------------------------------
@@ -507,57 +507,57 @@ def _numbered(n):
 @settings(max_examples=40, deadline=None)
 @given(n=st.integers(2, 300), seed=st.integers(0, 2**32 - 1))
 def test_search_split_halves_are_disjoint_and_cover_all(n, seed):
-    weights, arch = ip.search_split(_numbered(n), seed=seed)
+    weights, arch = order.search_split(_numbered(n), seed=seed)
     assert len(weights.labels) == (n + 1) // 2 and len(arch.labels) == n // 2
     assert not set(weights.labels) & set(arch.labels)
     assert sorted(np.concatenate([weights.labels, arch.labels])) == list(range(n))
     for half in (weights, arch):  # images stay with their labels
         np.testing.assert_array_equal(half.images.ravel(), half.labels % 256)
-    again_weights, _ = ip.search_split(_numbered(n), seed=seed)
+    again_weights, _ = order.search_split(_numbered(n), seed=seed)
     np.testing.assert_array_equal(again_weights.labels, weights.labels)
 
 
 def test_search_split_depends_on_seed_and_is_not_the_first_half():
-    first, _ = ip.search_split(_numbered(100), seed=0)
-    other, _ = ip.search_split(_numbered(100), seed=1)
+    first, _ = order.search_split(_numbered(100), seed=0)
+    other, _ = order.search_split(_numbered(100), seed=1)
     assert set(first.labels) != set(other.labels)
     assert set(first.labels) != set(range(50))
     assert first.name == "numbered[search-weights]"
     with pytest.raises(ValueError, match="seed"):
-        ip.search_split(_numbered(10), seed=-1)
+        order.search_split(_numbered(10), seed=-1)
 
 
 def test_subset_draws_distinct_examples():
     dataset = _numbered(50)
-    small = ip.subset(dataset, 7, seed=3)
+    small = order.subset(dataset, 7, seed=3)
     assert len(small.labels) == 7 == len(set(small.labels))
     assert list(small.labels) == sorted(small.labels) and set(small.labels) != set(range(7))
     np.testing.assert_array_equal(small.images.ravel(), small.labels)
-    assert ip.subset(dataset, 50) is dataset
+    assert order.subset(dataset, 50) is dataset
     with pytest.raises(ValueError, match="max_examples=0"):
-        ip.subset(dataset, 0)
+        order.subset(dataset, 0)
 
 
 # ----- data order --------------------------------------------------------------
 
 
 def test_epoch_permutation_depends_only_on_seed_and_epoch():
-    order = ip.epoch_permutation(seed=5, epoch=3, n=1000)
-    assert sorted(order) == list(range(1000))
-    np.testing.assert_array_equal(order, ip.epoch_permutation(5, 3, 1000))
-    assert not np.array_equal(order, ip.epoch_permutation(5, 4, 1000))
-    assert not np.array_equal(order, ip.epoch_permutation(6, 3, 1000))
+    permutation = order.epoch_permutation(seed=5, epoch=3, n=1000)
+    assert sorted(permutation) == list(range(1000))
+    np.testing.assert_array_equal(permutation, order.epoch_permutation(5, 3, 1000))
+    assert not np.array_equal(permutation, order.epoch_permutation(5, 4, 1000))
+    assert not np.array_equal(permutation, order.epoch_permutation(6, 3, 1000))
     with pytest.raises(ValueError, match="epoch=-1"):
-        ip.epoch_permutation(0, -1, 10)
+        order.epoch_permutation(0, -1, 10)
 
 
 def test_batch_indices_drop_the_remainder():
-    order = ip.epoch_permutation(0, 0, 10)
-    batches = ip.batch_indices(order, 3)
+    permutation = order.epoch_permutation(0, 0, 10)
+    batches = order.batch_indices(permutation, 3)
     assert batches.shape == (3, 3)
-    np.testing.assert_array_equal(batches.ravel(), order[:9])
+    np.testing.assert_array_equal(batches.ravel(), permutation[:9])
     with pytest.raises(ValueError, match="batch_size=11"):
-        ip.batch_indices(order, 11)
+        order.batch_indices(permutation, 11)
 
 
 # ----- on the device -------------------------------------------------------------
@@ -565,7 +565,7 @@ def test_batch_indices_drop_the_remainder():
 
 def test_device_data_gathers_batches_inside_jit():
     dataset = _numbered(20)
-    data = ip.to_device(dataset)
+    data = augment.to_device(dataset)
     indices = jnp.array([3, 19, 0, 3])
     batch = jax.jit(lambda d, i: d.batch(i))(data, indices)
     np.testing.assert_array_equal(batch["image"], dataset.images[[3, 19, 0, 3]])
@@ -580,12 +580,12 @@ def test_normalize_and_channel_stats_match_numpy():
     np.testing.assert_allclose(mean, pixels.mean(axis=(0, 1, 2)), rtol=1e-6)
     np.testing.assert_allclose(std, pixels.std(axis=(0, 1, 2)), rtol=1e-6)
 
-    normalized = jax.jit(ip.normalize)(images, mean, std)
+    normalized = jax.jit(augment.normalize)(images, mean, std)
     assert normalized.dtype == jnp.float32
     np.testing.assert_allclose(normalized, (pixels - mean) / std, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(np.asarray(normalized).mean(axis=(0, 1, 2)), 0, atol=1e-5)
     with pytest.raises(ValueError, match="mean must have one value per channel"):
-        ip.normalize(images, [0.5, 0.5], std)
+        augment.normalize(images, [0.5, 0.5], std)
 
 
 def _find_window(image, original, pad):
@@ -604,9 +604,9 @@ def _find_window(image, original, pad):
 
 def test_augment_crops_windows_of_the_zero_padded_image_and_mirrors():
     images = _random_images(0, (64, 6, 7, 3))
-    augment = jax.jit(ip.augment, static_argnames=("pad", "flip"))
+    jitted = jax.jit(augment.augment, static_argnames=("pad", "flip"))
     key = jax.random.key(0)
-    out = np.asarray(augment(key, images, pad=4, flip=True))
+    out = np.asarray(jitted(key, images, pad=4, flip=True))
     assert out.shape == images.shape and out.dtype == np.uint8
     found = [_find_window(o, i, pad=4) for o, i in zip(out, images)]
     offsets_y, offsets_x, mirrored = map(np.array, zip(*found))
@@ -614,27 +614,28 @@ def test_augment_crops_windows_of_the_zero_padded_image_and_mirrors():
     assert offsets_y.min() == 0 and offsets_y.max() == 8 and len(set(offsets_y)) > 5
     assert offsets_x.min() == 0 and offsets_x.max() == 8
     assert 16 < mirrored.sum() < 48
-    np.testing.assert_array_equal(augment(key, images, pad=4, flip=True), out)
-    assert not np.array_equal(augment(jax.random.key(1), images, pad=4, flip=True), out)
+    np.testing.assert_array_equal(jitted(key, images, pad=4, flip=True), out)
+    assert not np.array_equal(jitted(jax.random.key(1), images, pad=4, flip=True), out)
 
 
 def test_augment_flip_only_and_identity():
     images = _random_images(1, (32, 5, 5, 1))
     key = jax.random.key(2)
-    flipped = np.asarray(ip.augment(key, images, pad=0, flip=True))
+    flipped = np.asarray(augment.augment(key, images, pad=0, flip=True))
     mirrored = np.array([np.array_equal(f, i[:, ::-1]) for f, i in zip(flipped, images)])
     unchanged = np.array([np.array_equal(f, i) for f, i in zip(flipped, images)])
     assert np.all(mirrored ^ unchanged) and 0 < mirrored.sum() < 32
-    np.testing.assert_array_equal(ip.augment(key, images, pad=0, flip=False), images)
-    cropped = np.asarray(ip.augment(key, images, pad=2, flip=False))
+    np.testing.assert_array_equal(augment.augment(key, images, pad=0, flip=False), images)
+    cropped = np.asarray(augment.augment(key, images, pad=2, flip=False))
     assert all(not _find_window(c, i, pad=2)[2] for c, i in zip(cropped, images))
     with pytest.raises(ValueError, match="pad=-1"):
-        ip.augment(key, images, pad=-1)
+        augment.augment(key, images, pad=-1)
 
 
 def test_cutout_zeroes_one_clipped_square_per_image():
     images = _random_images(3, (64, 10, 10, 3))
-    out = np.asarray(jax.jit(ip.cutout, static_argnames="size")(jax.random.key(0), images, size=4))
+    jitted = jax.jit(augment.cutout, static_argnames="size")
+    out = np.asarray(jitted(jax.random.key(0), images, size=4))
     full_squares = 0
     for o, i in zip(out, images):
         zero = np.all(o == 0, axis=-1)
@@ -646,14 +647,14 @@ def test_cutout_zeroes_one_clipped_square_per_image():
         np.testing.assert_array_equal(o[~zero], i[~zero])
         full_squares += zero.sum() == 16
     assert full_squares > 10
-    np.testing.assert_array_equal(ip.cutout(jax.random.key(0), images, size=0), images)
+    np.testing.assert_array_equal(augment.cutout(jax.random.key(0), images, size=0), images)
 
 
 def test_downsample_averages_pixel_blocks():
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (3, 4, 6, 3), dtype=np.uint8)
     data = ArrayDataset(images, np.arange(3, dtype=np.int32), 3, "toy/train")
-    small = ip.downsample(data, 2)
+    small = order.downsample(data, 2)
     want = np.zeros((3, 2, 3, 3))
     for i in range(2):
         for j in range(3):
@@ -661,8 +662,37 @@ def test_downsample_averages_pixel_blocks():
     assert small.images.dtype == np.uint8
     np.testing.assert_array_equal(small.images, np.round(want))
     np.testing.assert_array_equal(small.labels, data.labels)
-    assert ip.downsample(data, 1) is data
+    assert order.downsample(data, 1) is data
     with pytest.raises(ValueError, match="must divide"):
-        ip.downsample(data, 4)
+        order.downsample(data, 4)
     with pytest.raises(ValueError, match="integer >= 1"):
-        ip.downsample(data, 0)
+        order.downsample(data, 0)
+
+
+# ----- dataset facts -------------------------------------------------------------
+
+# Whether each dataset's images keep their class when mirrored.  Every dataset
+# is listed: one added to DATASETS without deciding its flip fails the test.
+_EXPECTED_FLIP = {
+    "digits": False,
+    "mnist": False,
+    "fashion_mnist": False,  # not flipped by the training code before the spec held it
+    "svhn_cropped": False,  # house numbers are digits
+    "cifar10": True,
+    "cifar100": True,
+    "image_folder": True,
+}
+
+
+def test_every_dataset_decides_whether_flips_keep_its_classes():
+    assert set(specs.DATASETS) == set(_EXPECTED_FLIP)
+    for name, spec in specs.DATASETS.items():
+        assert isinstance(spec.flip, bool), name
+        assert spec.flip == _EXPECTED_FLIP[name], name
+
+
+def test_default_crop_padding_and_cutout_scale_darts_sizes():
+    assert specs.default_crop_padding((32, 32, 3)) == 4
+    assert specs.default_crop_padding((8, 8, 1)) == 1
+    assert specs.default_crop_padding((224, 224, 3)) == 28
+    assert specs.default_cutout((32, 32, 3)) == 16

@@ -1,25 +1,21 @@
-"""Input pipeline: image-classification datasets as arrays, and on-device batches.
+"""Readers: one split of a dataset from its files, as uint8 arrays; and the .npz cache.
 
-Two halves, data only (no model code):
+Each reader turns one kind of source into an :class:`~xnas_jax.data.specs.ArrayDataset`
+checked against the dataset's spec (:func:`array_dataset`):
 
-* Host side, NumPy.  :func:`load_dataset` reads a whole dataset split into
-  uint8 arrays (:class:`ArrayDataset`) from one of the sources in
-  :data:`DATASETS`; :func:`search_split` divides the training set into the
-  half that trains the network weights and the half that trains the
-  architecture weights (XNAS section 4 / DARTS section 3.1), :func:`subset`
-  shrinks a dataset for quick runs.  The datasets of the paper fit in memory
-  (CIFAR-10 is 150 MB of uint8), so they are held whole and TensorFlow is
-  never needed.
-* Device side, JAX.  :func:`to_device` puts the uint8 arrays on the
-  accelerator once; inside the jitted step a batch is gathered by index
-  (:meth:`DeviceData.batch`), augmented (:func:`augment`, :func:`cutout`) and
-  normalized (:func:`normalize`).  The order of the examples is a pure function
-  of (seed, epoch) (:func:`epoch_permutation`), so a resumed run replays the
-  same batches.
+* :func:`read_digits`: scikit-learn's embedded 8x8 digits, split 80/20 here.
+* :data:`OFFICIAL_READERS`: the official files of a named dataset (CIFAR
+  python batches, directory or .tar.gz; MNIST/Fashion-MNIST IDX files,
+  gzipped or not; SVHN .mat files), or None where a path holds none.
+* :func:`read_image_folder`: ``<split>/<class>/<image>`` files in a
+  directory, a .zip, or ``<split>.zip`` files, decoded in a thread pool.
+* :func:`read_tfds`: a split that tensorflow-datasets prepared, read without
+  downloading and without TensorFlow (tfrecord shards are parsed here).
+* :func:`cache_path`, :func:`write_cache`, :func:`read_cache`: decoded arrays
+  stored as a .npz, keyed by (name, split, data_dir and its size and time).
 
-Nothing here downloads: the code may run on a machine without internet, so a
-dataset that is not on disk raises :class:`DatasetError` explaining how to
-provide it, and never falls back to another dataset.
+Nothing here downloads, and nothing here picks a source: that is
+:func:`xnas_jax.data.datasets.load_dataset`, which this module does not import.
 """
 
 from __future__ import annotations
@@ -34,239 +30,31 @@ import os
 import pickle
 import struct
 import tarfile
-import types
 import zipfile
 import zlib
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path, PurePosixPath
 from typing import NamedTuple
 
-import jax
-import jax.numpy as jnp
 import numpy as np
-from jax import lax
+
+from xnas_jax.data.specs import DATASETS, ArrayDataset, DatasetError, how_to_provide
 
 __all__ = [
-    "DATASETS",
-    "ArrayDataset",
-    "DatasetError",
-    "DatasetSpec",
-    "DeviceData",
-    "augment",
-    "batch_indices",
-    "channel_stats",
-    "cutout",
-    "epoch_permutation",
-    "downsample",
-    "load_dataset",
-    "normalize",
-    "search_split",
-    "subset",
-    "to_device",
+    "OFFICIAL_READERS",
+    "array_dataset",
+    "cache_path",
+    "read_cache",
+    "read_digits",
+    "read_image_folder",
+    "read_tfds",
+    "write_cache",
 ]
 
 _log = logging.getLogger(__name__)
 
 
-class DatasetError(Exception):
-    """A dataset cannot be loaded; the message says why and how to provide it."""
-
-
-# --------------------------------------------------------------------------
-# Datasets as arrays.
-# --------------------------------------------------------------------------
-
-
-class ArrayDataset(NamedTuple):
-    """One split of an image-classification dataset, held in memory."""
-
-    images: np.ndarray  # shape=(N, H, W, C), dtype=np.uint8, C = 1 or 3.
-    labels: np.ndarray  # shape=(N,), dtype=np.int32, in [0, num_classes).
-    num_classes: int
-    name: str  # e.g. "cifar10/train", "cifar10/train[search-weights]".
-    class_names: tuple[str, ...] = ()  # image folders: the class folder of each label.
-
-    @property
-    def channel_stats(self) -> tuple[np.ndarray, np.ndarray]:
-        """Per-channel (mean, std) of the pixels in [0, 1] units, for :func:`normalize`."""
-        return channel_stats(self.images)
-
-
-def channel_stats(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-channel mean and standard deviation of uint8 images, in [0, 1] units.
-
-    The moments come from each channel's 256-bin histogram, counted over
-    chunks of images: exact, and without a float copy of all the images
-    (600 MB for CIFAR-10).  It is also the fastest of the NumPy ways tried.
-
-    Args:
-      images: uint8 array of shape (N, H, W, C).
-
-    Returns:
-      ``(mean, std)``, two float32 arrays of shape (C,).
-    """
-    images = np.asarray(images)
-    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[0] == 0:
-        raise ValueError(
-            f"images must be a non-empty uint8 array (N, H, W, C), got dtype "
-            f"{images.dtype} and shape {images.shape}"
-        )
-    levels = np.arange(256) / 255.0
-    means, stds = [], []
-    for channel in range(images.shape[-1]):
-        counts = np.zeros(256, np.int64)
-        for start in range(0, len(images), 4096):
-            counts += np.bincount(images[start : start + 4096, ..., channel].ravel(), minlength=256)
-        frequencies = counts / counts.sum()
-        mean = frequencies @ levels
-        means.append(mean)
-        stds.append(math.sqrt(frequencies @ (levels - mean) ** 2))
-    return np.asarray(means, np.float32), np.asarray(stds, np.float32)
-
-
-class DatasetSpec(NamedTuple):
-    """What a dataset name stands for and where its data may come from."""
-
-    num_classes: int | None  # None: the number of class folders found.
-    image_shape: tuple[int, int, int] | None  # (H, W, C); None: any one size.
-    splits: tuple[str, ...]  # () : the split folders found in the data.
-    tfds_name: str | None  # its name in tensorflow-datasets; None: not there.
-    local_files: str  # the official files --data-dir may point at (error hints).
-
-
-DATASETS: Mapping[str, DatasetSpec] = types.MappingProxyType({
-    "digits": DatasetSpec(
-        10, (8, 8, 1), ("train", "test"), None,
-        "nothing: scikit-learn embeds it (load_digits), so it never needs a download",
-    ),
-    "cifar10": DatasetSpec(
-        10, (32, 32, 3), ("train", "test"), "cifar10",
-        "the official CIFAR-10 python batches (cifar-10-batches-py/ or cifar-10-python.tar.gz)",
-    ),
-    "cifar100": DatasetSpec(
-        100, (32, 32, 3), ("train", "test"), "cifar100",
-        "the official CIFAR-100 python files (cifar-100-python/ or cifar-100-python.tar.gz)",
-    ),
-    "fashion_mnist": DatasetSpec(
-        10, (28, 28, 1), ("train", "test"), "fashion_mnist",
-        "the official Fashion-MNIST IDX files (train-images-idx3-ubyte.gz, "
-        "train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz)",
-    ),
-    "mnist": DatasetSpec(
-        10, (28, 28, 1), ("train", "test"), "mnist",
-        "the official MNIST IDX files (train-images-idx3-ubyte.gz, "
-        "train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz)",
-    ),
-    "svhn_cropped": DatasetSpec(
-        10, (32, 32, 3), ("train", "test", "extra"), "svhn_cropped",
-        "the official SVHN cropped-digit files (train_32x32.mat, test_32x32.mat, extra_32x32.mat)",
-    ),
-    "image_folder": DatasetSpec(
-        None, None, (), None,
-        "a directory or .zip of <split>/<class>/<image> files, or a directory holding <split>.zip",
-    ),
-})
-
-_IMAGE_FOLDER_HINT = "an image folder/zip of <split>/<class>/<image> files"
-
-
-def _how_to_provide(name: str) -> str:
-    """The hint every DatasetError for `name` ends with."""
-    spec = DATASETS[name]
-    if name == "image_folder":
-        return f"Pass --data-dir pointing at {spec.local_files}."
-    hint = f"Pass --data-dir pointing at {spec.local_files}, or {_IMAGE_FOLDER_HINT}"
-    if spec.tfds_name:
-        hint += f", or a tensorflow-datasets data dir in which {spec.tfds_name!r} is prepared"
-    return hint + "."
-
-
-def load_dataset(
-    name: str,
-    split: str = "train",
-    data_dir: str | os.PathLike | None = None,
-    cache_dir: str | os.PathLike | None = None,
-) -> ArrayDataset:
-    """Loads one split of a dataset into memory as uint8 images and int32 labels.
-
-    Sources, in order (see :data:`DATASETS`):
-
-    * ``digits`` is embedded in scikit-learn; ``data_dir`` is ignored.
-    * With ``data_dir``: the official local files of the dataset (CIFAR python
-      batches, directory or .tar.gz; MNIST/Fashion-MNIST IDX files, gzipped or
-      not; SVHN .mat files), else an image folder (``<split>/<class>/<image>``
-      as a directory, a .zip, or ``<split>.zip`` files in ``data_dir``), else a
-      tensorflow-datasets data dir in which the dataset is prepared.  For
-      ``image_folder``, ``data_dir`` is the folder or zip itself.
-    * Without ``data_dir``: tensorflow-datasets' default data dir
-      (``$TFDS_DATA_DIR`` or ``~/tensorflow_datasets``), never downloading.
-
-    Args:
-      name: a key of :data:`DATASETS`.
-      split: ``"train"``, ``"test"`` (``"extra"`` for SVHN; any split folder
-        for ``image_folder``).
-      data_dir: where the data lies, see above.
-      cache_dir: if given, the decoded arrays are stored there as a .npz keyed
-        by (name, split, data_dir and its size and time stamp), and read back
-        on the next call instead of decoding again.
-
-    Returns:
-      The split as an :class:`ArrayDataset` named ``"<name>/<split>"``.
-
-    Raises:
-      DatasetError: unknown name or split, missing or corrupt files, or a
-        dataset that is not prepared locally; the message says how to fix it.
-    """
-    if name not in DATASETS:
-        raise DatasetError(f"unknown dataset name={name!r}; valid names: {sorted(DATASETS)}")
-    spec = DATASETS[name]
-    if spec.splits and split not in spec.splits:
-        raise DatasetError(f"{name} has no split={split!r}; valid splits: {list(spec.splits)}")
-    if name == "digits":
-        return _load_digits(split)
-    if name == "image_folder" and data_dir is None:
-        raise DatasetError(f"image_folder needs data_dir. {_how_to_provide(name)}")
-    if cache_dir is None:
-        return _load_uncached(name, split, data_dir)
-
-    cache_file = _cache_file(Path(cache_dir), name, split, data_dir)
-    if cache_file.is_file():
-        return _read_cache(cache_file)
-    dataset = _load_uncached(name, split, data_dir)
-    _write_cache(dataset, cache_file)
-    return dataset
-
-
-def _load_uncached(name: str, split: str, data_dir: str | os.PathLike | None) -> ArrayDataset:
-    if data_dir is None:
-        return _load_tfds(name, split, data_dir=None)
-    path = Path(data_dir).expanduser()
-    if not path.exists():
-        raise DatasetError(
-            f"data_dir={str(path)!r} does not exist (loading {name}/{split}). "
-            + _how_to_provide(name)
-        )
-
-    official = _OFFICIAL_READERS.get(name)
-    arrays = official(path, split) if official else None
-    if arrays is not None:
-        return _array_dataset(name, split, *arrays, source=str(path))
-
-    dataset = _load_image_folder(path, split, name)
-    if dataset is not None:
-        return dataset
-
-    spec = DATASETS[name]
-    if spec.tfds_name and (path / spec.tfds_name).is_dir():
-        return _load_tfds(name, split, data_dir=path)
-    found = sorted(child.name for child in path.iterdir())[:20] if path.is_dir() else [path.name]
-    raise DatasetError(
-        f"no {name} data for split {split!r} found in data_dir={str(path)!r} "
-        f"(it holds {found}). " + _how_to_provide(name)
-    )
-
-
-def _array_dataset(
+def array_dataset(
     name: str,
     split: str,
     images: np.ndarray,
@@ -308,7 +96,7 @@ _DIGITS_TEST_FRACTION = 0.2
 _DIGITS_SPLIT_SEED = 0
 
 
-def _load_digits(split: str) -> ArrayDataset:
+def read_digits(split: str) -> ArrayDataset:
     """scikit-learn's 8x8 digits with a fixed stratified 80/20 train/test split."""
     from sklearn.datasets import load_digits  # pylint: disable=import-outside-toplevel
 
@@ -544,7 +332,7 @@ def _read_svhn_mat(path: Path, split: str) -> tuple[np.ndarray, np.ndarray] | No
     return images.transpose(3, 0, 1, 2), labels.reshape(-1).astype(np.int64) % 10
 
 
-_OFFICIAL_READERS: Mapping[str, Callable[[Path, str], tuple[np.ndarray, np.ndarray] | None]] = {
+OFFICIAL_READERS: Mapping[str, Callable[[Path, str], tuple[np.ndarray, np.ndarray] | None]] = {
     "cifar10": lambda path, split: _read_cifar(path, split, _CIFAR10),
     "cifar100": lambda path, split: _read_cifar(path, split, _CIFAR100),
     "mnist": _read_mnist_idx,
@@ -571,7 +359,7 @@ def _is_image_file(name: str) -> bool:
     return PurePosixPath(name).suffix.lower() in _IMAGE_SUFFIXES and not name.startswith(".")
 
 
-def _load_image_folder(path: Path, split: str, name: str) -> ArrayDataset | None:
+def read_image_folder(path: Path, split: str, name: str) -> ArrayDataset | None:
     """Loads `<split>/<class>/<image>` files; None if `path` has no such layout.
 
     For ``name == "image_folder"`` a missing layout is an error instead.
@@ -589,7 +377,7 @@ def _load_image_folder(path: Path, split: str, name: str) -> ArrayDataset | None
         ) if path.is_dir() else []
         raise DatasetError(
             f"{path} has no split folder {split!r}/ nor {split}.zip (splits found: {splits}). "
-            + _how_to_provide(name)
+            + how_to_provide(name)
         )
     else:
         return None
@@ -598,7 +386,7 @@ def _load_image_folder(path: Path, split: str, name: str) -> ArrayDataset | None
     class_index = {c: i for i, c in enumerate(class_names)}
     labels = np.array([class_index[f.class_name] for f in files], np.int64)
     images = _decode_images(files)
-    return _array_dataset(name, split, images, labels, class_names, source=str(path))
+    return array_dataset(name, split, images, labels, class_names, source=str(path))
 
 
 def _read_zip_split(archive_path: Path, split: str) -> list[_EncodedImage]:
@@ -626,7 +414,7 @@ def _read_zip_split(archive_path: Path, split: str) -> list[_EncodedImage]:
     if not files:
         raise DatasetError(
             f"{archive_path} has no images under {split}/<class>/ (splits found: "
-            f"{sorted(splits)}). " + _how_to_provide("image_folder")
+            f"{sorted(splits)}). " + how_to_provide("image_folder")
         )
     return files
 
@@ -642,7 +430,7 @@ def _read_dir_split(split_dir: Path) -> list[_EncodedImage]:
     ]
     if not files:
         raise DatasetError(
-            f"{split_dir} has no images in class folders. " + _how_to_provide("image_folder")
+            f"{split_dir} has no images in class folders. " + how_to_provide("image_folder")
         )
     return files
 
@@ -694,17 +482,17 @@ def _decode_image(file: _EncodedImage) -> np.ndarray:
 # ----- tensorflow-datasets ---------------------------------------------------
 
 
-def _load_tfds(name: str, split: str, data_dir: Path | None) -> ArrayDataset:
+def read_tfds(name: str, split: str, data_dir: Path | None) -> ArrayDataset:
     """Reads a split that tensorflow-datasets prepared, without downloading or TensorFlow."""
     spec = DATASETS[name]
     if spec.tfds_name is None:
-        raise DatasetError(f"{name} is not a tensorflow-datasets dataset. {_how_to_provide(name)}")
+        raise DatasetError(f"{name} is not a tensorflow-datasets dataset. {how_to_provide(name)}")
     try:
         import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
     except ImportError as error:
         raise DatasetError(
             f"tensorflow-datasets is not installed, so {name} can only come from local "
-            f"files. {_how_to_provide(name)}"
+            f"files. {how_to_provide(name)}"
         ) from error
 
     # Resolved per call (tfds reads $TFDS_DATA_DIR only when it is imported).
@@ -715,13 +503,13 @@ def _load_tfds(name: str, split: str, data_dir: Path | None) -> ArrayDataset:
     except Exception as error:  # tfds raises many types; none should escape raw.
         raise DatasetError(
             f"tensorflow-datasets cannot open {spec.tfds_name!r} in {root} "
-            f"({type(error).__name__}: {error}). {_how_to_provide(name)}"
+            f"({type(error).__name__}: {error}). {how_to_provide(name)}"
         ) from error
     if not prepared:
         raise DatasetError(
             f"{name} is not prepared locally: tensorflow-datasets has no {spec.tfds_name!r} in "
             f"{root}, and this code never downloads (this machine may have no internet). "
-            + _how_to_provide(name)
+            + how_to_provide(name)
         )
     if split not in builder.info.splits:
         raise DatasetError(
@@ -737,9 +525,9 @@ def _load_tfds(name: str, split: str, data_dir: Path | None) -> ArrayDataset:
     except Exception as error:
         raise DatasetError(
             f"cannot read {split!r} of {builder.data_dir} ({type(error).__name__}: {error}); "
-            f"prepare it again. {_how_to_provide(name)}"
+            f"prepare it again. {how_to_provide(name)}"
         ) from error
-    return _array_dataset(name, split, images, labels, source=str(builder.data_dir))
+    return array_dataset(name, split, images, labels, source=str(builder.data_dir))
 
 
 def _tfds_records(builder, split: str) -> list[Mapping[str, np.ndarray]]:
@@ -753,37 +541,39 @@ def _tfds_records(builder, split: str) -> list[Mapping[str, np.ndarray]]:
         return [
             features.deserialize_example_np(record)
             for shard in builder.info.splits[split].filepaths
-            for record in _read_tfrecord(Path(shard))
+            for record in read_tfrecord(Path(shard))
         ]
     source = builder.as_data_source(split=split)
     return list(source.__getitems__(range(len(source))))
 
 
-def _read_tfrecord(file: Path) -> list[bytes]:
-    """The records of an uncompressed TFRecord file.
+def read_tfrecord(file: Path, allow_truncated: bool = False) -> list[bytes]:
+    """The records of an uncompressed TFRecord file (tfds shards, TensorBoard events).
 
     Each record is: uint64 length, uint32 CRC of the length, the data, uint32
     CRC of the data (little-endian).  The CRCs (crc32c, not in the standard
-    library) are not checked; a truncated file is still detected.
+    library) are not checked.  A truncated file is an error, or with
+    ``allow_truncated`` (a file still being written) ends at its last whole
+    record.
     """
     raw = file.read_bytes()
     records, offset = [], 0
     while offset < len(raw):
-        if offset + 12 > len(raw):
-            raise DatasetError(f"{file}: truncated TFRecord header at byte {offset}")
-        (length,) = struct.unpack_from("<Q", raw, offset)
-        start, end = offset + 12, offset + 12 + length
-        if end + 4 > len(raw):
-            raise DatasetError(f"{file}: truncated TFRecord of {length} bytes at byte {offset}")
-        records.append(raw[start:end])
-        offset = end + 4
+        length = struct.unpack_from("<Q", raw, offset)[0] if offset + 12 <= len(raw) else None
+        if length is None or offset + 16 + length > len(raw):
+            if allow_truncated:
+                break
+            what = "header" if length is None else f"TFRecord of {length} bytes"
+            raise DatasetError(f"{file}: truncated {what} at byte {offset}")
+        records.append(raw[offset + 12:offset + 12 + length])
+        offset += 16 + length
     return records
 
 
 # ----- cache -----------------------------------------------------------------
 
 
-def _cache_file(cache_dir: Path, name: str, split: str, data_dir: str | os.PathLike | None) -> Path:
+def cache_path(cache_dir: Path, name: str, split: str, data_dir: str | os.PathLike | None) -> Path:
     """Where the arrays of (name, split, data_dir) are cached.
 
     The key includes the size and modification time of data_dir, so replacing
@@ -799,7 +589,8 @@ def _cache_file(cache_dir: Path, name: str, split: str, data_dir: str | os.PathL
     return cache_dir.expanduser() / f"{name}-{split}-{digest}.npz"
 
 
-def _write_cache(dataset: ArrayDataset, cache_file: Path) -> None:
+def write_cache(dataset: ArrayDataset, cache_file: Path) -> None:
+    """Stores `dataset`'s arrays in `cache_file` (a .npz), for :func:`read_cache`."""
     cache_file.parent.mkdir(parents=True, exist_ok=True)
     # Write then rename, so an interrupted run never leaves half a cache file.
     partial = cache_file.with_suffix(".partial.npz")
@@ -815,7 +606,8 @@ def _write_cache(dataset: ArrayDataset, cache_file: Path) -> None:
     _log.info("cached %s (%d images) in %s", dataset.name, len(dataset.labels), cache_file)
 
 
-def _read_cache(cache_file: Path) -> ArrayDataset:
+def read_cache(cache_file: Path) -> ArrayDataset:
+    """The dataset that :func:`write_cache` stored in `cache_file`."""
     try:
         with np.load(cache_file, allow_pickle=False) as arrays:
             return ArrayDataset(
@@ -829,277 +621,3 @@ def _read_cache(cache_file: Path) -> ArrayDataset:
         raise DatasetError(
             f"the cache file {cache_file} is corrupt ({error}); delete it"
         ) from error
-
-
-# --------------------------------------------------------------------------
-# Splits.
-# --------------------------------------------------------------------------
-
-
-def _take(dataset: ArrayDataset, indices: np.ndarray, name: str) -> ArrayDataset:
-    return dataset._replace(
-        images=dataset.images[indices], labels=dataset.labels[indices], name=name
-    )
-
-
-def _check_seed(seed: int) -> None:
-    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
-        raise ValueError(f"seed must be an int >= 0, got seed={seed!r}")
-
-
-def search_split(dataset: ArrayDataset, seed: int = 0) -> tuple[ArrayDataset, ArrayDataset]:
-    """Divides a training set into a weights half and an architecture half.
-
-    XNAS (section 4) follows DARTS (section 3.1): the network weights train on
-    one half of the training images and the architecture weights on the other
-    half.  The halves are a random permutation of the examples cut in two
-    (an image folder is sorted by class, so cutting it in order would not do);
-    each half keeps the original order of its examples.
-
-    Args:
-      dataset: the training set, at least 2 examples.
-      seed: selects the permutation; the same seed gives the same halves.
-
-    Returns:
-      ``(weights_half, arch_half)``: disjoint, together all examples, sizes
-      ``ceil(N/2)`` and ``floor(N/2)``.
-    """
-    _check_seed(seed)
-    n = len(dataset.labels)
-    if n < 2:
-        raise ValueError(f"search_split needs at least 2 examples, {dataset.name} has {n}")
-    order = np.random.default_rng(seed).permutation(n)
-    half = (n + 1) // 2
-    return (
-        _take(dataset, np.sort(order[:half]), f"{dataset.name}[search-weights]"),
-        _take(dataset, np.sort(order[half:]), f"{dataset.name}[search-arch]"),
-    )
-
-
-def subset(dataset: ArrayDataset, max_examples: int, seed: int = 0) -> ArrayDataset:
-    """At most `max_examples` examples of `dataset`, drawn at random, for quick runs.
-
-    Args:
-      dataset: any dataset.
-      max_examples: the size of the subset, >= 1; a dataset that is not larger
-        comes back unchanged.
-      seed: selects the examples; they keep their original order.
-
-    Returns:
-      The subset.
-    """
-    _check_seed(seed)
-    if not isinstance(max_examples, (int, np.integer)) or max_examples < 1:
-        raise ValueError(f"max_examples must be an int >= 1, got max_examples={max_examples!r}")
-    n = len(dataset.labels)
-    if max_examples >= n:
-        return dataset
-    chosen = np.sort(np.random.default_rng(seed).choice(n, size=max_examples, replace=False))
-    return _take(dataset, chosen, f"{dataset.name}[:{max_examples}]")
-
-
-def downsample(dataset: ArrayDataset, factor: int) -> ArrayDataset:
-    """The images with each ``factor x factor`` block of pixels averaged (rounded).
-
-    For CPU proxies of a search: a 32x32 dataset at factor 2 costs a quarter
-    of the pixels.  Factor 1 returns the dataset unchanged.
-
-    Raises:
-      ValueError: if ``factor`` is not a positive integer dividing the image size.
-    """
-    if isinstance(factor, bool) or not isinstance(factor, (int, np.integer)) or factor < 1:
-        raise ValueError(f"the downsampling factor must be an integer >= 1, got {factor!r}")
-    if factor == 1:
-        return dataset
-    n, height, width, channels = dataset.images.shape
-    if height % factor or width % factor:
-        raise ValueError(
-            f"cannot downsample {height}x{width} images by {factor}: the factor must divide both "
-            "sides"
-        )
-    blocks = dataset.images.reshape(n, height // factor, factor, width // factor, factor, channels)
-    images = np.round(blocks.mean(axis=(2, 4), dtype=np.float32)).astype(np.uint8)
-    return dataset._replace(images=images, name=f"{dataset.name}[/{factor}]")
-
-
-# --------------------------------------------------------------------------
-# Data order.
-# --------------------------------------------------------------------------
-
-
-def epoch_permutation(seed: int, epoch: int, n: int) -> np.ndarray:
-    """The order of the n examples in one epoch, a pure function of (seed, epoch).
-
-    A run resumed at any epoch therefore sees the batches it would have seen.
-
-    Args:
-      seed: the run's data seed, >= 0.
-      epoch: the epoch number, >= 0.
-      n: the number of examples, >= 0.
-
-    Returns:
-      A permutation of ``range(n)``, int64 array of shape (n,).
-    """
-    for arg, value in (("seed", seed), ("epoch", epoch), ("n", n)):
-        if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 0:
-            raise ValueError(f"{arg} must be an int >= 0, got {arg}={value!r}")
-    return np.random.default_rng([int(seed), int(epoch)]).permutation(n)
-
-
-def batch_indices(permutation: np.ndarray, batch_size: int) -> np.ndarray:
-    """Cuts an epoch's order into full batches, dropping the remainder.
-
-    Full batches keep the step's shapes static, so it compiles once.
-
-    Args:
-      permutation: the example order, shape (n,).
-      batch_size: examples per batch, 1 <= batch_size <= n.
-
-    Returns:
-      Array of shape (n // batch_size, batch_size): row s indexes step s's batch.
-    """
-    permutation = np.asarray(permutation)
-    if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-        raise ValueError(f"batch_size must be an int >= 1, got batch_size={batch_size!r}")
-    steps = len(permutation) // batch_size
-    if steps == 0:
-        raise ValueError(
-            f"batch_size={batch_size} exceeds the {len(permutation)} examples: no full batch"
-        )
-    return permutation[: steps * batch_size].reshape(steps, batch_size)
-
-
-# --------------------------------------------------------------------------
-# On the accelerator.
-# --------------------------------------------------------------------------
-
-
-class DeviceData(NamedTuple):
-    """A dataset held on the accelerator, gathered from by index inside jit.
-
-    Pass it to the jitted step as an argument: a jitted function that closes
-    over it would embed the whole dataset in the compiled program as a
-    constant.
-    """
-
-    images: jax.Array  # shape=(N, H, W, C), dtype=jnp.uint8.
-    labels: jax.Array  # shape=(N,), dtype=jnp.int32.
-
-    def batch(self, indices: jax.Array) -> dict[str, jax.Array]:
-        """The examples at `indices` (shape (B,)) as ``{"image", "label"}``, on the device."""
-        # Indices come from batch_indices and are in range; "clip" is the
-        # cheapest mode that still gives defined results if they were not.
-        return {
-            "image": jnp.take(self.images, indices, axis=0, mode="clip"),
-            "label": jnp.take(self.labels, indices, axis=0, mode="clip"),
-        }
-
-
-def to_device(
-    dataset: ArrayDataset, device: jax.Device | jax.sharding.Sharding | None = None
-) -> DeviceData:
-    """Copies a dataset's uint8 images and labels to the accelerator, once.
-
-    Args:
-      dataset: the dataset.
-      device: where to put it (default: JAX's default device).
-
-    Returns:
-      The :class:`DeviceData`; uint8 keeps it 4x smaller than float32.
-    """
-    return DeviceData(
-        jax.device_put(dataset.images, device), jax.device_put(dataset.labels, device)
-    )
-
-
-def normalize(
-    images: jax.Array, mean: jax.typing.ArrayLike, std: jax.typing.ArrayLike
-) -> jax.Array:
-    """uint8 pixels to float32 ``(x / 255 - mean) / std``, per channel.
-
-    Args:
-      images: uint8 array (..., H, W, C).
-      mean: per-channel mean in [0, 1] units, shape (C,) (see :func:`channel_stats`).
-      std: per-channel standard deviation in [0, 1] units, shape (C,), > 0.
-
-    Returns:
-      float32 array of the shape of `images`.
-    """
-    mean = jnp.asarray(mean, jnp.float32)
-    std = jnp.asarray(std, jnp.float32)
-    for arg, value in (("mean", mean), ("std", std)):
-        if value.ndim > 1 or value.size not in (1, images.shape[-1]):
-            raise ValueError(
-                f"{arg} must have one value per channel ({images.shape[-1]}), "
-                f"got shape {value.shape}"
-            )
-    return (images.astype(jnp.float32) / 255.0 - mean) / std
-
-
-def augment(key: jax.Array, images: jax.Array, pad: int = 4, flip: bool = True) -> jax.Array:
-    """Random crop after zero padding, and random horizontal flip, per image.
-
-    The standard CIFAR augmentation of DARTS and XNAS: pad each side by `pad`
-    zeros, crop back to (H, W) at a uniform random offset, mirror with
-    probability 1/2.  Apply it to the uint8 images before :func:`normalize`,
-    so that the padding is black as in the papers (padding after normalizing
-    would be the mean color).  Shapes are static, so it runs inside jit;
-    `pad` and `flip` are Python values.
-
-    Args:
-      key: PRNG key; the same key gives the same crops and flips.
-      images: array (B, H, W, C), any dtype.
-      pad: zero padding on each side, >= 0 (0: no crop).
-      flip: whether to mirror half of the images.
-
-    Returns:
-      Array like `images`.
-    """
-    if not isinstance(pad, int) or pad < 0:
-        raise ValueError(f"pad must be an int >= 0, got pad={pad!r}")
-    batch, height, width, channels = images.shape
-    crop_key, flip_key = jax.random.split(key)
-    if pad:
-        padded = jnp.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
-        offsets = jax.random.randint(crop_key, (batch, 2), 0, 2 * pad + 1)
-
-        def crop(image: jax.Array, offset: jax.Array) -> jax.Array:
-            return lax.dynamic_slice(image, (offset[0], offset[1], 0), (height, width, channels))
-
-        images = jax.vmap(crop)(padded, offsets)
-    if flip:
-        mirrored = jax.random.bernoulli(flip_key, 0.5, (batch,))
-        images = jnp.where(mirrored[:, None, None, None], images[:, :, ::-1, :], images)
-    return images
-
-
-def cutout(key: jax.Array, images: jax.Array, size: int) -> jax.Array:
-    """Zeroes a random `size` x `size` square of each image (DeVries & Taylor, 2017).
-
-    As in the DARTS/XNAS evaluation training: the square's center is uniform
-    over the image and the square is clipped at the borders.  Apply it after
-    :func:`normalize` (zero is then the mean color, as in those codebases).
-
-    Args:
-      key: PRNG key.
-      images: array (B, H, W, C), any dtype.
-      size: side of the square, >= 0 (0: no cutout).
-
-    Returns:
-      Array like `images`.
-    """
-    if not isinstance(size, int) or size < 0:
-        raise ValueError(f"size must be an int >= 0, got size={size!r}")
-    if not size:
-        return images
-    batch, height, width, _ = images.shape
-    y_key, x_key = jax.random.split(key)
-    center_y = jax.random.randint(y_key, (batch, 1, 1), 0, height)
-    center_x = jax.random.randint(x_key, (batch, 1, 1), 0, width)
-    rows = jnp.arange(height)[None, :, None]
-    cols = jnp.arange(width)[None, None, :]
-    inside = (
-        (rows >= center_y - size // 2) & (rows < center_y + size // 2)
-        & (cols >= center_x - size // 2) & (cols < center_x + size // 2)
-    )
-    return jnp.where(inside[..., None], jnp.zeros((), images.dtype), images)

@@ -1,0 +1,263 @@
+"""The run harness (xnas_jax.runs): run folders, resume, stop requests, TensorBoard,
+checkpoint integrity, and the one configuration path of both command lines."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import signal
+from pathlib import Path
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from conftest import TINY_SEARCH as SEARCH, TINY_TRAIN as TRAIN, assert_usage_error
+from xnas_jax import configs, genotypes, runs, search, train
+from xnas_jax.checkpointing import CheckpointError, Checkpointer
+from xnas_jax.data import specs
+
+def call(main, argv) -> int:
+    try:
+        code = main(argv)
+    except SystemExit as exit_:
+        code = exit_.code
+    return 0 if code is None else code
+
+
+def state_at(run_dir: Path, step: int):
+    return ocp.StandardCheckpointer().restore(run_dir / runs.CHECKPOINT_DIR / str(step) / "state")
+
+
+def assert_same_states(a, b) -> None:
+    assert jax.tree.structure(a) == jax.tree.structure(b)
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+        np.testing.assert_array_equal(x, y)
+
+
+# ------------------------------------------------------------------ run folders
+
+
+def test_default_folders_never_collide_and_latest_follows(tmp_path):
+    root = tmp_path / "runs"
+    first = runs.locate_run(None, root, resume=False)
+    made = [runs.Run(first, kind="t", config={}, fingerprint={}, runs_root=root, resume=False,
+                     keep_checkpoints=1, fresh=True) for _ in range(2)]
+    for run in made:
+        run.close()
+    assert made[0].directory != made[1].directory  # the same second: a suffix
+    assert made[1].directory.name == made[0].directory.name + "-2"
+    assert (root / runs.LATEST).resolve() == made[1].directory
+    assert json.loads((made[0].directory / runs.CONFIG_FILE).read_text())["kind"] == "t"
+
+
+def test_locate_refuses_reuse_and_resumes_the_newest_unfinished(tmp_path):
+    root = tmp_path / "runs"
+    with pytest.raises(runs.RunError, match="no unfinished run"):
+        runs.locate_run(None, root, resume=True)
+    old, new, done = (root / name for name in ("20260101-000000", "20260102-000000",
+                                                "20260103-000000"))
+    for directory, state in ((old, "interrupted"), (new, "interrupted"), (done, "finished")):
+        directory.mkdir(parents=True)
+        (directory / runs.STATUS_FILE).write_text(json.dumps({"state": state}))
+    assert runs.locate_run(None, root, resume=True) == new
+    with pytest.raises(runs.RunError, match="finished run.*--resume"):
+        runs.locate_run(done, root, resume=False)
+    with pytest.raises(runs.RunError, match="--resume"):
+        runs.locate_run(old, root, resume=False)
+    assert runs.locate_run(done, root, resume=True) == done  # reopened on request
+    assert runs.locate_run(tmp_path / "fresh", root, resume=False) == tmp_path / "fresh"
+    assert not (tmp_path / "fresh").exists()  # nothing created before the data loads
+
+
+@pytest.mark.slow
+def test_readme_search_command_runs_twice(tmp_path, monkeypatch, compilation_cache):
+    """`python -m xnas_jax.search` twice in the same place: two runs, no error."""
+    monkeypatch.chdir(tmp_path)
+    for _ in range(2):
+        assert call(search.main, SEARCH + compilation_cache) == 0
+    folders = sorted(p for p in (tmp_path / "runs" / "search").iterdir() if not p.is_symlink())
+    assert len(folders) == 2
+    assert (tmp_path / "runs" / "search" / runs.LATEST).resolve() == folders[-1]
+    for folder in folders:
+        assert runs.run_state(folder) == "finished"
+        assert (folder / "genotype.json").is_file()
+    # Both ran the same search.
+    assert_same_states(state_at(folders[0], 6), state_at(folders[1], 6))
+
+
+def test_a_failed_data_load_leaves_no_folder(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    code = call(search.main, SEARCH + ["--dataset", "cifar10", "--layers", "3",
+                                       "--data-dir", str(tmp_path / "nowhere")])
+    assert_usage_error(code, capsys.readouterr().err, "nowhere")
+    assert not (tmp_path / "runs").exists()
+
+
+# ------------------------------------------------------------------ outputs
+
+
+@pytest.fixture(scope="module")
+def search_run(tiny_search):
+    return tiny_search
+
+
+@pytest.fixture(scope="module")
+def train_run(tiny_train):
+    return tiny_train
+
+
+def test_both_runs_write_config_and_tensorboard_scalars(search_run, train_run):
+    for run_dir, kind in ((search_run, "search"), (train_run, "train")):
+        written = json.loads((run_dir / runs.CONFIG_FILE).read_text())
+        assert written["kind"] == kind and written["config"]["channels"] == 4
+        assert written["versions"]["jax"] == jax.__version__
+        # The saved config is a --config file: the same settings come back.
+        module = search if kind == "search" else train
+        again, _ = module.parse_args(["--config", str(run_dir / runs.CONFIG_FILE)])
+        assert configs.fingerprint(again) == {
+            k: v for k, v in written["config"].items() if k not in configs.VOLATILE}
+    log = runs.read_log(search_run)
+    scalars = runs.read_scalars(search_run)
+    assert scalars["epoch/val_accuracy"] == [
+        (r["step"], pytest.approx(r["val_accuracy"], rel=1e-6)) for r in log]
+    assert [s for s, _ in scalars["step/train_loss"]] == [3, 6]  # each epoch's last step
+    log = runs.read_log(train_run)
+    scalars = runs.read_scalars(train_run)
+    assert scalars["epoch/test_accuracy"] == [
+        (r["step"], pytest.approx(r["test_accuracy"], rel=1e-6)) for r in log]
+    assert [s for s, _ in scalars["step/loss"]] == [8, 16, 24]
+
+
+def test_training_stopped_by_sigterm_resumes_bit_identically(train_run, compilation_cache,
+                                                            tmp_path, monkeypatch, capsys):
+    out = tmp_path / "stopped"
+    calls = {"n": 0}
+    original = train._train_epoch
+
+    def stepping_epoch(p_train_step, *args, **kwargs):
+        def step(state, batch):
+            calls["n"] += 1
+            if calls["n"] == 5:  # mid-epoch: SIGTERM while the 5th step runs
+                os.kill(os.getpid(), signal.SIGTERM)
+            return p_train_step(state, batch)
+
+        return original(step, *args, **kwargs)
+
+    monkeypatch.setattr(train, "_train_epoch", stepping_epoch)
+    assert call(train.main, TRAIN + compilation_cache + ["--out-dir", str(out)]) == 130
+    assert "--resume" in capsys.readouterr().err
+    assert [p.name for p in (out / runs.CHECKPOINT_DIR).iterdir() if p.name.isdigit()] == ["5"]
+    assert runs.run_state(out) == "interrupted"
+    monkeypatch.setattr(train, "_train_epoch", original)
+    assert call(train.main, TRAIN + compilation_cache + ["--resume", "--out-dir", str(out)]) == 0
+    assert_same_states(state_at(train_run, 24), state_at(out, 24))
+    for got, expected in zip(runs.read_log(out), runs.read_log(train_run), strict=True):
+        for key in ("step", "train_loss", "train_accuracy", "test_loss", "test_accuracy"):
+            assert got[key] == expected[key], key  # the interrupted epoch's sums included
+    assert runs.read_scalars(out)["epoch/test_accuracy"] == runs.read_scalars(
+        train_run)["epoch/test_accuracy"]
+
+
+def _flip_bytes(checkpoint: Path, count: int = 64) -> Path:
+    """Flips ``count`` bytes in the middle of the checkpoint's largest array file."""
+    files = [p for p in (checkpoint / "state").rglob("*") if p.is_file()]
+    target = max(files, key=lambda p: p.stat().st_size)
+    data = bytearray(target.read_bytes())
+    middle = len(data) // 2
+    for i in range(middle, middle + count):
+        data[i] ^= 0xFF
+    target.write_bytes(bytes(data))
+    return target
+
+
+@pytest.mark.parametrize("kind", ["search", "train"])
+def test_a_corrupt_checkpoint_is_detected_and_skipped(kind, search_run, train_run,
+                                                      compilation_cache, tmp_path, capsys):
+    source, main, flags, steps = {
+        "search": (search_run, search.main, SEARCH, (3, 6)),
+        "train": (train_run, train.main, TRAIN, (16, 24)),
+    }[kind]
+    copy = tmp_path / "copy"
+    shutil.copytree(source, copy)
+    _flip_bytes(copy / runs.CHECKPOINT_DIR / str(steps[1]))
+    capsys.readouterr()
+    assert call(main, flags + compilation_cache + ["--resume", "--out-dir", str(copy)]) == 0
+    out = capsys.readouterr().out
+    assert f"checkpoint {str(copy / runs.CHECKPOINT_DIR / str(steps[1]))!r} is corrupt" in out
+    assert f"resuming from step {steps[0]}" in out
+    assert (copy / "corrupt" / str(steps[1])).is_dir()  # moved aside, not deleted
+    assert_same_states(state_at(source, steps[1]), state_at(copy, steps[1]))
+
+
+def test_every_checkpoint_corrupt_means_starting_over_and_saying_so(tmp_path):
+    tree = {"w": np.arange(4096, dtype=np.float32)}
+    with Checkpointer(tmp_path / "c", fingerprint={"a": 1}) as checkpoints:
+        checkpoints.save(3, tree)
+        checkpoints.save(6, tree)
+    for step in (3, 6):
+        _flip_bytes(tmp_path / "c" / str(step))
+    said = []
+    with Checkpointer(tmp_path / "c", fingerprint={"a": 1}, resume=True,
+                      tolerate_corrupt=True) as checkpoints:
+        assert checkpoints.restore_latest_good(tree, log=said.append) is None
+    assert sorted(p.name for p in (tmp_path / "corrupt").iterdir()) == ["3", "6"]
+    assert "resuming from step 3" in said[0] and "starting over" in said[1]
+
+
+def test_checksums_catch_bytes_that_still_decode(tmp_path):
+    tree = {"w": np.arange(12, dtype=np.float32).reshape(3, 4)}
+    with Checkpointer(tmp_path / "c", fingerprint={}) as checkpoints:
+        checkpoints.save(1, tree)
+    record = tmp_path / "c" / "1" / "metadata" / "metadata"
+    saved = json.loads(record.read_text())
+    saved["checksums"]["['w']"] = "0" * 64  # as if the array's bytes had changed
+    record.write_text(json.dumps(saved))
+    with Checkpointer(tmp_path / "c", fingerprint={}, resume=True) as checkpoints:
+        with pytest.raises(CheckpointError, match=r"array \['w'\] does not match"):
+            checkpoints.restore_latest(tree)
+
+
+# ------------------------------------------------------------------ one configuration path
+
+
+def test_flips_agree_between_search_and_training_for_every_dataset():
+    expected = {"cifar10": True, "cifar100": True, "image_folder": True, "digits": False,
+                "mnist": False, "fashion_mnist": False, "svhn_cropped": False}
+    assert set(expected) == set(specs.DATASETS)
+    for name, flip in expected.items():
+        searched = configs.SearchConfig(dataset=name).resolved().flip
+        trained = train.resolve_setup(configs.TrainConfig(dataset=name), (32, 32, 3), 10,
+                                      genotypes.get_genotype("XNAS")).flip
+        assert searched == trained == flip, name
+
+
+def test_both_command_lines_share_names_help_and_defaults(capsys):
+    search_flags = {a.dest: a for a in search.parser()._actions}
+    train_flags = {a.dest: a for a in train.parser()._actions}
+    shared = {f.name for f in dataclasses.fields(configs.SearchConfig)} & {
+        f.name for f in dataclasses.fields(configs.TrainConfig)}
+    assert {"max_train_examples", "learning_rate_min", "cache_dir", "keep_checkpoints",
+            "out_dir", "resume", "compilation_cache"} <= shared
+    for name in shared:
+        a, b = search_flags[name], train_flags[name]
+        assert a.option_strings == b.option_strings, name
+        assert a.help.split(" (default:")[0] == b.help.split(" (default:")[0], name
+    for flags in (search_flags, train_flags):
+        for action in flags.values():
+            if action.help and action.dest != "help":
+                assert action.help.count("(default") <= 1, action.option_strings
+
+
+def test_config_file_with_flag_overrides(tmp_path, capsys):
+    path = tmp_path / "search.yaml"
+    path.write_text("epochs: 3\nchannels: 6\nops: [skip_connect, max_pool_3x3]\n")
+    config, _ = search.parse_args(["--config", str(path), "--channels", "5"])
+    assert (config.epochs, config.channels, config.ops) == (
+        3, 5, ("skip_connect", "max_pool_3x3"))
+    path.write_text('{"epochs": 3, "chanels": 6}')
+    code = call(search.main, ["--config", str(path)])
+    assert_usage_error(code, capsys.readouterr().err, "chanels")

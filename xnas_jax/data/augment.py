@@ -1,0 +1,156 @@
+"""On the accelerator: a dataset held as uint8 arrays, and the augmentation of its batches.
+
+:func:`to_device` puts the uint8 arrays on the accelerator once; inside the
+jitted step a batch is gathered by index (:meth:`DeviceData.batch`),
+augmented (:func:`augment`, :func:`cutout`) and normalized (:func:`normalize`).
+AutoAugment's policy is in :mod:`xnas_jax.data.autoaugment`.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from xnas_jax.data.specs import ArrayDataset
+
+__all__ = [
+    "DeviceData",
+    "augment",
+    "cutout",
+    "normalize",
+    "to_device",
+]
+
+
+class DeviceData(NamedTuple):
+    """A dataset held on the accelerator, gathered from by index inside jit.
+
+    Pass it to the jitted step as an argument: a jitted function that closes
+    over it would embed the whole dataset in the compiled program as a
+    constant.
+    """
+
+    images: jax.Array  # shape=(N, H, W, C), dtype=jnp.uint8.
+    labels: jax.Array  # shape=(N,), dtype=jnp.int32.
+
+    def batch(self, indices: jax.Array) -> dict[str, jax.Array]:
+        """The examples at `indices` (shape (B,)) as ``{"image", "label"}``, on the device."""
+        # Indices come from batch_indices and are in range; "clip" is the
+        # cheapest mode that still gives defined results if they were not.
+        return {
+            "image": jnp.take(self.images, indices, axis=0, mode="clip"),
+            "label": jnp.take(self.labels, indices, axis=0, mode="clip"),
+        }
+
+
+def to_device(
+    dataset: ArrayDataset, device: jax.Device | jax.sharding.Sharding | None = None
+) -> DeviceData:
+    """Copies a dataset's uint8 images and labels to the accelerator, once.
+
+    Args:
+      dataset: the dataset.
+      device: where to put it (default: JAX's default device).
+
+    Returns:
+      The :class:`DeviceData`; uint8 keeps it 4x smaller than float32.
+    """
+    return DeviceData(
+        jax.device_put(dataset.images, device), jax.device_put(dataset.labels, device)
+    )
+
+
+def normalize(
+    images: jax.Array, mean: jax.typing.ArrayLike, std: jax.typing.ArrayLike
+) -> jax.Array:
+    """uint8 pixels to float32 ``(x / 255 - mean) / std``, per channel.
+
+    Args:
+      images: uint8 array (..., H, W, C).
+      mean: per-channel mean in [0, 1] units, shape (C,) (see :func:`channel_stats`).
+      std: per-channel standard deviation in [0, 1] units, shape (C,), > 0.
+
+    Returns:
+      float32 array of the shape of `images`.
+    """
+    mean = jnp.asarray(mean, jnp.float32)
+    std = jnp.asarray(std, jnp.float32)
+    for arg, value in (("mean", mean), ("std", std)):
+        if value.ndim > 1 or value.size not in (1, images.shape[-1]):
+            raise ValueError(
+                f"{arg} must have one value per channel ({images.shape[-1]}), "
+                f"got shape {value.shape}"
+            )
+    return (images.astype(jnp.float32) / 255.0 - mean) / std
+
+
+def augment(key: jax.Array, images: jax.Array, pad: int = 4, flip: bool = True) -> jax.Array:
+    """Random crop after zero padding, and random horizontal flip, per image.
+
+    The standard CIFAR augmentation of DARTS and XNAS: pad each side by `pad`
+    zeros, crop back to (H, W) at a uniform random offset, mirror with
+    probability 1/2.  Apply it to the uint8 images before :func:`normalize`,
+    so that the padding is black as in the papers (padding after normalizing
+    would be the mean color).  Shapes are static, so it runs inside jit;
+    `pad` and `flip` are Python values.
+
+    Args:
+      key: PRNG key; the same key gives the same crops and flips.
+      images: array (B, H, W, C), any dtype.
+      pad: zero padding on each side, >= 0 (0: no crop).
+      flip: whether to mirror half of the images.
+
+    Returns:
+      Array like `images`.
+    """
+    if not isinstance(pad, int) or pad < 0:
+        raise ValueError(f"pad must be an int >= 0, got pad={pad!r}")
+    batch, height, width, channels = images.shape
+    crop_key, flip_key = jax.random.split(key)
+    if pad:
+        padded = jnp.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+        offsets = jax.random.randint(crop_key, (batch, 2), 0, 2 * pad + 1)
+
+        def crop(image: jax.Array, offset: jax.Array) -> jax.Array:
+            return lax.dynamic_slice(image, (offset[0], offset[1], 0), (height, width, channels))
+
+        images = jax.vmap(crop)(padded, offsets)
+    if flip:
+        mirrored = jax.random.bernoulli(flip_key, 0.5, (batch,))
+        images = jnp.where(mirrored[:, None, None, None], images[:, :, ::-1, :], images)
+    return images
+
+
+def cutout(key: jax.Array, images: jax.Array, size: int) -> jax.Array:
+    """Zeroes a random `size` x `size` square of each image (DeVries & Taylor, 2017).
+
+    As in the DARTS/XNAS evaluation training: the square's center is uniform
+    over the image and the square is clipped at the borders.  Apply it after
+    :func:`normalize` (zero is then the mean color, as in those codebases).
+
+    Args:
+      key: PRNG key.
+      images: array (B, H, W, C), any dtype.
+      size: side of the square, >= 0 (0: no cutout).
+
+    Returns:
+      Array like `images`.
+    """
+    if not isinstance(size, int) or size < 0:
+        raise ValueError(f"size must be an int >= 0, got size={size!r}")
+    if not size:
+        return images
+    batch, height, width, _ = images.shape
+    y_key, x_key = jax.random.split(key)
+    center_y = jax.random.randint(y_key, (batch, 1, 1), 0, height)
+    center_x = jax.random.randint(x_key, (batch, 1, 1), 0, width)
+    rows = jnp.arange(height)[None, :, None]
+    cols = jnp.arange(width)[None, None, :]
+    inside = (
+        (rows >= center_y - size // 2) & (rows < center_y + size // 2)
+        & (cols >= center_x - size // 2) & (cols < center_x + size // 2)
+    )
+    return jnp.where(inside[..., None], jnp.zeros((), images.dtype), images)
