@@ -154,6 +154,11 @@ def test_interrupt_saves_and_resumes(tiny_search, compilation_cache, tmp_path, m
     assert code == 0, err
     assert f"resuming at step {saved_step}" in out
     assert (out_dir / "genotype.json").read_text() == (tiny_search / "genotype.json").read_text()
+    timing = {"seconds", "compile_seconds_total", "images_per_second"}
+    for got, expected in zip(read_log(out_dir), read_log(tiny_search), strict=True):
+        # The metrics of the steps before the stop were saved with the checkpoint.
+        assert {k: v for k, v in got.items() if k not in timing} == {
+            k: v for k, v in expected.items() if k not in timing}
     for a, b in zip(jax.tree.leaves(final_state(tiny_search, 6)),
                     jax.tree.leaves(final_state(out_dir, 6))):
         np.testing.assert_array_equal(a, b)

@@ -242,8 +242,13 @@ def train_and_evaluate(config: SearchConfig) -> dict[str, Any]:
 
 def _search_loop(config: SearchConfig, data: SearchData, run: runs.Run, steps: _Steps,
                  state: SearchState, step: int) -> SearchState:
+    """The epochs from ``step`` on.  A stop saves the epoch's per-step metrics so far
+    with the checkpoint, so that a resumed epoch logs what an uninterrupted one does."""
     base_key = prng_key(config.seed + 1)
     steps_per_epoch = data.steps_per_epoch
+    per_step: list[dict[str, Any]] = []  # this epoch's metrics (device arrays until read)
+    if step % steps_per_epoch:
+        per_step = list(run.checkpoints.metadata(step).get("partial_steps") or [])
     try:
         for epoch in range(step // steps_per_epoch, config.epochs):
             weight_order = order.batch_indices(
@@ -254,9 +259,10 @@ def _search_loop(config: SearchConfig, data: SearchData, run: runs.Run, steps: _
                 config.batch_size)
             step_fn, computed = steps(
                 state, (data.weights, data.arch, weight_order[0], arch_order[0], base_key))
-            per_step: list[dict[str, Any]] = []  # device arrays: read once per epoch
             started = time.perf_counter()
             first = step - epoch * steps_per_epoch
+            if len(per_step) != first:  # the metrics of a resumed epoch's first steps
+                per_step = []
             bar = run.progress(steps_per_epoch, first, f"epoch {epoch + 1}/{config.epochs}")
             try:
                 for i in range(first, steps_per_epoch):
@@ -272,9 +278,12 @@ def _search_loop(config: SearchConfig, data: SearchData, run: runs.Run, steps: _
             finally:
                 bar.close()
             per_step = jax.device_get(per_step)
-            record = _epoch_record(config, epoch + 1, step, state, per_step, computed,
-                                   time.perf_counter() - started, steps.compile_seconds,
-                                   run.records)
+            seconds = time.perf_counter() - started
+            record = _epoch_record(config, epoch + 1, step, state, per_step, computed, seconds,
+                                   steps.compile_seconds, run.records)
+            # The images of this process's steps only (a resumed epoch ran fewer).
+            record["images_per_second"] = (2 * config.batch_size * (steps_per_epoch - first)
+                                           / max(seconds, 1e-9))
             for offset, metrics in enumerate(per_step):
                 at = step - len(per_step) + offset + 1
                 if at % config.log_every == 0 or at == step:
@@ -285,15 +294,20 @@ def _search_loop(config: SearchConfig, data: SearchData, run: runs.Run, steps: _
             run.save(step, state, {"epoch": epoch + 1})
             run.log(record)
             run.print(_epoch_line(record))
+            per_step = []
     except (KeyboardInterrupt, runs.StopRequested):
-        run.stop(step, state, {"epoch": step / steps_per_epoch})
+        partial = [{k: float(v) for k, v in m.items()} for m in jax.device_get(per_step)]
+        run.stop(step, state, {"epoch": step / steps_per_epoch, "partial_steps": partial})
     return state
 
 
 def _epoch_record(config, epoch, step, state: SearchState, per_step, computed, seconds,
                   compile_seconds, previous):
     count = len(per_step)
-    means = {k: float(np.mean([m[k] for m in per_step])) for k in per_step[0]}
+    # float32 means, as the step computes its metrics (a resumed epoch's saved
+    # metrics come back as Python floats).
+    means = {k: float(np.mean(np.asarray([m[k] for m in per_step], np.float32)))
+             for k in per_step[0]}
     arch = {k: np.asarray(jax.device_get(v)) for k, v in state.arch.items()}
     rewards = {k: np.asarray(jax.device_get(v)) for k, v in state.rewards.items()}
     # The first step whose update wiped out an expert (of the whole search).
@@ -319,7 +333,6 @@ def _epoch_record(config, epoch, step, state: SearchState, per_step, computed, s
         "entropy": search_step.expert_weights_entropy(arch),
         "seconds": seconds,
         "compile_seconds_total": compile_seconds,
-        "images_per_second": 2 * config.batch_size * count / max(seconds, 1e-9),
         "genotype": genotypes.genotype_to_dict(_genotype(config, arch, rewards), config.ops),
         "selection_rule": selection["rule"],
         "arch": {k: np.round(v, 6).tolist() for k, v in arch.items()},
