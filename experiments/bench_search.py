@@ -43,10 +43,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from xnas_jax import cli, configs, genotypes, search, search_step
+from xnas_jax import cli, configs, genotypes, parallel, search, search_step
 from xnas_jax.data import augment
 from xnas_jax.kernels import DTYPES, dtype_from_name
-from xnas_jax.prng import prng_key
 from xnas_jax.supernet import SearchNetwork
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -179,6 +178,8 @@ class Config(NamedTuple):
     steps: int = 30
     repeats: int = 3
     single_trace: bool = False  # see search_step.make_search_step
+    seeds: int = 1  # searches in one program (a leading seed axis, vmapped)
+    devices: int = 1  # the seed x data mesh over this many devices
 
 
 def boolean(text: str) -> bool:
@@ -190,7 +191,8 @@ def boolean(text: str) -> bool:
 
 
 CONFIG_TYPES = {"preset": str, "batch": int, "dtype": str, "active_fraction": float,
-                "depthwise": str, "steps": int, "repeats": int, "single_trace": boolean}
+                "depthwise": str, "steps": int, "repeats": int, "single_trace": boolean,
+                "seeds": int, "devices": int}
 CHOICES = {"preset": sorted(PRESETS), "dtype": list(DTYPES),
            "depthwise": ["shifts", "conv"]}
 
@@ -215,8 +217,9 @@ def parse_config(text: str, defaults: Config) -> Config:
         if key in CHOICES and values[key] not in CHOICES[key]:
             raise ValueError(f"--config {text!r}: {key} must be one of {CHOICES[key]}")
     config = defaults._replace(**values)
-    if config.batch < 1 or config.steps < 1 or config.repeats < 1:
-        raise ValueError(f"--config {text!r}: batch, steps and repeats must be >= 1")
+    if min(config.batch, config.steps, config.repeats, config.seeds, config.devices) < 1:
+        raise ValueError(f"--config {text!r}: batch, steps, repeats, seeds and devices must "
+                         "be >= 1")
     if not 0 < config.active_fraction <= 1:
         raise ValueError(f"--config {text!r}: active_fraction must be in (0, 1]")
     return config
@@ -229,17 +232,23 @@ class Prepared(NamedTuple):
     experts: tuple[str, ...]
     lowered: Any
     state: search_step.SearchState
-    halves: list[augment.DeviceData]
-    order: jax.Array
-    key: jax.Array
+    data: augment.DeviceData
+    orders: list[tuple[jax.Array, jax.Array]]  # (S, B) weight and arch indices, 8 steps' worth
+    keys: jax.Array
     trace_s: float
-    init_s: float  # building the initial search state (its own compile included)
+    init_s: float  # building the initial search states (their own compile included)
 
 
 def prepare(config: Config, seed: int = 0) -> Prepared:
-    """Builds the search step of ``config`` exactly as the search does, and lowers it."""
+    """Builds the search step of ``config`` exactly as the search does, and lowers it.
+
+    Raises:
+      MeshError: more devices than there are, or a batch that does not split.
+    """
     spec = PRESETS[config.preset]
     ops = genotypes.XNAS_PRIMITIVES
+    mesh = parallel.make_mesh(config.seeds, config.devices)
+    parallel.check_batch(mesh, config.batch)
     model = SearchNetwork(
         num_classes=spec["num_classes"], channels=spec["channels"], layers=spec["layers"],
         ops=ops, dtype=dtype_from_name(config.dtype),
@@ -249,38 +258,48 @@ def prepare(config: Config, seed: int = 0) -> Prepared:
     weight_tx = search.weight_optimizer(configs.SearchConfig(), total_steps)
     arch_tx, _ = search_step.xnas_arch_optimizer(len(ops), spec["layers"], total_steps,
                                                  config.batch)
-    started = time.perf_counter()
-    state = jax.block_until_ready(search_step.create_search_state(
-        prng_key(seed), model, spec["image_shape"], weight_tx, arch_tx
-    ))
-    init_s = time.perf_counter() - started
+    seeds = list(range(seed, seed + config.seeds))
     alive = surviving_experts(config.active_fraction)
-    mask = jnp.asarray([name in alive for name in ops], jnp.float32)
-    arch = jax.tree.map(lambda u: u * mask / jnp.sum(u * mask, -1, keepdims=True), state.arch)
-    state = state._replace(arch=arch, arch_opt_state=arch_tx.init(arch))
+    mask = np.asarray([name in alive for name in ops], np.float32)
+    started = time.perf_counter()
+    state = jax.block_until_ready(search_step.create_search_states(
+        search_step.seed_keys(seeds), model, spec["image_shape"], weight_tx, arch_tx, mesh))
+    init_s = time.perf_counter() - started
+    host = parallel.to_host(state)
+    arch = jax.tree.map(lambda u: u * mask / np.sum(u * mask, -1, keepdims=True), host.arch)
+    arch_opt = jax.vmap(arch_tx.init)(arch)
+    by_seed = parallel.seed_sharding(mesh)
+    state = state._replace(arch=jax.tree.map(lambda a: parallel.global_array(a, by_seed), arch),
+                           arch_opt_state=jax.tree.map(
+                               lambda a: parallel.global_array(np.asarray(a), by_seed),
+                               arch_opt))
 
-    # Random uint8 images and labels, 8 batches' worth per half, rotated through.
+    # Random uint8 images and labels, 16 batches' worth, rotated through.
     rng = np.random.default_rng(seed)
-    pool = 8 * config.batch
-    halves = [
-        augment.DeviceData(
-            jnp.asarray(rng.integers(0, 256, (pool, *spec["image_shape"]), dtype=np.uint8)),
-            jnp.asarray(rng.integers(0, spec["num_classes"], pool, dtype=np.int32)),
-        )
-        for _ in range(2)
-    ]
-    order = jnp.asarray(rng.permutation(pool).reshape(8, config.batch))
+    pool = 16 * config.batch
+    everywhere = parallel.replicated(mesh)
+    data = augment.DeviceData(
+        parallel.global_array(rng.integers(0, 256, (pool, *spec["image_shape"]), dtype=np.uint8),
+                              everywhere),
+        parallel.global_array(rng.integers(0, spec["num_classes"], pool, dtype=np.int32),
+                              everywhere))
+    split = parallel.batch_sharding(mesh, seeded=True)
+    orders = []
+    for _ in range(8):
+        both = [np.stack([rng.permutation(pool)[:config.batch] for _ in seeds]) for _ in range(2)]
+        orders.append(tuple(parallel.global_array(o.astype(np.int32), split) for o in both))
     preprocess = search_step.Preprocess(
         (0.5,) * spec["image_shape"][-1], (0.25,) * spec["image_shape"][-1], spec["crop"], True
     )
     lean = model.clone(normal_ops=alive, reduce_ops=alive)
     step = search_step.make_search_step(lean, weight_tx, arch_tx, preprocess,
-                                        feedback_clip=1.0, single_trace=config.single_trace)
-    key = prng_key(seed + 1)
+                                        feedback_clip=1.0, single_trace=config.single_trace,
+                                        mesh=mesh)
+    keys = parallel.global_array(search_step.seed_keys([s + 1 for s in seeds]), by_seed)
     started = time.perf_counter()
-    lowered = step.lower(state, *halves, order[0], order[1], key)
+    lowered = step.lower(state, data, *orders[0], keys)
     trace_s = time.perf_counter() - started
-    return Prepared(config, alive, lowered, state, halves, order, key, trace_s, init_s)
+    return Prepared(config, alive, lowered, state, data, orders, keys, trace_s, init_s)
 
 
 def compile_timed(prepared: Prepared) -> tuple[Any, float]:
@@ -292,21 +311,19 @@ def compile_timed(prepared: Prepared) -> tuple[Any, float]:
 
 def measure(prepared: Prepared, compiled: Any, compile_s: float) -> dict[str, Any]:
     """Times ``repeats`` x ``steps`` steps after one warm-up step; one JSON-able record."""
-    config, state, halves, order, key = (
-        prepared.config, prepared.state, prepared.halves, prepared.order, prepared.key
+    config, state, data, orders, keys = (
+        prepared.config, prepared.state, prepared.data, prepared.orders, prepared.keys
     )
-    state, metrics = compiled(state, *halves, order[0], order[1], key)  # warm-up
+    state, metrics = compiled(state, data, *orders[0], keys)  # warm-up
     jax.block_until_ready(state)
     times, losses = [], []
     for _ in range(config.repeats):
         started = time.perf_counter()
         for i in range(config.steps):
-            state, metrics = compiled(
-                state, *halves, order[i % 8], order[(i + 3) % 8], jax.random.fold_in(key, i)
-            )
+            state, metrics = compiled(state, data, *orders[i % 8], keys)
         jax.block_until_ready(state)
         times.append((time.perf_counter() - started) / config.steps)
-        losses.append(float(metrics["val_loss"]))
+        losses.append(float(np.mean(parallel.to_host(metrics["val_loss"]))))
     step_s = statistics.median(times)
     if not np.all(np.isfinite(losses)):
         raise RuntimeError(f"non-finite loss {losses} in {config}")
@@ -317,6 +334,8 @@ def measure(prepared: Prepared, compiled: Any, compile_s: float) -> dict[str, An
         "dtype": config.dtype,
         "depthwise": config.depthwise,
         "single_trace": config.single_trace,
+        "seeds": config.seeds,
+        "devices": config.devices,
         "active_fraction": len(prepared.experts) / len(ops),
         "experts_computed": list(prepared.experts),
         "device": jax.devices()[0].device_kind,
@@ -327,7 +346,8 @@ def measure(prepared: Prepared, compiled: Any, compile_s: float) -> dict[str, An
         "first_call_s": round(prepared.trace_s + compile_s, 3),
         "step_ms": round(1000 * step_s, 3),
         "step_ms_repeats": [round(1000 * t, 3) for t in times],
-        "images_per_s": round(2 * config.batch / step_s, 1),  # a train and a val batch per step
+        # A train and a val batch per step and per seed.
+        "images_per_s": round(2 * config.batch * config.seeds / step_s, 1),
         "peak_memory_bytes": peak_memory_bytes(),
         "xla_memory": xla_memory_bytes(compiled),
         "xla_cost": xla_cost(compiled),
@@ -339,15 +359,6 @@ def measure(prepared: Prepared, compiled: Any, compile_s: float) -> dict[str, An
         "jax": jax.__version__,
         "python": platform.python_version(),
     }
-
-
-def bench(preset: str, batch: int, dtype: str, fraction: float, steps: int, repeats: int,
-          depthwise: str = "shifts", seed: int = 0, single_trace: bool = False) -> dict[str, Any]:
-    """Prepares, compiles and measures one configuration."""
-    prepared = prepare(
-        Config(preset, batch, dtype, fraction, depthwise, steps, repeats, single_trace), seed
-    )
-    return measure(prepared, *compile_timed(prepared))
 
 
 def emit(record: dict[str, Any], out: str | None) -> None:
@@ -388,6 +399,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dtype", nargs="+", default=["float32"], choices=list(DTYPES))
     parser.add_argument("--active-fraction", nargs="+", type=float, default=[1.0])
     parser.add_argument("--depthwise", nargs="+", default=["shifts"], choices=["shifts", "conv"])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[1],
+                        help="searches in one program (vmapped over a leading seed axis)")
+    parser.add_argument("--devices", nargs="+", type=int, default=[1],
+                        help="devices of the seed x data mesh (on a CPU: set XLA_FLAGS="
+                             "--xla_force_host_platform_device_count=N)")
     parser.add_argument("--steps", type=int, default=30, help="steps per repetition")
     parser.add_argument("--repeats", type=int, default=3, help="repetitions (median taken)")
     parser.add_argument(
@@ -404,15 +420,18 @@ def main(argv: list[str] | None = None) -> None:
                              "(a cache load with --compilation-cache)")
     args = parser.parse_args(argv)
     defaults = Config(args.preset[0], args.batch[0], args.dtype[0], args.active_fraction[0],
-                      args.depthwise[0], args.steps, args.repeats)
+                      args.depthwise[0], args.steps, args.repeats, seeds=args.seeds[0],
+                      devices=args.devices[0])
     try:
         if args.config:
             configs = [parse_config(text, defaults) for text in args.config]
         else:
             configs = [
-                defaults._replace(preset=p, batch=b, dtype=d, active_fraction=f, depthwise=w)
+                defaults._replace(preset=p, batch=b, dtype=d, active_fraction=f, depthwise=w,
+                                  seeds=n, devices=k)
                 for p in args.preset for b in args.batch for d in args.dtype
-                for f in args.active_fraction for w in args.depthwise
+                for f in args.active_fraction for w in args.depthwise for n in args.seeds
+                for k in args.devices
             ]
             for config in configs:
                 parse_config("", config)  # validates the numbers
@@ -425,7 +444,10 @@ def main(argv: list[str] | None = None) -> None:
             cli.enable_compilation_cache(args.compilation_cache)
         except ValueError as error:
             parser.error(str(error))
-    run(configs, args.out, args.cache_hit)
+    try:
+        run(configs, args.out, args.cache_hit)
+    except parallel.MeshError as error:
+        parser.error(str(error))
 
 
 if __name__ == "__main__":

@@ -52,7 +52,8 @@ def test_config_strings():
         (["--config", "width=3"], "expected key=value"),
         (["--config", "dtype=float16"], "dtype must be one of"),
         (["--config", "active_fraction=0"], "active_fraction must be in (0, 1]"),
-        (["--batch", "0"], "batch, steps and repeats must be >= 1"),
+        (["--batch", "0"], "batch, steps, repeats, seeds and devices must be >= 1"),
+        (["--devices", "3"], "--devices 3: this run has 1 cpu device(s)"),
         (["--cache-hit"], "--cache-hit needs --compilation-cache"),
     ],
 )

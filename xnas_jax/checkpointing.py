@@ -54,6 +54,8 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from xnas_jax import parallel
+
 __all__ = [
     "CheckpointError", "CorruptCheckpoint", "Restored", "Checkpointer", "tree_signature",
     "tree_checksums",
@@ -105,7 +107,7 @@ def tree_signature(tree: Any) -> dict[str, list]:
 def _leaf_bytes(leaf: Any) -> bytes:
     if isinstance(leaf, jax.Array) and jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
         leaf = jax.random.key_data(leaf)
-    array = np.asarray(leaf)
+    array = parallel.to_host(leaf)
     return str(array.dtype).encode() + str(array.shape).encode() + array.tobytes()
 
 
@@ -351,13 +353,16 @@ class Checkpointer:
 
     def _quarantine(self, step: int) -> Path:
         corrupt = self.directory.parent / "corrupt"
-        corrupt.mkdir(exist_ok=True)
         destination = corrupt / str(step)
         suffix = 1
         while destination.exists():
             suffix += 1
             destination = corrupt / f"{step}.{suffix}"
-        shutil.move(str(self.step_path(step)), destination)
+        parallel.barrier(f"found checkpoint {step} corrupt")
+        if parallel.is_writer():  # process 0 moves it; the others wait for that
+            corrupt.mkdir(exist_ok=True)
+            shutil.move(str(self.step_path(step)), destination)
+        parallel.barrier(f"moved checkpoint {step}")
         self._manager.reload()
         return destination
 

@@ -70,6 +70,7 @@ class SearchConfig:
     batch_size: int = 96
     max_steps_per_epoch: int | None = None
     seed: int = 0
+    seeds: int | tuple[int, ...] | None = None
     # Network weights (DARTS's recipe).
     learning_rate: float = 0.025
     learning_rate_min: float = 0.001
@@ -94,6 +95,20 @@ class SearchConfig:
     keep_checkpoints: int = 2
     progress: bool = True
     compilation_cache: str | None = None
+    # Devices and processes.
+    devices: int | None = None
+    coordinator_address: str | None = None
+    num_processes: int | None = None
+    process_id: int | None = None
+
+    @property
+    def seed_list(self) -> tuple[int, ...]:
+        """The searches' seeds: ``seeds`` as a list, N seeds from ``seed``, or ``(seed,)``."""
+        if self.seeds is None:
+            return (self.seed,)
+        if isinstance(self.seeds, int):
+            return tuple(range(self.seed, self.seed + self.seeds))
+        return tuple(int(s) for s in self.seeds)
 
     def resolved(self) -> SearchConfig:
         """The config with the dataset's defaults filled in where a field is None.
@@ -104,7 +119,8 @@ class SearchConfig:
         defaults = dict(SEARCH_DEFAULTS.get(self.dataset, SEARCH_DEFAULTS["*"]))
         defaults["flip"] = specs.DATASETS[self.dataset].flip
         filled = {k: v for k, v in defaults.items() if getattr(self, k) is None}
-        return dataclasses.replace(self, **filled)
+        seeds = self.seed_list
+        return dataclasses.replace(self, **filled, seed=seeds[0], seeds=seeds)
 
 
 # ------------------------------------------------------------------ training
@@ -165,6 +181,11 @@ class TrainConfig:
     keep_checkpoints: int = 3
     progress: bool = True
     compilation_cache: str | None = None
+    # Devices and processes.
+    devices: int | None = None
+    coordinator_address: str | None = None
+    num_processes: int | None = None
+    process_id: int | None = None
 
 
 # Named recipes: the settings a recipe fixes, and the network it is for.
@@ -235,7 +256,8 @@ def recipe_settings(config: TrainConfig) -> dict[str, Any]:
 VOLATILE = frozenset({
     "out_dir", "runs_root", "resume", "log_every", "keep_checkpoints", "progress",
     "compilation_cache", "cache_dir", "data_dir", "test_data_dir", "eval_batch_size",
-    "max_test_examples", "genotype", "single_trace",
+    "max_test_examples", "genotype", "single_trace", "devices", "coordinator_address",
+    "num_processes", "process_id",
 })  # fmt: skip
 
 
@@ -253,6 +275,16 @@ def fingerprint(config: SearchConfig | TrainConfig) -> dict[str, Any]:
 
 def _comma_list(text: str) -> tuple[str, ...]:
     return tuple(name.strip() for name in text.split(",") if name.strip())
+
+
+def _seeds(text: str) -> int | tuple[int, ...]:
+    """``4``: four seeds from --seed; ``0,3,7``: those seeds."""
+    if "," not in text:
+        return cli.positive_int(text)
+    seeds = tuple(cli.non_negative_int(t.strip()) for t in text.split(",") if t.strip())
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"expected distinct seeds, got {text!r}")
+    return seeds
 
 
 def _wipeout_factor(text: str) -> float:
@@ -321,6 +353,9 @@ FLAGS: dict[str, Flag] = {
                                 cli.positive_int, default="none"),
     "seed": Flag("optimization", "seed of the initialization, data order, split and "
                  "augmentation", cli.non_negative_int),
+    "seeds": Flag("optimization", "searches run at once, in one program: N (seeds --seed ... "
+                  "--seed+N-1) or a list 0,3,7; each has its own initialization, split and "
+                  "order", _seeds, default="1"),
     "learning_rate": Flag("optimization", "initial SGD learning rate of the network weights",
                           cli.positive_float),
     "learning_rate_min": Flag("optimization", "final learning rate of the annealing",
@@ -377,6 +412,15 @@ FLAGS: dict[str, Flag] = {
     "keep_checkpoints": Flag("run", "how many of the newest checkpoints to keep",
                              cli.positive_int),
     "progress": Flag("run", "progress bars"),
+    "devices": Flag("devices", "use the first N devices", cli.positive_int,
+                    default="all devices of all processes"),
+    "coordinator_address": Flag("devices", "join a multi-process run: host:port of process "
+                                "0, or 'auto' to detect the cluster (also "
+                                "JAX_COORDINATOR_ADDRESS)", default="one process"),
+    "num_processes": Flag("devices", "processes of a multi-process run (also "
+                          "JAX_NUM_PROCESSES)", cli.positive_int, default="none"),
+    "process_id": Flag("devices", "this process's index (also JAX_PROCESS_ID)",
+                       cli.non_negative_int, default="none"),
     "compilation_cache": Flag("run", "persistent XLA compilation cache: repeated runs skip "
                               "compiling", default="none"),
 }

@@ -99,6 +99,29 @@ def plot_losses(history: Sequence[dict[str, Any]], path: str | os.PathLike) -> N
     fig.savefig(path, dpi=110)
 
 
+def plot_seed_agreement(agreement: dict[str, Any], path: str | os.PathLike) -> None:
+    """Per cell type, how many seeds keep each edge (node x input), with the most common
+    operation and its count written in the square (:func:`xnas_jax.search.stability`)."""
+    seeds = agreement["seeds"]
+    cells = [c for c in ("normal", "reduce") if c in agreement]
+    nodes = 1 + max((e["node"] for c in cells for e in agreement[c]["edges"]), default=0)
+    fig, axes = _figure(1, len(cells), (4.2 * len(cells), 0.9 * nodes + 1.6))
+    for ax, cell in zip(axes[0], cells):
+        grid = np.zeros((nodes, nodes + 2))
+        for edge in agreement[cell]["edges"]:
+            grid[edge["node"], edge["input"]] = edge["seeds"]
+            ax.text(edge["input"], edge["node"], f"{edge['op']}\n{edge['op_seeds']}/{seeds}",
+                    ha="center", va="center", fontsize=6)
+        image = ax.imshow(grid, cmap="Blues", vmin=0, vmax=seeds, aspect="auto")
+        ax.set_xticks(range(nodes + 2), ["c_{k-2}", "c_{k-1}"] + [str(j) for j in range(nodes)],
+                      fontsize=7)
+        ax.set_yticks(range(nodes), [f"node {j}" for j in range(nodes)], fontsize=7)
+        ax.set(xlabel="input", title=f"{cell}: seeds keeping each edge "
+               f"({100 * agreement[cell]['op_agreement']:.0f}% op agreement)")
+        fig.colorbar(image, ax=ax, label="seeds")
+    fig.savefig(path, dpi=110)
+
+
 # --------------------------------------------------------------------------
 # The picture of a cell.
 

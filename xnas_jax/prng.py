@@ -5,6 +5,9 @@ from __future__ import annotations
 import jax
 
 
+KEY_IMPL = "rbg"
+
+
 def prng_key(seed: int) -> jax.Array:
     """The run's root PRNG key.
 
@@ -14,4 +17,4 @@ def prng_key(seed: int) -> jax.Array:
     streams are deterministic for a given backend and JAX version, which is
     what resuming needs.
     """
-    return jax.random.key(seed, impl="rbg")
+    return jax.random.key(seed, impl=KEY_IMPL)

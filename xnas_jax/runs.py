@@ -38,6 +38,7 @@ from typing import Any, NoReturn
 
 import jax
 
+from xnas_jax import parallel
 from xnas_jax.checkpointing import Checkpointer
 from xnas_jax.data import readers
 
@@ -227,15 +228,25 @@ class Run:
                  fingerprint: Mapping[str, Any], runs_root: str | os.PathLike, resume: bool,
                  keep_checkpoints: int, progress: bool = True, fresh: bool = False,
                  resolved: Mapping[str, Any] | None = None):
-        self.directory = _create(Path(directory), fresh)
+        # Process 0 creates the folder and writes every file but the
+        # checkpoints, which all processes write together (orbax).
+        self.writer = parallel.is_writer()
+        created = str(_create(Path(directory), fresh)) if self.writer else ""
+        self.directory = Path(parallel.broadcast_text(created))
         root = Path(runs_root).expanduser().absolute()
-        if self.directory.parent == root:
+        if self.writer and self.directory.parent == root:
             _point_latest(root, self.directory)
         self.kind = kind
-        self.progress_bars = progress
+        self.progress_bars = progress and self.writer
         self.checkpoints = Checkpointer(self.directory / CHECKPOINT_DIR, fingerprint=fingerprint,
                                         max_to_keep=keep_checkpoints, resume=resume,
                                         tolerate_corrupt=True)
+        self._writer = None
+        self._stop = False
+        self._handlers: dict[int, Any] = {}
+        self.records: list[dict[str, Any]] = []
+        if not self.writer:
+            return
         _write_json(self.directory / CONFIG_FILE, {
             "kind": kind,
             "config": _jsonable(dict(config)),
@@ -244,12 +255,9 @@ class Run:
             "started": datetime.datetime.now().isoformat(timespec="seconds"),
             "versions": _versions(),
             "devices": [str(d) for d in jax.devices()],
+            "processes": jax.process_count(),
         })
         self._set_state("running")
-        self._writer = None
-        self._stop = False
-        self._handlers: dict[int, Any] = {}
-        self.records: list[dict[str, Any]] = []
 
     # -- context ------------------------------------------------------
 
@@ -287,6 +295,8 @@ class Run:
         return run_state(self.directory)
 
     def _set_state(self, state: str, **extra: Any) -> None:
+        if not self.writer:
+            return
         _write_json(self.directory / STATUS_FILE, {
             "state": state, "updated": datetime.datetime.now().isoformat(timespec="seconds"),
             **extra})
@@ -307,6 +317,9 @@ class Run:
         restored = self.checkpoints.restore_latest_good(target, log=self.print)
         tree, step = (target, 0) if restored is None else (restored.tree, restored.step)
         self.records = [r for r in read_log(self.directory) if r.get("step", 0) <= step]
+        parallel.barrier("read log.jsonl")  # every process has read it before it is cut
+        if not self.writer:
+            return tree, step
         (self.directory / LOG_FILE).write_text(
             "".join(json.dumps(r) + "\n" for r in self.records))
         from tensorboardX import SummaryWriter
@@ -330,18 +343,24 @@ class Run:
         """Appends one record (with a ``step``) to ``log.jsonl``."""
         record = _jsonable(dict(record))
         self.records.append(record)
+        if not self.writer:
+            return
         with (self.directory / LOG_FILE).open("a") as f:
             f.write(json.dumps(record) + "\n")
 
     def scalars(self, step: int, values: Mapping[str, Any]) -> None:
         """Writes scalars (host numbers) to TensorBoard at ``step``."""
+        if not self.writer:
+            return
         if self._writer is None:
             raise RuntimeError("Run.restore opens the TensorBoard writer; call it first")
         for tag, value in values.items():
             self._writer.add_scalar(tag, float(value), int(step))
 
     def print(self, message: str) -> None:
-        """A line on stdout that does not break a progress bar."""
+        """A line on stdout that does not break a progress bar (process 0 only)."""
+        if not self.writer:
+            return
         from tqdm import tqdm
 
         tqdm.write(message, file=sys.stdout)
@@ -376,8 +395,9 @@ class Run:
             self.save(step, tree, metadata)
             message = f"interrupted at step {step}: checkpoint saved"
         self._set_state("interrupted", step=step)
-        print(f"\n{message} in {self.directory / CHECKPOINT_DIR}; continue with --resume "
-              f"--out-dir {self.directory}", file=sys.stderr, flush=True)
+        if self.writer:
+            print(f"\n{message} in {self.directory / CHECKPOINT_DIR}; continue with --resume "
+                  f"--out-dir {self.directory}", file=sys.stderr, flush=True)
         raise SystemExit(EXIT_INTERRUPTED)
 
 

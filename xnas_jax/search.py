@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 import time
 from typing import Any, NamedTuple, Sequence
 
@@ -26,11 +27,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from xnas_jax import cli, configs, genotypes, kernels, optimizers, plotting, runs, search_step
+from xnas_jax import (cli, configs, genotypes, kernels, optimizers, parallel, plotting, runs,
+                      search_step)
 from xnas_jax.checkpointing import CheckpointError
 from xnas_jax.configs import SearchConfig
 from xnas_jax.data import augment, datasets, order, specs
-from xnas_jax.prng import prng_key
 from xnas_jax.search_step import CELL_TYPES, SearchState
 from xnas_jax.supernet import VARIABLES_LAYOUT, SearchNetwork, count_params, validate_ops
 
@@ -99,25 +100,45 @@ def summary(config: SearchConfig) -> dict[str, Any]:
         "params": count_params(shapes["params"]),
         "mixture_weights": {k: list(v.shape) for k, v in shapes["arch"].items()},
         "mixture_weight_count": count_params(shapes["arch"]),
+        "seeds": list(config.seed_list),
+        "mesh": parallel.describe(make_mesh(config)),
     }
+
+
+def make_mesh(config: SearchConfig):
+    """The ``seed x data`` mesh of a config; checks that the batch splits over it.
+
+    Raises:
+      MeshError: too many devices asked for, or a batch that does not split.
+    """
+    mesh = parallel.make_mesh(len(config.seed_list), config.devices)
+    parallel.check_batch(mesh, config.batch_size)
+    return mesh
 
 
 # ------------------------------------------------------------------ data
 
 
 class SearchData(NamedTuple):
-    """The two halves of the training set on the device, and what the step needs."""
+    """The training set on the device, each search's split of it, and what the step needs."""
 
-    weights: augment.DeviceData  # trains the network weights (Algorithm 1 line 4)
-    arch: augment.DeviceData  # rewards the experts (lines 5-13)
+    data: augment.DeviceData  # every training image, replicated over the mesh
+    # (S, ceil(N/2)) / (S, floor(N/2)): each search's halves, as indices into
+    # ``data``: one trains the network weights (Algorithm 1 line 4), the other
+    # rewards the experts (lines 5-13).
+    weight_halves: np.ndarray
+    arch_halves: np.ndarray
     preprocess: search_step.Preprocess
     image_shape: tuple[int, ...]
     num_classes: int
     steps_per_epoch: int
 
 
-def load_data(config: SearchConfig, log=print) -> tuple[SearchConfig, SearchData]:
-    """Loads, subsets and splits the data; fills the config's crop padding.
+def load_data(config: SearchConfig, mesh, log=print) -> tuple[SearchConfig, SearchData]:
+    """Loads, subsets and splits the data (one split per seed); fills the crop padding.
+
+    Every process loads the whole (subset) training set, so that each can
+    gather any search's batch; the device copy is replicated over the mesh.
 
     Raises:
       DatasetError, ValueError: missing data, or images and batch that do not
@@ -129,32 +150,41 @@ def load_data(config: SearchConfig, log=print) -> tuple[SearchConfig, SearchData
     log(f"loaded {len(dataset.labels)} {config.dataset} images in "
         f"{time.perf_counter() - started:.1f} s")
     if config.max_train_examples:
-        dataset = order.subset(dataset, config.max_train_examples, seed=config.seed)
+        # One subset for every seed: it defines the data, the seeds vary the rest.
+        dataset = order.subset(dataset, config.max_train_examples, seed=0)
     dataset = order.downsample(dataset, config.downsample)
     image_shape = tuple(int(d) for d in dataset.images.shape[1:])
     check_image_size(image_shape, config.layers)
     if config.crop_padding is None:
         config = dataclasses.replace(config, crop_padding=specs.default_crop_padding(image_shape))
-    weight_half, arch_half = order.search_split(dataset, seed=config.seed)
-    steps_per_epoch = min(len(weight_half.labels), len(arch_half.labels)) // config.batch_size
+    n = len(dataset.labels)
+    if n < 2:
+        raise ValueError(f"a search needs at least 2 training images, {dataset.name} has {n}")
+    splits = [order.search_split_indices(n, seed) for seed in config.seed_list]
+    weight_halves = np.stack([w for w, _ in splits])
+    arch_halves = np.stack([a for _, a in splits])
+    steps_per_epoch = min(weight_halves.shape[1], arch_halves.shape[1]) // config.batch_size
     if steps_per_epoch < 1:
         raise ValueError(f"--batch-size {config.batch_size} is larger than half of the "
-                         f"{len(dataset.labels)} training images")
+                         f"{n} training images")
     if config.max_steps_per_epoch:
         steps_per_epoch = min(steps_per_epoch, config.max_steps_per_epoch)
     mean, std = specs.channel_stats(dataset.images)
     preprocess = search_step.Preprocess(tuple(float(m) for m in mean),
                                         tuple(float(s) for s in std),
                                         config.crop_padding, bool(config.flip))
-    return config, SearchData(augment.to_device(weight_half), augment.to_device(arch_half),
-                              preprocess, image_shape, dataset.num_classes, steps_per_epoch)
+    everywhere = parallel.replicated(mesh)
+    data = augment.DeviceData(parallel.global_array(dataset.images, everywhere),
+                              parallel.global_array(dataset.labels, everywhere))
+    return config, SearchData(data, weight_halves, arch_halves, preprocess, image_shape,
+                              dataset.num_classes, steps_per_epoch)
 
 
 # ------------------------------------------------------------------ state
 
 
-def create_train_state(config: SearchConfig, data: SearchData):
-    """The supernet, its optimizers and the initial :class:`SearchState`.
+def create_train_state(config: SearchConfig, data: SearchData, mesh):
+    """The supernet, its optimizers and the initial states of the searches (seed axis first).
 
     Returns:
       ``(model, state, weight_tx, arch_tx, arch_learning_rates)``.
@@ -163,16 +193,16 @@ def create_train_state(config: SearchConfig, data: SearchData):
     model = build_model(config, data.num_classes)
     weight_tx = weight_optimizer(config, total_steps)
     arch_tx, arch_rates = arch_optimizer(config, total_steps)
-    state = search_step.create_search_state(prng_key(config.seed), model, data.image_shape,
-                                            weight_tx, arch_tx)
+    state = search_step.create_search_states(search_step.seed_keys(config.seed_list), model,
+                                             data.image_shape, weight_tx, arch_tx, mesh)
     return model, state, weight_tx, arch_tx, arch_rates
 
 
 class _Steps:
     """The compiled search step for each set of surviving experts (compiled once per set)."""
 
-    def __init__(self, config: SearchConfig, model, weight_tx, arch_tx, preprocess, log):
-        self.config, self.model, self.log = config, model, log
+    def __init__(self, config: SearchConfig, model, weight_tx, arch_tx, preprocess, mesh, log):
+        self.config, self.model, self.log, self.mesh = config, model, log, mesh
         self.weight_tx, self.arch_tx, self.preprocess = weight_tx, arch_tx, preprocess
         self.compiled: dict[Any, Any] = {}
         self.compile_seconds = 0.0
@@ -188,7 +218,7 @@ class _Steps:
                 search_step.with_computed(self.model, computed), self.weight_tx, self.arch_tx,
                 self.preprocess,
                 feedback_clip=config.reward_bound if config.optimizer == "xnas" else None,
-                single_trace=config.single_trace,
+                single_trace=config.single_trace, mesh=self.mesh,
             )
             self.compiled[key] = jitted.lower(state, *example_args).compile()
             seconds = time.perf_counter() - started
@@ -206,32 +236,40 @@ _STEP_SCALARS = ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "re
 
 
 def train_and_evaluate(config: SearchConfig) -> dict[str, Any]:
-    """Runs a whole search and writes its outputs; returns the final epoch's record.
+    """Runs a whole search (or several seeds at once) and writes its outputs.
+
+    Returns the final epoch's record.
 
     Raises:
-      DatasetError, CheckpointError, RunError, ValueError: for bad input (the
-        CLI turns them into one-line messages).
+      DatasetError, CheckpointError, MeshError, RunError, ValueError: for bad
+        input (the CLI turns them into one-line messages).
     """
     config = config.resolved()
     validate_ops(config.ops)
+    mesh = make_mesh(config)
     directory = runs.locate_run(config.out_dir, config.runs_root, config.resume)
-    config, data = load_data(config)
+    config, data = load_data(config, mesh, log=print if parallel.is_writer() else _quiet)
     config_fingerprint = {**configs.fingerprint(config), "supernet_layout": VARIABLES_LAYOUT,
                           "search_state_layout": search_step.STATE_LAYOUT}
     with runs.Run(directory, kind="search", config=dataclasses.asdict(config),
                   fingerprint=config_fingerprint, runs_root=config.runs_root,
                   resume=config.resume, keep_checkpoints=config.keep_checkpoints,
-                  progress=config.progress, fresh=config.out_dir is None) as run:
-        model, state, weight_tx, arch_tx, arch_rates = create_train_state(config, data)
+                  progress=config.progress, fresh=config.out_dir is None,
+                  resolved={"mesh": parallel.describe(mesh)}) as run:
+        model, state, weight_tx, arch_tx, arch_rates = create_train_state(config, data, mesh)
         state, step = run.restore(state)
-        steps = _Steps(config, model, weight_tx, arch_tx, data.preprocess, run.print)
+        steps = _Steps(config, model, weight_tx, arch_tx, data.preprocess, mesh, run.print)
+        seeds = config.seed_list
         run.print(
-            f"search in {run.directory}: {config.dataset} ({len(data.weights.labels)} + "
-            f"{len(data.arch.labels)} images {'x'.join(map(str, data.image_shape))}), "
+            f"search in {run.directory}: {config.dataset} ({data.weight_halves.shape[1]} + "
+            f"{data.arch_halves.shape[1]} images {'x'.join(map(str, data.image_shape))}), "
             f"{config.layers} cells of C={config.channels}, {config.epochs} epochs x "
             f"{data.steps_per_epoch} steps of batch {config.batch_size}, {config.optimizer} "
-            f"(arch lr normal {arch_rates['normal']:.3g}, reduce {arch_rates['reduce']:.3g})")
-        state = _search_loop(config, data, run, steps, state, step)
+            f"(arch lr normal {arch_rates['normal']:.3g}, reduce {arch_rates['reduce']:.3g})"
+            + (f", seeds {','.join(map(str, seeds))}" if len(seeds) > 1 else "")
+            + (f", mesh seed {mesh.shape[parallel.SEED]} x data {mesh.shape[parallel.DATA]}"
+               if mesh.devices.size > 1 else ""))
+        state = _search_loop(config, data, run, steps, state, step, mesh)
         record = run.records[-1] if run.records else None
         if record is None:
             raise ValueError("the search ran no epoch")
@@ -240,25 +278,41 @@ def train_and_evaluate(config: SearchConfig) -> dict[str, Any]:
     return record
 
 
+def _quiet(*args: Any) -> None:
+    pass
+
+
+def _epoch_batches(config: SearchConfig, data: SearchData, epoch: int):
+    """(steps, S, B) indices into ``data.data`` of each search's two batches of an epoch."""
+    def half(halves, offset):
+        return np.stack([
+            halves[s][order.batch_indices(
+                order.epoch_permutation(seed + offset, epoch, halves.shape[1]),
+                config.batch_size)[:data.steps_per_epoch]]
+            for s, seed in enumerate(config.seed_list)], axis=1)
+
+    return half(data.weight_halves, 0), half(data.arch_halves, 1)
+
+
 def _search_loop(config: SearchConfig, data: SearchData, run: runs.Run, steps: _Steps,
-                 state: SearchState, step: int) -> SearchState:
+                 state: SearchState, step: int, mesh) -> SearchState:
     """The epochs from ``step`` on.  A stop saves the epoch's per-step metrics so far
     with the checkpoint, so that a resumed epoch logs what an uninterrupted one does."""
-    base_key = prng_key(config.seed + 1)
+    seeds = config.seed_list
+    keys = parallel.global_array(search_step.seed_keys([s + 1 for s in seeds]),
+                                 parallel.seed_sharding(mesh))
+    split = parallel.batch_sharding(mesh, seeded=True)
     steps_per_epoch = data.steps_per_epoch
     per_step: list[dict[str, Any]] = []  # this epoch's metrics (device arrays until read)
     if step % steps_per_epoch:
-        per_step = list(run.checkpoints.metadata(step).get("partial_steps") or [])
+        per_step = [{k: np.asarray(v, np.float32) for k, v in m.items()}
+                    for m in run.checkpoints.metadata(step).get("partial_steps") or []]
     try:
         for epoch in range(step // steps_per_epoch, config.epochs):
-            weight_order = order.batch_indices(
-                order.epoch_permutation(config.seed, epoch, len(data.weights.labels)),
-                config.batch_size)
-            arch_order = order.batch_indices(
-                order.epoch_permutation(config.seed + 1, epoch, len(data.arch.labels)),
-                config.batch_size)
-            step_fn, computed = steps(
-                state, (data.weights, data.arch, weight_order[0], arch_order[0], base_key))
+            weight_order, arch_order = _epoch_batches(config, data, epoch)
+            batch = lambda i: (parallel.global_array(weight_order[i], split),  # noqa: E731
+                               parallel.global_array(arch_order[i], split))
+            step_fn, computed = steps(state, (data.data, *batch(0), keys))
             started = time.perf_counter()
             first = step - epoch * steps_per_epoch
             if len(per_step) != first:  # the metrics of a resumed epoch's first steps
@@ -266,50 +320,90 @@ def _search_loop(config: SearchConfig, data: SearchData, run: runs.Run, steps: _
             bar = run.progress(steps_per_epoch, first, f"epoch {epoch + 1}/{config.epochs}")
             try:
                 for i in range(first, steps_per_epoch):
-                    state, metrics = step_fn(state, data.weights, data.arch, weight_order[i],
-                                             arch_order[i], jax.random.fold_in(base_key, step))
+                    state, metrics = step_fn(state, data.data, *batch(i), keys)
                     per_step.append(metrics)
                     step += 1
                     if (i + 1) % config.log_every == 0:
-                        bar.set_postfix(loss=f"{float(metrics['train_loss']):.3f}",
-                                        val=f"{float(metrics['val_loss']):.3f}")
+                        shown = parallel.to_host({k: metrics[k] for k in ("train_loss",
+                                                                          "val_loss")})
+                        bar.set_postfix(loss=f"{shown['train_loss'].mean():.3f}",
+                                        val=f"{shown['val_loss'].mean():.3f}")
                     bar.update(1)
                     run.raise_if_stop_requested()
             finally:
                 bar.close()
-            per_step = jax.device_get(per_step)
+            per_step = parallel.to_host(per_step)
+            host = parallel.to_host({"arch": state.arch, "rewards": state.rewards})
             seconds = time.perf_counter() - started
-            record = _epoch_record(config, epoch + 1, step, state, per_step, computed, seconds,
-                                   steps.compile_seconds, run.records)
+            record = _epoch_records(config, epoch + 1, step, host, per_step, computed, seconds,
+                                    steps.compile_seconds, run.records)
             # The images of this process's steps only (a resumed epoch ran fewer).
-            record["images_per_second"] = (2 * config.batch_size * (steps_per_epoch - first)
-                                           / max(seconds, 1e-9))
+            record["images_per_second"] = (2 * config.batch_size * len(seeds)
+                                           * (steps_per_epoch - first) / max(seconds, 1e-9))
             for offset, metrics in enumerate(per_step):
                 at = step - len(per_step) + offset + 1
                 if at % config.log_every == 0 or at == step:
-                    run.scalars(at, {f"step/{k}": metrics[k] for k in _STEP_SCALARS})
-            run.scalars(step, {"epoch/entropy": record["entropy"],
-                               "epoch/val_accuracy": record["val_accuracy"],
-                               "epoch/images_per_second": record["images_per_second"]})
+                    run.scalars(at, _seed_scalars(seeds, "step", {
+                        k: metrics[k] for k in _STEP_SCALARS}))
+            run.scalars(step, {**_seed_scalars(seeds, "epoch", {
+                k: np.asarray([r[k] for r in _per_seed(record)])
+                for k in ("entropy", "val_accuracy")}),
+                "epoch/images_per_second": record["images_per_second"]})
             run.save(step, state, {"epoch": epoch + 1})
             run.log(record)
             run.print(_epoch_line(record))
             per_step = []
     except (KeyboardInterrupt, runs.StopRequested):
-        partial = [{k: float(v) for k, v in m.items()} for m in jax.device_get(per_step)]
+        partial = [{k: [float(x) for x in np.ravel(v)] for k, v in m.items()}
+                   for m in parallel.to_host(per_step)]
         run.stop(step, state, {"epoch": step / steps_per_epoch, "partial_steps": partial})
     return state
 
 
-def _epoch_record(config, epoch, step, state: SearchState, per_step, computed, seconds,
+def _per_seed(record: dict[str, Any]) -> list[dict[str, Any]]:
+    """The per-search records of an epoch record (one search: the record itself)."""
+    return record.get("seeds") or [record]
+
+
+def _seed_scalars(seeds, prefix: str, values: dict[str, np.ndarray]) -> dict[str, float]:
+    """TensorBoard tags: ``prefix/name`` for one search, ``seed<s>/prefix/name`` for several."""
+    if len(seeds) == 1:
+        return {f"{prefix}/{k}": float(np.ravel(v)[0]) for k, v in values.items()}
+    return {f"seed{seed}/{prefix}/{k}": float(np.ravel(v)[i])
+            for k, v in values.items() for i, seed in enumerate(seeds)}
+
+
+def _epoch_records(config, epoch, step, host, per_step, computed, seconds, compile_seconds,
+                   previous) -> dict[str, Any]:
+    """The log record of an epoch: one search's record, or the seeds' records and their means."""
+    seeds = config.seed_list
+    records = []
+    for i, seed in enumerate(seeds):
+        arch = {k: v[i] for k, v in host["arch"].items()}
+        rewards = {k: v[i] for k, v in host["rewards"].items()}
+        metrics = [{k: np.ravel(v)[i] for k, v in m.items()} for m in per_step]
+        earlier = [_per_seed(r)[i] for r in previous]
+        records.append(_epoch_record(config, epoch, step, arch, rewards, metrics, computed,
+                                     seconds, compile_seconds, earlier))
+    if len(seeds) == 1:
+        return records[0]
+    means = {k: float(np.mean([r[k] for r in records]))
+             for k in ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "entropy")}
+    for seed, r in zip(seeds, records):
+        r["seed"] = seed
+    return {"epoch": epoch, "step": step, **means, "seconds": seconds,
+            "compile_seconds_total": compile_seconds,
+            "computed": {k: list(v) for k, v in computed.items()}, "seeds": records}
+
+
+def _epoch_record(config, epoch, step, arch, rewards, per_step, computed, seconds,
                   compile_seconds, previous):
+    """One search's record of an epoch (NumPy mixture weights, rewards and metrics)."""
     count = len(per_step)
     # float32 means, as the step computes its metrics (a resumed epoch's saved
     # metrics come back as Python floats).
     means = {k: float(np.mean(np.asarray([m[k] for m in per_step], np.float32)))
              for k in per_step[0]}
-    arch = {k: np.asarray(jax.device_get(v)) for k, v in state.arch.items()}
-    rewards = {k: np.asarray(jax.device_get(v)) for k, v in state.rewards.items()}
     # The first step whose update wiped out an expert (of the whole search).
     first_wipeout = next((r["first_wipeout_step"] for r in previous
                           if r.get("first_wipeout_step") is not None), None)
@@ -356,6 +450,16 @@ def _selection(config, arch, rewards) -> dict[str, Any]:
 
 
 def _epoch_line(record) -> str:
+    if "seeds" in record:
+        return (
+            f"epoch {record['epoch']}: {len(record['seeds'])} seeds, mean train loss "
+            f"{record['train_loss']:.4f} | val acc "
+            + " ".join(f"{100 * r['val_accuracy']:.1f}%" for r in record["seeds"])
+            + " | active experts "
+            + " ".join(f"{r['active_experts']['normal']}/{r['active_experts']['reduce']}"
+                       for r in record["seeds"])
+            + f" | {record['images_per_second']:.0f} img/s"
+        )
     return (
         f"epoch {record['epoch']}: train loss {record['train_loss']:.4f} "
         f"acc {100 * record['train_accuracy']:.1f}% | val loss {record['val_loss']:.4f} "
@@ -367,21 +471,100 @@ def _epoch_line(record) -> str:
     )
 
 
-def _write_outputs(config: SearchConfig, run: runs.Run, state: SearchState) -> None:
-    out_dir, history = run.directory, run.records
-    arch = {k: np.asarray(jax.device_get(v)) for k, v in state.arch.items()}
-    rewards = {k: np.asarray(jax.device_get(v)) for k, v in state.rewards.items()}
-    genotype = _genotype(config, arch, rewards)
-    genotypes.save_genotype(genotype, out_dir / "genotype.json", config.ops,
-                            selection=_selection(config, arch, rewards))
-    text = genotypes.format_genotype(genotype)
-    (out_dir / "genotype.txt").write_text(text + "\n")
+def stability(genotype_dicts: Sequence[dict[str, Any]], nodes: int) -> dict[str, Any]:
+    """How many seeds agree on each kept edge, and on its operation.
+
+    Args:
+      genotype_dicts: each seed's :func:`genotypes.genotype_to_dict`.
+      nodes: intermediate nodes per cell.
+
+    Returns:
+      Per cell type, the kept edges (node, input) with the number of seeds
+      that keep them and the most common operation with its count, sorted by
+      agreement; and ``edge_agreement`` / ``op_agreement``: the mean over the
+      seeds' kept edges of the fraction of seeds that keep the same edge / the
+      same edge with the same operation.
+    """
+    seeds = len(genotype_dicts)
+    summary: dict[str, Any] = {"seeds": seeds}
     for cell in CELL_TYPES:
-        plotting.plot_cell(genotype, cell, out_dir / f"{cell}.png")
-        plotting.plot_arch_trajectories(history, config.ops, cell, out_dir / f"arch_{cell}.png")
-    plotting.plot_active_experts(history, out_dir / "active_experts.png")
-    plotting.plot_losses(history, out_dir / "losses.png")
-    run.print(f"genotype ({out_dir / 'genotype.json'}):\n{text}")
+        edges: dict[tuple[int, int], dict[str, int]] = {}
+        kept = []
+        for g in genotype_dicts:
+            chosen = [(op, int(inp)) for op, inp in g[cell]]
+            for index, (op, inp) in enumerate(chosen):
+                node = index // 2
+                ops = edges.setdefault((node, inp), {})
+                ops[op] = ops.get(op, 0) + 1
+                kept.append((node, inp, op))
+        table = []
+        for (node, inp), ops in edges.items():
+            op, count = max(ops.items(), key=lambda kv: (kv[1], kv[0]))
+            table.append({"node": node, "input": inp, "seeds": sum(ops.values()),
+                          "op": op, "op_seeds": count})
+        table.sort(key=lambda r: (-r["seeds"], -r["op_seeds"], r["node"], r["input"]))
+        summary[cell] = {
+            "edges": table,
+            "edge_agreement": float(np.mean([sum(edges[(n, i)].values()) / seeds
+                                             for n, i, _ in kept])),
+            "op_agreement": float(np.mean([edges[(n, i)][op] / seeds for n, i, op in kept])),
+        }
+    return summary
+
+
+def _write_outputs(config: SearchConfig, run: runs.Run, state: SearchState) -> None:
+    """The genotype(s) and plots; with several seeds, one folder per seed, the best seed's
+    genotype at the top and ``seeds.json`` (per-seed results and their stability)."""
+    host = parallel.to_host({"arch": state.arch, "rewards": state.rewards})
+    if not run.writer:
+        return
+    out_dir, seeds = run.directory, config.seed_list
+    results = []
+    for i, seed in enumerate(seeds):
+        arch = {k: v[i] for k, v in host["arch"].items()}
+        rewards = {k: v[i] for k, v in host["rewards"].items()}
+        history = [_per_seed(r)[i] for r in run.records]
+        folder = out_dir if len(seeds) == 1 else out_dir / f"seed_{seed}"
+        genotype = _write_seed(config, folder, arch, rewards, history)
+        results.append({"seed": seed, "val_accuracy": history[-1]["val_accuracy"],
+                        "genotype": genotypes.genotype_to_dict(genotype, config.ops),
+                        "text": genotypes.format_genotype(genotype)})
+    best = max(range(len(seeds)), key=lambda i: (results[i]["val_accuracy"], -i))
+    if len(seeds) > 1:
+        for name in ("genotype.json", "genotype.txt", "normal.png", "reduce.png"):
+            shutil.copyfile(out_dir / f"seed_{seeds[best]}" / name, out_dir / name)
+        agreement = stability([r["genotype"] for r in results], config.nodes)
+        (out_dir / "seeds.json").write_text(json.dumps({
+            "best_seed": seeds[best], "seeds": results, "stability": agreement}, indent=2) + "\n")
+        plotting.plot_seed_agreement(agreement, out_dir / "stability.png")
+        for r in results:
+            run.print(f"seed {r['seed']}: val acc {100 * r['val_accuracy']:.1f}%")
+        run.print(_stability_text(agreement))
+        run.print(f"best seed {seeds[best]} (final validation accuracy)")
+    run.print(f"genotype ({out_dir / 'genotype.json'}):\n{results[best]['text']}")
+
+
+def _write_seed(config, folder, arch, rewards, history) -> genotypes.Genotype:
+    folder.mkdir(parents=True, exist_ok=True)
+    genotype = _genotype(config, arch, rewards)
+    genotypes.save_genotype(genotype, folder / "genotype.json", config.ops,
+                            selection=_selection(config, arch, rewards))
+    (folder / "genotype.txt").write_text(genotypes.format_genotype(genotype) + "\n")
+    for cell in CELL_TYPES:
+        plotting.plot_cell(genotype, cell, folder / f"{cell}.png")
+        plotting.plot_arch_trajectories(history, config.ops, cell, folder / f"arch_{cell}.png")
+    plotting.plot_active_experts(history, folder / "active_experts.png")
+    plotting.plot_losses(history, folder / "losses.png")
+    return genotype
+
+
+def _stability_text(agreement: dict[str, Any]) -> str:
+    lines = [f"stability over {agreement['seeds']} seeds:"]
+    for cell in CELL_TYPES:
+        part = agreement[cell]
+        lines.append(f"  {cell}: {100 * part['edge_agreement']:.0f}% of kept edges and "
+                     f"{100 * part['op_agreement']:.0f}% of their operations agree")
+    return "\n".join(lines)
 
 
 # ------------------------------------------------------------------ CLI
@@ -394,7 +577,8 @@ def parser() -> cli.ArgumentParser:
         description="Differentiable architecture search with XNAS (Nayman et al., 2019) on the "
         "DARTS search space. Each run writes a new folder under --runs-root.")
     p.add_argument("--summary", action="store_true",
-                   help="print one JSON line (parameter count, mixture shapes) and exit")
+                   help="print one JSON line (parameter count, mixture shapes, seeds, device "
+                   "mesh) and exit")
     return p
 
 
@@ -407,6 +591,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     """The command line: one-line ``error: ...`` and exit 2 on bad input."""
     config, args = parse_args(argv)
     try:
+        parallel.initialize_distributed(config.coordinator_address, config.num_processes,
+                                        config.process_id)
         validate_ops(config.ops)
         resolved = config.resolved()
         spec_shape = specs.DATASETS[config.dataset].image_shape
@@ -420,7 +606,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             cli.enable_compilation_cache(config.compilation_cache)
         train_and_evaluate(config)
     except (specs.DatasetError, CheckpointError, genotypes.GenotypeError, ValueError) as error:
-        cli.fail(str(error))
+        cli.fail(str(error))  # MeshError, ConfigError and RunError are ValueErrors
 
 
 if __name__ == "__main__":

@@ -28,9 +28,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from xnas_jax import optimizers
+from xnas_jax import optimizers, parallel
 from xnas_jax.data import augment
+from xnas_jax.prng import KEY_IMPL, prng_key
 from xnas_jax.genotypes import cell_replicas
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
 from xnas_jax.supernet import ARCH, SearchNetwork
 
 CELL_TYPES = ("normal", "reduce")
@@ -52,8 +56,18 @@ class SearchState(NamedTuple):
 
 
 # Version of the search state's tree, part of a search checkpoint's
-# fingerprint: 2 = with the accumulated rewards.
-STATE_LAYOUT = 2
+# fingerprint: 2 = with the accumulated rewards; 3 = a leading seed axis on
+# every leaf (several searches in one state, :func:`create_search_states`).
+STATE_LAYOUT = 3
+
+
+def seed_keys(seeds) -> np.ndarray:
+    """The (S, 4) raw data of each search's root key, ``prng_key(seed)``.
+
+    Keys enter the jitted programs as raw data on the mesh, and are wrapped
+    inside them.
+    """
+    return np.stack([np.asarray(jax.random.key_data(prng_key(int(s)))) for s in seeds])
 
 
 class Preprocess(NamedTuple):
@@ -175,39 +189,62 @@ def create_search_state(
     weight_tx: optax.GradientTransformation,
     arch_tx: optax.GradientTransformation,
 ) -> SearchState:
-    """Initializes the supernet (uniform u) and both optimizer states.
+    """One search's initial state: the supernet (uniform u) and both optimizer states.
 
-    One jitted program: built eagerly, the optimizers' states would compile
-    one small program per leaf shape.
+    Traceable (jit and vmap it; :func:`create_search_states` does both).
     """
     dummy = jnp.zeros((2, *image_shape), jnp.float32)
+    variables = model.init(key, dummy, train=True)
+    params, arch = variables["params"], variables[ARCH]
+    return SearchState(
+        step=jnp.zeros([], jnp.int32),
+        params=params,
+        batch_stats=variables.get("batch_stats", {}),
+        arch=arch,
+        weight_opt_state=weight_tx.init(params),
+        arch_opt_state=arch_tx.init(arch),
+        rewards=jax.tree.map(jnp.zeros_like, arch),
+    )
 
-    def create(key: jax.Array) -> SearchState:
-        variables = model.init(key, dummy, train=True)
-        params, arch = variables["params"], variables[ARCH]
-        return SearchState(
-            step=jnp.zeros([], jnp.int32),
-            params=params,
-            batch_stats=variables.get("batch_stats", {}),
-            arch=arch,
-            weight_opt_state=weight_tx.init(params),
-            arch_opt_state=arch_tx.init(arch),
-            rewards=jax.tree.map(jnp.zeros_like, arch),
-        )
 
-    # Committed to the device like a restored checkpoint, so that a fresh and
-    # a resumed run compile the same program (and share the compilation cache).
-    return jax.device_put(jax.jit(create)(key))
+def create_search_states(
+    key_data: np.ndarray,
+    model: SearchNetwork,
+    image_shape: tuple[int, int, int],
+    weight_tx: optax.GradientTransformation,
+    arch_tx: optax.GradientTransformation,
+    mesh: Mesh | None = None,
+) -> SearchState:
+    """The initial states of S searches, stacked on a leading seed axis.
+
+    ``key_data`` is the (S, 4) raw data of each search's root key
+    (:func:`seed_keys`).  One jitted program, run once per seed (built
+    eagerly, the optimizers' states would compile one small program per leaf
+    shape); the states are then placed on the mesh, split over ``seed``.  Seed
+    s's state is exactly :func:`create_search_state` of its key.
+    """
+    mesh = mesh or parallel.make_mesh(1, 1)
+    create = jax.jit(lambda raw: create_search_state(
+        jax.random.wrap_key_data(raw, impl=KEY_IMPL), model, image_shape, weight_tx, arch_tx))
+    # Each seed on one device, then spread: "rbg" draws depend on how a
+    # program is partitioned, and a search must not depend on the mesh.
+    states = [parallel.to_host(create(raw)) for raw in np.asarray(key_data)]
+    stacked = jax.tree.map(lambda *leaves: np.stack(leaves), *states)
+    return jax.tree.map(lambda a: parallel.global_array(a, parallel.seed_sharding(mesh)), stacked)
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
     return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
 
 
-def preprocess_batch(key: jax.Array, images: jax.Array, config: Preprocess) -> jax.Array:
-    """Augments (crop with padding, flip) uint8 images and normalizes them."""
+def preprocess_batch(key: jax.Array, images: jax.Array, config: Preprocess,
+                     draws: Callable[[Callable], Callable] | None = None) -> jax.Array:
+    """Augments (crop with padding, flip) uint8 images and normalizes them.
+
+    ``draws`` wraps the random draws (see :func:`xnas_jax.data.augment.augment`).
+    """
     if config.crop_padding or config.flip:
-        images = augment.augment(key, images, config.crop_padding, config.flip)
+        images = augment.augment(key, images, config.crop_padding, config.flip, draws=draws)
     return augment.normalize(images, jnp.asarray(config.mean), jnp.asarray(config.std))
 
 
@@ -218,12 +255,23 @@ def make_search_step(
     preprocess: Preprocess,
     feedback_clip: float | None = None,
     single_trace: bool = False,
+    mesh: Mesh | None = None,
 ) -> Callable[..., tuple[SearchState, dict[str, jax.Array]]]:
-    """Builds ``step(state, weight_data, arch_data, weight_idx, arch_idx, key)``.
+    """Builds the jitted ``step(states, data, weight_idx, arch_idx, keys)`` of S searches.
 
-    ``weight_data`` / ``arch_data`` are :class:`augment.DeviceData`
-    (the two halves, on the device), ``*_idx`` the (B,) indices of this
-    step's batches. The returned function is jitted with the state donated.
+    ``states`` are S search states stacked on a leading seed axis
+    (:func:`create_search_states`), ``data`` the whole training set on the
+    device (:class:`augment.DeviceData`, replicated), ``weight_idx`` /
+    ``arch_idx`` the (S, B) indices of each search's two batches (into
+    ``data``: each search has its own split and order), and ``keys`` the
+    (S,) base PRNG keys, folded with the state's step count for the step's
+    augmentation.  The metrics have a leading seed axis too.
+
+    On ``mesh`` (default: one device) the seeds are split over its ``seed``
+    axis and vmapped within it; each batch is split over ``data`` and every
+    batch reduction (loss, batch-norm moments, summed rewards) is over the
+    global batch.  One search (S = 1) runs the plain step, without vmap.
+    The state is donated.
 
     The architecture pass differentiates the validation loss with respect to
     one copy of u per feedback (:func:`per_feedback`), so every image's
@@ -331,13 +379,24 @@ def make_search_step(
                        val_accuracy=accuracies[1], **jax.tree.map(lambda m: m[1], arch_metrics))
         return (params, batch_stats, weight_opt_state) + arch_parts, metrics
 
-    def step(state: SearchState, weight_data, arch_data, weight_idx, arch_idx, key):
-        weight_key, arch_key = jax.random.split(key)
-        train_batch = weight_data.batch(weight_idx)
-        val_batch = arch_data.batch(arch_idx)
-        train = (preprocess_batch(weight_key, train_batch["image"], preprocess),
-                 train_batch["label"])
-        val = (preprocess_batch(arch_key, val_batch["image"], preprocess), val_batch["label"])
+    mesh = mesh or parallel.make_mesh(1, 1)
+    split_batch = NamedSharding(mesh, P(parallel.DATA))
+    # Every device draws all of a batch's random numbers, as one device
+    # would: "rbg" draws that GSPMD splits over devices come out different.
+    replicate = lambda draw: jax.shard_map(draw, mesh=mesh, in_specs=P(),  # noqa: E731
+                                           out_specs=P(), check_vma=False)
+
+    def batches(data, weight_idx, arch_idx, key_data, count):
+        """One search's two preprocessed batches; the key is folded with the step count."""
+        key = jax.random.fold_in(jax.random.wrap_key_data(key_data, impl=KEY_IMPL), count)
+        out = []
+        for half_key, idx in zip(jax.random.split(key), (weight_idx, arch_idx)):
+            batch = jax.lax.with_sharding_constraint(data.batch(idx), split_batch)
+            out.append((preprocess_batch(half_key, batch["image"], preprocess, replicate),
+                        batch["label"]))
+        return tuple(out)
+
+    def update(state: SearchState, train, val):
         passes = one_loop if single_trace else two_passes
         (params, batch_stats, weight_opt_state, arch, arch_opt_state, rewards), metrics = passes(
             state, train, val
@@ -353,20 +412,48 @@ def make_search_step(
         )
         return new_state, metrics
 
-    return jax.jit(step, donate_argnums=(0,))
+    def seeded(states, data, weight_idx, arch_idx, keys):
+        if weight_idx.shape[0] == 1:  # one search: the plain step, with an axis of 1
+            state = jax.tree.map(lambda a: a[0], states)
+            out = update(state, *batches(data, weight_idx[0], arch_idx[0], keys[0], state.step))
+            return jax.tree.map(lambda a: a[None], out)
+        # The random draws of each seed outside vmap: batched "rbg" keys draw
+        # other numbers than the same keys one at a time, and a search must
+        # not depend on the seeds it runs beside.
+        per_seed = [batches(data, weight_idx[s], arch_idx[s], keys[s], states.step[s])
+                    for s in range(weight_idx.shape[0])]
+        stacked = jax.tree.map(lambda *a: jnp.stack(a), *per_seed)
+        stacked = jax.lax.with_sharding_constraint(
+            stacked, parallel.batch_sharding(mesh, seeded=True))
+        # Each device group vmaps its own seeds (shard_map over ``seed``; the
+        # batch stays split over ``data`` by GSPMD): left to GSPMD, the seed
+        # axis that vmap folds into the convolutions' feature groups was
+        # partitioned wrongly (XLA CPU, jax 0.10.2: other losses).
+        by_seed = P(parallel.SEED)
+        return jax.shard_map(jax.vmap(update), mesh=mesh, in_specs=(by_seed, by_seed, by_seed),
+                             out_specs=by_seed, axis_names={parallel.SEED},
+                             check_vma=False)(states, *stacked)
+
+    seeds = parallel.seed_sharding(mesh)
+    indices = parallel.batch_sharding(mesh, seeded=True)
+    return jax.jit(seeded, in_shardings=(seeds, parallel.replicated(mesh), indices, indices,
+                                         seeds),
+                   out_shardings=(seeds, seeds), donate_argnums=(0,))
 
 
 def computed_experts(
     ops: tuple[str, ...], arch: dict[str, Any]
 ) -> dict[str, tuple[str, ...]]:
-    """Per cell type, the experts with a non-zero weight on at least one edge.
+    """Per cell type, the experts with a non-zero weight on at least one edge (of any seed).
 
     The others have u = 0 on every edge (wiped out everywhere) and can be left
-    out of the supernet without changing its outputs or gradients.
+    out of the supernet without changing its outputs or gradients.  ``arch``
+    holds (E, N) or (S, E, N) tables, as NumPy or device arrays.
     """
     result = {}
     for kind in CELL_TYPES:
-        alive = np.asarray(jax.device_get(arch[kind])).max(axis=0) > 0
+        table = np.asarray(parallel.to_host(arch[kind]))
+        alive = table.reshape(-1, table.shape[-1]).max(axis=0) > 0
         result[kind] = tuple(name for name, keep in zip(ops, alive) if keep)
     return result
 

@@ -476,7 +476,9 @@ class SearchCell(nn.Module):
             jnp.asarray(endpoints[from_nodes, 1]),
             weights[from_nodes],
         )
-        nodes, _ = _scan(_BufferEdge, len(from_nodes))(mixed(1), name="node_edges")(nodes, xs)
+        if len(from_nodes):  # none with one node: no empty parameters to save
+            nodes, _ = _scan(_BufferEdge, len(from_nodes))(mixed(1), name="node_edges")(
+                nodes, xs)
         return jnp.concatenate(list(nodes), axis=-1)
 
 

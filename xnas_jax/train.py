@@ -39,7 +39,7 @@ import numpy as np
 import optax
 from flax.training import train_state
 
-from xnas_jax import cli, configs, evalnet, genotypes, kernels, optimizers, runs
+from xnas_jax import cli, configs, evalnet, genotypes, kernels, optimizers, parallel, runs
 from xnas_jax.checkpointing import CheckpointError
 from xnas_jax.configs import ConfigError, TrainConfig
 from xnas_jax.data import augment, autoaugment, datasets, order, specs
@@ -346,6 +346,8 @@ def _load_data(config: TrainConfig):
 
 def _train_epoch(
     p_train_step: Callable,
+    gather: Callable,
+    mesh,
     state: TrainState,
     data: augment.DeviceData,
     config: TrainConfig,
@@ -364,50 +366,55 @@ def _train_epoch(
     """
     permutation = order.epoch_permutation(config.seed, epoch, len(data.labels))
     batches = order.batch_indices(permutation, config.batch_size)[:steps_per_epoch]
+    everywhere = parallel.replicated(mesh)
     bar = run.progress(steps_per_epoch, first, f"epoch {epoch + 1}/{config.epochs}")
     step = epoch * steps_per_epoch + first
     try:
         for step_in_epoch in range(first, steps_per_epoch):
-            indices = jnp.asarray(batches[step_in_epoch], jnp.int32)
-            state, metrics = p_train_step(state, _gather(data, indices))
+            indices = parallel.global_array(batches[step_in_epoch].astype(np.int32), everywhere)
+            state, metrics = p_train_step(state, gather(data, indices))
             sums = metrics if sums is None else jax.tree.map(jnp.add, sums, metrics)
             step += 1
             done = step_in_epoch + 1
             if done % config.log_every == 0 or done == steps_per_epoch:
-                shown, last = jax.device_get((sums, metrics))  # one host read
+                shown, last = parallel.to_host((sums, metrics))  # one host read
                 bar.set_postfix(loss=f"{shown['loss'] / done:.4f}",
                                 acc=f"{shown['accuracy'] / done:.4f}")
                 run.scalars(step, {f"step/{k}": v for k, v in last.items()})
             bar.update(1)
             run.raise_if_stop_requested()
     except (KeyboardInterrupt, runs.StopRequested):
-        partial = {k: float(v) for k, v in jax.device_get(sums).items()} if sums else None
+        partial = {k: float(v) for k, v in parallel.to_host(sums).items()} if sums else None
         run.stop(step, checkpoint_tree(state), {"epoch": epoch, "partial_sums": partial})
     finally:
         bar.close()
-    return state, {k: float(v) for k, v in jax.device_get(sums).items()}
+    return state, {k: float(v) for k, v in parallel.to_host(sums).items()}
 
 
-def _evaluate(eval_fn: Callable, state: TrainState, data, batch_size: int) -> dict[str, float]:
+def _evaluate(eval_fn: Callable, gather: Callable, state: TrainState, data, batch_size: int,
+              mesh) -> dict[str, float]:
     """Loss and accuracy over a whole device dataset, padding the last batch."""
     n = int(data.labels.shape[0])
     totals = None
+    everywhere = parallel.replicated(mesh)
     for start in range(0, n, batch_size):
         indices = np.arange(start, start + batch_size)
-        batch = _gather(data, jnp.asarray(np.minimum(indices, n - 1), jnp.int32))
-        batch["mask"] = jnp.asarray(indices < n)
+        batch = gather(data, parallel.global_array(np.minimum(indices, n - 1).astype(np.int32),
+                                                   everywhere))
+        batch["mask"] = parallel.global_array(indices < n, parallel.batch_sharding(mesh))
         sums = eval_fn(state, batch)
         totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
-    totals = jax.device_get(totals)
+    totals = parallel.to_host(totals)
     return {
         "loss": float(totals["loss"] / totals["count"]),
         "accuracy": float(totals["correct"] / totals["count"]),
     }
 
 
-@jax.jit
-def _gather(data: augment.DeviceData, indices: jax.Array) -> dict[str, jax.Array]:
-    return data.batch(indices)
+def make_gather(mesh) -> Callable:
+    """``gather(data, indices)``: a batch of the device data, split over the ``data`` axis."""
+    return jax.jit(lambda data, indices: data.batch(indices),
+                   out_shardings=parallel.batch_sharding(mesh))
 
 
 def train_and_evaluate(config: TrainConfig) -> dict[str, Any]:
@@ -422,6 +429,9 @@ def train_and_evaluate(config: TrainConfig) -> dict[str, Any]:
         settings that do not fit the data.
     """
     genotype = genotypes.get_genotype(config.genotype)
+    mesh = parallel.make_mesh(1, config.devices)
+    parallel.check_batch(mesh, config.batch_size)
+    parallel.check_batch(mesh, config.eval_batch_size, "--eval-batch-size")
     directory = runs.locate_run(config.out_dir, config.runs_root, config.resume)
     train_data, test_data = _load_data(config)
     setup = resolve_setup(config, train_data.images.shape[1:], train_data.num_classes, genotype)
@@ -438,6 +448,7 @@ def train_and_evaluate(config: TrainConfig) -> dict[str, Any]:
     schedule = learning_rate_schedule(config, steps_per_epoch)
     resolved = {f.name: getattr(setup, f.name) for f in dataclasses.fields(Setup)
                 if f.name not in ("genotype",)}
+    resolved["mesh"] = parallel.describe(mesh)
     with runs.Run(directory, kind="train",
                   config=dataclasses.asdict(config), resolved=resolved,
                   fingerprint={**configs.fingerprint(config),
@@ -447,26 +458,36 @@ def train_and_evaluate(config: TrainConfig) -> dict[str, Any]:
                   fresh=config.out_dir is None) as run:
         state = create_train_state(prng_key(config.seed), model, setup.image_shape,
                                    create_optimizer(config, schedule))
-        # Committed to the device like a restored state, so that a fresh and a
-        # resumed run compile the same program (and share the compilation cache).
-        state = jax.device_put(state, jax.devices()[0])
+        # Replicated over the mesh, like a restored state, so that a fresh and
+        # a resumed run compile the same program (and share the compilation cache).
+        everywhere = parallel.replicated(mesh)
+        state = jax.tree.map(lambda a: parallel.global_array(parallel.to_host(a), everywhere),
+                             state)
         restored, step = run.restore(checkpoint_tree(state))
         state = state.replace(**restored)
         partial = run.checkpoints.metadata(step).get("partial_sums") if step else None
 
-        train_device = augment.to_device(train_data)
-        test_device = augment.to_device(test_data)
+        train_device, test_device = (
+            augment.DeviceData(parallel.global_array(d.images, everywhere),
+                               parallel.global_array(d.labels, everywhere))
+            for d in (train_data, test_data))
+        gather = make_gather(mesh)
+        split = parallel.batch_sharding(mesh)
         step_fn = functools.partial(train_step, config=config, setup=setup,
                                     steps_per_epoch=steps_per_epoch, mean=mean, std=std)
         eval_fn = functools.partial(eval_step, mean=mean, std=std)
         # Compiled ahead of time, once: a call with other shapes would fail
         # instead of silently retracing.
         compile_start = time.perf_counter()
-        example = _gather(train_device, jnp.arange(config.batch_size, dtype=jnp.int32))
-        p_train_step = jax.jit(step_fn, donate_argnums=0).lower(state, example).compile()
-        eval_example = dict(_gather(test_device, jnp.zeros(config.eval_batch_size, jnp.int32)))
-        eval_example["mask"] = jnp.ones(config.eval_batch_size, bool)
-        p_eval_step = jax.jit(eval_fn).lower(state, eval_example).compile()
+        example = gather(train_device, parallel.global_array(
+            np.arange(config.batch_size, dtype=np.int32), everywhere))
+        p_train_step = jax.jit(step_fn, donate_argnums=0, in_shardings=(everywhere, split),
+                               out_shardings=everywhere).lower(state, example).compile()
+        eval_example = dict(gather(test_device, parallel.global_array(
+            np.zeros(config.eval_batch_size, np.int32), everywhere)))
+        eval_example["mask"] = parallel.global_array(np.ones(config.eval_batch_size, bool), split)
+        p_eval_step = jax.jit(eval_fn, in_shardings=(everywhere, split),
+                              out_shardings=everywhere).lower(state, eval_example).compile()
         compile_time = time.perf_counter() - compile_start
         run.print(f"training in {run.directory}: {setup.genotype_name} on {config.dataset}, "
                   f"{config.epochs} epochs x {steps_per_epoch} steps of batch "
@@ -479,15 +500,16 @@ def train_and_evaluate(config: TrainConfig) -> dict[str, Any]:
             lr = float(schedule(epoch * steps_per_epoch))
             epoch_start = time.perf_counter()
             sums = jax.tree.map(jnp.asarray, partial) if partial and first else None
-            state, sums = _train_epoch(p_train_step, state, train_device, config, run, epoch,
-                                       first, steps_per_epoch, sums)
+            state, sums = _train_epoch(p_train_step, gather, mesh, state, train_device, config,
+                                       run, epoch, first, steps_per_epoch, sums)
             step = (epoch + 1) * steps_per_epoch
             train_time = time.perf_counter() - epoch_start
             images_per_second = (steps_per_epoch - first) * config.batch_size / train_time
             throughputs.append(images_per_second)
 
             eval_start = time.perf_counter()
-            test_metrics = _evaluate(p_eval_step, state, test_device, config.eval_batch_size)
+            test_metrics = _evaluate(p_eval_step, gather, state, test_device,
+                                     config.eval_batch_size, mesh)
             eval_time = time.perf_counter() - eval_start
             epoch_record = {
                 "epoch": epoch + 1,
@@ -513,7 +535,8 @@ def train_and_evaluate(config: TrainConfig) -> dict[str, Any]:
             run.print(json.dumps(epoch_record))
 
         if test_metrics is None:  # resumed a finished run: evaluate what it left.
-            test_metrics = _evaluate(p_eval_step, state, test_device, config.eval_batch_size)
+            test_metrics = _evaluate(p_eval_step, gather, state, test_device,
+                                     config.eval_batch_size, mesh)
         # The first epoch of a process warms caches; later epochs show the rate.
         steady = throughputs[1:] or throughputs
         results = {
@@ -532,11 +555,13 @@ def train_and_evaluate(config: TrainConfig) -> dict[str, Any]:
             "compile_time_s": round(compile_time, 2),
             "run_time_s": round(time.perf_counter() - run_start, 2),
             "device": str(jax.devices()[0].device_kind),
+            "mesh": parallel.describe(mesh),
             **stats,
             "run_dir": str(run.directory),
             "config": dataclasses.asdict(config),
         }
-        (run.directory / RESULTS_FILE).write_text(json.dumps(results, indent=2) + "\n")
+        if run.writer:
+            (run.directory / RESULTS_FILE).write_text(json.dumps(results, indent=2) + "\n")
         run.finish(test_accuracy=results["test_accuracy"])
     return results
 
@@ -631,12 +656,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"pass its images as --dataset image_folder --data-dir DIR"
             )
         genotypes.get_genotype(config.genotype)  # fail before touching the disk.
+        parallel.initialize_distributed(config.coordinator_address, config.num_processes,
+                                        config.process_id)
         if config.compilation_cache is not None:
             cli.enable_compilation_cache(config.compilation_cache)
         results = train_and_evaluate(config)
     except (genotypes.GenotypeError, specs.DatasetError, CheckpointError, ValueError) as error:
         cli.fail(str(error))
-    print(json.dumps({k: v for k, v in results.items() if k not in ("config", "genotype_cell")}))
+    if parallel.is_writer():
+        print(json.dumps({k: v for k, v in results.items()
+                          if k not in ("config", "genotype_cell")}))
     return 0
 
 

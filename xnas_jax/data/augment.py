@@ -8,7 +8,7 @@ AutoAugment's policy is in :mod:`xnas_jax.data.autoaugment`.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -87,7 +87,8 @@ def normalize(
     return (images.astype(jnp.float32) / 255.0 - mean) / std
 
 
-def augment(key: jax.Array, images: jax.Array, pad: int = 4, flip: bool = True) -> jax.Array:
+def augment(key: jax.Array, images: jax.Array, pad: int = 4, flip: bool = True,
+            draws: Callable[[Callable], Callable] | None = None) -> jax.Array:
     """Random crop after zero padding, and random horizontal flip, per image.
 
     The standard CIFAR augmentation of DARTS and XNAS: pad each side by `pad`
@@ -102,6 +103,10 @@ def augment(key: jax.Array, images: jax.Array, pad: int = 4, flip: bool = True) 
       images: array (B, H, W, C), any dtype.
       pad: zero padding on each side, >= 0 (0: no crop).
       flip: whether to mirror half of the images.
+      draws: wraps the function ``key -> (offsets, flips)`` that makes the
+        random draws; e.g. a ``shard_map`` that makes every device draw the
+        whole batch's numbers, so that they do not depend on how the batch
+        is split over devices.
 
     Returns:
       Array like `images`.
@@ -109,17 +114,21 @@ def augment(key: jax.Array, images: jax.Array, pad: int = 4, flip: bool = True) 
     if not isinstance(pad, int) or pad < 0:
         raise ValueError(f"pad must be an int >= 0, got pad={pad!r}")
     batch, height, width, channels = images.shape
-    crop_key, flip_key = jax.random.split(key)
+
+    def draw(key: jax.Array) -> tuple[jax.Array, jax.Array]:
+        crop_key, flip_key = jax.random.split(key)
+        offsets = jax.random.randint(crop_key, (batch, 2), 0, 2 * pad + 1)
+        return offsets, jax.random.bernoulli(flip_key, 0.5, (batch,))
+
+    offsets, mirrored = (draws(draw) if draws else draw)(key)
     if pad:
         padded = jnp.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
-        offsets = jax.random.randint(crop_key, (batch, 2), 0, 2 * pad + 1)
 
         def crop(image: jax.Array, offset: jax.Array) -> jax.Array:
             return lax.dynamic_slice(image, (offset[0], offset[1], 0), (height, width, channels))
 
         images = jax.vmap(crop)(padded, offsets)
     if flip:
-        mirrored = jax.random.bernoulli(flip_key, 0.5, (batch,))
         images = jnp.where(mirrored[:, None, None, None], images[:, :, ::-1, :], images)
     return images
 

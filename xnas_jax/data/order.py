@@ -20,6 +20,7 @@ __all__ = [
     "downsample",
     "epoch_permutation",
     "search_split",
+    "search_split_indices",
     "subset",
 ]
 
@@ -33,6 +34,19 @@ def _take(dataset: ArrayDataset, indices: np.ndarray, name: str) -> ArrayDataset
 def _check_seed(seed: int) -> None:
     if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
         raise ValueError(f"seed must be an int >= 0, got seed={seed!r}")
+
+
+def search_split_indices(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """The example indices of the two halves of a search split (see :func:`search_split`).
+
+    Returns:
+      ``(weights_half, arch_half)``: sorted, disjoint, together ``range(n)``,
+      sizes ``ceil(n/2)`` and ``floor(n/2)``.
+    """
+    _check_seed(seed)
+    order = np.random.default_rng(seed).permutation(n)
+    half = (n + 1) // 2
+    return np.sort(order[:half]), np.sort(order[half:])
 
 
 def search_split(dataset: ArrayDataset, seed: int = 0) -> tuple[ArrayDataset, ArrayDataset]:
@@ -56,11 +70,10 @@ def search_split(dataset: ArrayDataset, seed: int = 0) -> tuple[ArrayDataset, Ar
     n = len(dataset.labels)
     if n < 2:
         raise ValueError(f"search_split needs at least 2 examples, {dataset.name} has {n}")
-    order = np.random.default_rng(seed).permutation(n)
-    half = (n + 1) // 2
+    weights, arch = search_split_indices(n, seed)
     return (
-        _take(dataset, np.sort(order[:half]), f"{dataset.name}[search-weights]"),
-        _take(dataset, np.sort(order[half:]), f"{dataset.name}[search-arch]"),
+        _take(dataset, weights, f"{dataset.name}[search-weights]"),
+        _take(dataset, arch, f"{dataset.name}[search-arch]"),
     )
 
 

@@ -1,0 +1,191 @@
+"""Devices, processes and the ``seed x data`` mesh that the search and the training run on.
+
+Both loops run on one :class:`jax.sharding.Mesh` with two named axes:
+
+- ``seed``: independent searches (their own initialization, split, data
+  order, mixture weights and genotype), stacked on a leading axis of the
+  search state and vmapped; the axis spreads them over devices when there are
+  enough, and one device runs them all otherwise;
+- ``data``: the global batch is split over it.  Network weights, mixture
+  weights and optimizer states are replicated along it, and GSPMD turns every
+  batch reduction (the loss, batch norm's moments, the summed XNAS rewards)
+  into a reduction over the global batch: the same numbers as one device
+  computing that batch, up to float32 summation order.
+
+The mesh spans every device of every process (``jax.distributed``), so a
+multi-host run is the same program.  Arrays enter it through
+:func:`global_array`, built from host values that every process knows, and
+leave it through :func:`to_host`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Any
+
+import jax
+import numpy as np
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+__all__ = [
+    "DATA", "SEED", "MeshError", "initialize_distributed", "mesh_shape", "make_mesh",
+    "describe", "check_batch", "replicated", "seed_sharding", "batch_sharding",
+    "global_array", "to_host", "is_writer", "broadcast_text", "barrier",
+]
+
+SEED, DATA = "seed", "data"
+
+
+class MeshError(ValueError):
+    """Devices, seeds and batch sizes that do not fit together."""
+
+
+def initialize_distributed(coordinator_address: str | None = None,
+                           num_processes: int | None = None,
+                           process_id: int | None = None) -> bool:
+    """Joins a multi-process run (``jax.distributed``); returns whether it did.
+
+    ``coordinator_address`` ``"auto"`` lets JAX detect the cluster (SLURM,
+    Cloud TPU, Open MPI, ...).  Without it, the environment variables
+    ``JAX_COORDINATOR_ADDRESS`` / ``JAX_NUM_PROCESSES`` / ``JAX_PROCESS_ID``
+    are read; with neither, the run is one process.  Must run before anything
+    touches a device.
+    """
+    env = os.environ
+    address = coordinator_address or env.get("JAX_COORDINATOR_ADDRESS")
+    if not address:
+        return False
+    if num_processes is None and env.get("JAX_NUM_PROCESSES"):
+        num_processes = int(env["JAX_NUM_PROCESSES"])
+    if process_id is None and env.get("JAX_PROCESS_ID"):
+        process_id = int(env["JAX_PROCESS_ID"])
+    if address == "auto":
+        jax.distributed.initialize()
+    else:
+        if num_processes is None or process_id is None:
+            raise MeshError(f"--coordinator-address {address} needs --num-processes and "
+                            "--process-id (or JAX_NUM_PROCESSES and JAX_PROCESS_ID)")
+        if not 0 <= process_id < num_processes:
+            raise MeshError(f"--process-id {process_id} is not in [0, {num_processes})")
+        jax.distributed.initialize(address, num_processes, process_id)
+    return True
+
+
+def mesh_shape(num_seeds: int, num_devices: int) -> tuple[int, int]:
+    """``(seed, data)`` axis sizes: as many devices per seed group as divide both.
+
+    The ``seed`` axis takes ``gcd(seeds, devices)`` devices, so each holds
+    ``seeds / seed_axis`` whole searches (vmapped); the rest split the batch.
+    """
+    if num_seeds < 1 or num_devices < 1:
+        raise MeshError(f"need at least one seed and one device, got {num_seeds} seeds and "
+                        f"{num_devices} devices")
+    seed_axis = math.gcd(num_seeds, num_devices)
+    return seed_axis, num_devices // seed_axis
+
+
+def make_mesh(num_seeds: int = 1, devices: int | None = None) -> Mesh:
+    """The ``(seed, data)`` mesh over all devices of all processes, or the first ``devices``.
+
+    Raises:
+      MeshError: ``devices`` larger than the devices there are, or a limit
+        that does not leave every process the same number of devices.
+    """
+    available = jax.devices()
+    if devices is not None:
+        if not 1 <= devices <= len(available):
+            raise MeshError(f"--devices {devices}: this run has {len(available)} "
+                            f"{available[0].platform} device(s)")
+        if jax.process_count() > 1 and devices != len(available):
+            raise MeshError("--devices limits a one-process run only; a multi-process run "
+                            "uses all devices of all processes")
+        available = available[:devices]
+    seed_axis, data_axis = mesh_shape(num_seeds, len(available))
+    grid = np.asarray(available, dtype=object).reshape(seed_axis, data_axis)
+    return Mesh(grid, (SEED, DATA))
+
+
+def describe(mesh: Mesh) -> dict[str, Any]:
+    """The mesh as JSON: axis sizes, devices and processes."""
+    return {
+        "axes": {name: int(size) for name, size in mesh.shape.items()},
+        "devices": int(mesh.devices.size),
+        "platform": mesh.devices.flat[0].platform,
+        "processes": jax.process_count(),
+    }
+
+
+def check_batch(mesh: Mesh, batch_size: int, what: str = "--batch-size") -> None:
+    """A batch must split evenly over the mesh's ``data`` axis."""
+    data_axis = mesh.shape[DATA]
+    if batch_size % data_axis:
+        raise MeshError(
+            f"{what} {batch_size} does not split over the {data_axis} devices of the mesh's "
+            f"data axis (seed {mesh.shape[SEED]} x data {data_axis}): use a multiple of "
+            f"{data_axis}, or --devices")
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    """Every device holds the whole array."""
+    return NamedSharding(mesh, P())
+
+
+def seed_sharding(mesh: Mesh) -> NamedSharding:
+    """The leading (seed) axis split over ``seed``, replicated over ``data``."""
+    return NamedSharding(mesh, P(SEED))
+
+
+def batch_sharding(mesh: Mesh, seeded: bool = False) -> NamedSharding:
+    """A batch axis split over ``data`` (after a leading seed axis if ``seeded``)."""
+    return NamedSharding(mesh, P(SEED, DATA) if seeded else P(DATA))
+
+
+def global_array(value: Any, sharding: NamedSharding) -> jax.Array:
+    """A global array from a host value that every process holds in full.
+
+    Each process copies only the pieces its own devices hold.
+    """
+    value = np.asarray(value)
+    return jax.make_array_from_callback(value.shape, sharding, lambda index: value[index])
+
+
+def to_host(tree: Any) -> Any:
+    """A pytree of (possibly multi-process) arrays as NumPy, on every process.
+
+    Arrays spread over other processes' devices are gathered (a collective:
+    every process must call this at the same point).
+    """
+    def fetch(leaf):
+        if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
+            return np.asarray(multihost_utils.process_allgather(leaf, tiled=True))
+        return np.asarray(jax.device_get(leaf))
+
+    return jax.tree.map(fetch, tree)
+
+
+def is_writer() -> bool:
+    """Only process 0 writes logs, plots, genotypes and run files."""
+    return jax.process_index() == 0
+
+
+def broadcast_text(text: str, length: int = 1024) -> str:
+    """Process 0's ``text`` on every process (e.g. the name of a new run folder)."""
+    if jax.process_count() == 1:
+        return text
+    raw = text.encode()
+    if len(raw) > length:
+        raise MeshError(f"cannot share a text of {len(raw)} bytes between processes")
+    buffer = np.zeros(length + 1, np.int32)
+    buffer[0] = len(raw)
+    buffer[1:1 + len(raw)] = np.frombuffer(raw, np.uint8)
+    shared = np.asarray(multihost_utils.broadcast_one_to_all(buffer))
+    return bytes(shared[1:1 + int(shared[0])].astype(np.uint8)).decode()
+
+
+def barrier(name: str) -> None:
+    """Waits until every process reaches this point (nothing with one process)."""
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices(name)
