@@ -46,7 +46,7 @@ if [ "$part" = bench ] || [ "$part" = all ]; then
   bench "${BENCH_TIMEOUT:-540}" --cache-hit --config "batch=64,$s" \
       --config "batch=64,single_trace=1,$s" --config "batch=256,$short" \
       --config "batch=64,dtype=bfloat16,$s" --config "batch=64,active_fraction=0.5,$s" \
-      --config "batch=96,$short"
+      --config "batch=96,$short" --config "batch=64,seeds=4,$short"
 fi
 
 if [ "$part" = e2e ] || [ "$part" = all ]; then

@@ -76,8 +76,16 @@ def assert_usage_error(code: int, err: str, *fragments: str) -> None:
 _RUN_FIXTURES = {"tiny_search", "tiny_train", "darts_search", "search_run", "train_run"}
 
 
+# The longest file, first: its 8-device process (about 7 minutes) then runs
+# beside the other files instead of after them (pytest-xdist hands out files in
+# collection order).
+_FIRST = "test_parallel.py"
+
+
 def pytest_collection_modifyitems(items):
-    """Tests that read a whole search or training run are `slow` (marked by fixture)."""
+    """Tests that read a whole search or training run are `slow` (marked by fixture);
+    the longest file goes first."""
     for item in items:
         if _RUN_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
+    items.sort(key=lambda item: item.path.name != _FIRST)  # stable: the rest keep order
