@@ -44,7 +44,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from xnas_jax import cli, configs, genotypes, parallel, search, search_step
-from xnas_jax.data import augment
+from xnas_jax.data import shards
+from xnas_jax.data.specs import ArrayDataset
 from xnas_jax.kernels import DTYPES, dtype_from_name
 from xnas_jax.supernet import SearchNetwork
 
@@ -232,7 +233,7 @@ class Prepared(NamedTuple):
     experts: tuple[str, ...]
     lowered: Any
     state: search_step.SearchState
-    data: augment.DeviceData
+    data: shards.DeviceShards
     orders: list[tuple[jax.Array, jax.Array]]  # (S, B) weight and arch indices, 8 steps' worth
     keys: jax.Array
     trace_s: float
@@ -277,12 +278,13 @@ def prepare(config: Config, seed: int = 0) -> Prepared:
     # Random uint8 images and labels, 16 batches' worth, rotated through.
     rng = np.random.default_rng(seed)
     pool = 16 * config.batch
-    everywhere = parallel.replicated(mesh)
-    data = augment.DeviceData(
-        parallel.global_array(rng.integers(0, 256, (pool, *spec["image_shape"]), dtype=np.uint8),
-                              everywhere),
-        parallel.global_array(rng.integers(0, spec["num_classes"], pool, dtype=np.int32),
-                              everywhere))
+    random_images = ArrayDataset(
+        rng.integers(0, 256, (pool, *spec["image_shape"]), dtype=np.uint8),
+        rng.integers(0, spec["num_classes"], pool, dtype=np.int32), spec["num_classes"], "random")
+    one_shard = shards.ShardLayout(1, mesh.shape[parallel.DATA])
+    data = shards.to_devices(shards.ShardedSplit(
+        {0: random_images}, (pool,), np.zeros(1), np.ones(1), spec["num_classes"],
+        tuple(spec["image_shape"]), ((0,),)), one_shard, mesh)
     split = parallel.batch_sharding(mesh, seeded=True)
     orders = []
     for _ in range(8):

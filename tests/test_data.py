@@ -563,16 +563,6 @@ def test_batch_indices_drop_the_remainder():
 # ----- on the device -------------------------------------------------------------
 
 
-def test_device_data_gathers_batches_inside_jit():
-    dataset = _numbered(20)
-    data = augment.to_device(dataset)
-    indices = jnp.array([3, 19, 0, 3])
-    batch = jax.jit(lambda d, i: d.batch(i))(data, indices)
-    np.testing.assert_array_equal(batch["image"], dataset.images[[3, 19, 0, 3]])
-    np.testing.assert_array_equal(batch["label"], [3, 19, 0, 3])
-    assert batch["image"].dtype == jnp.uint8 and batch["label"].dtype == jnp.int32
-
-
 def test_normalize_and_channel_stats_match_numpy():
     images = _random_images(0, (10, 4, 4, 3))
     mean, std = ArrayDataset(images, np.zeros(10, np.int32), 1, "x").channel_stats

@@ -100,6 +100,7 @@ class SearchConfig:
     coordinator_address: str | None = None
     num_processes: int | None = None
     process_id: int | None = None
+    data_shards: int | None = None
 
     @property
     def seed_list(self) -> tuple[int, ...]:
@@ -186,6 +187,7 @@ class TrainConfig:
     coordinator_address: str | None = None
     num_processes: int | None = None
     process_id: int | None = None
+    data_shards: int | None = None
 
 
 # Named recipes: the settings a recipe fixes, and the network it is for.
@@ -421,6 +423,10 @@ FLAGS: dict[str, Flag] = {
                           "JAX_NUM_PROCESSES)", cli.positive_int, default="none"),
     "process_id": Flag("devices", "this process's index (also JAX_PROCESS_ID)",
                        cli.non_negative_int, default="none"),
+    "data_shards": Flag("devices", "cut the training data into K shards, each read only by "
+                        "the processes whose devices hold it; it fixes the data order, so a "
+                        "resume keeps it", cli.positive_int,
+                        default="one per process"),
     "compilation_cache": Flag("run", "persistent XLA compilation cache: repeated runs skip "
                               "compiling", default="none"),
 }

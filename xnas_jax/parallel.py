@@ -33,7 +33,8 @@ from jax.sharding import PartitionSpec as P
 __all__ = [
     "DATA", "SEED", "MeshError", "initialize_distributed", "mesh_shape", "make_mesh",
     "describe", "check_batch", "replicated", "seed_sharding", "batch_sharding",
-    "global_array", "to_host", "is_writer", "broadcast_text", "barrier",
+    "global_array", "to_host", "gather_from_processes", "is_writer", "broadcast_text",
+    "barrier",
 ]
 
 SEED, DATA = "seed", "data"
@@ -90,6 +91,10 @@ def mesh_shape(num_seeds: int, num_devices: int) -> tuple[int, int]:
 def make_mesh(num_seeds: int = 1, devices: int | None = None) -> Mesh:
     """The ``(seed, data)`` mesh over all devices of all processes, or the first ``devices``.
 
+    With several processes, they split the ``data`` axis where it has a
+    multiple of their number of devices (so each reads only its data shards,
+    :mod:`xnas_jax.data.shards`), else the ``seed`` axis.
+
     Raises:
       MeshError: ``devices`` larger than the devices there are, or a limit
         that does not leave every process the same number of devices.
@@ -104,8 +109,14 @@ def make_mesh(num_seeds: int = 1, devices: int | None = None) -> Mesh:
                             "uses all devices of all processes")
         available = available[:devices]
     seed_axis, data_axis = mesh_shape(num_seeds, len(available))
-    grid = np.asarray(available, dtype=object).reshape(seed_axis, data_axis)
-    return Mesh(grid, (SEED, DATA))
+    processes = jax.process_count()
+    ordered = sorted(available, key=lambda d: (d.process_index, d.id))
+    grid = np.asarray(ordered, dtype=object)
+    if processes > 1 and data_axis % processes == 0:
+        # Processes split the data axis (each then reads only its data shards,
+        # :mod:`xnas_jax.data.shards`) and each holds every seed.
+        grid = grid.reshape(processes, seed_axis, data_axis // processes).transpose(1, 0, 2)
+    return Mesh(grid.reshape(seed_axis, data_axis), (SEED, DATA))
 
 
 def describe(mesh: Mesh) -> dict[str, Any]:
@@ -164,6 +175,14 @@ def to_host(tree: Any) -> Any:
         return np.asarray(jax.device_get(leaf))
 
     return jax.tree.map(fetch, tree)
+
+
+def gather_from_processes(value: np.ndarray) -> np.ndarray:
+    """Every process's int32 ``value``, stacked: shape ``(processes, *value.shape)``."""
+    value = np.asarray(value, np.int32)
+    if jax.process_count() == 1:
+        return value[None]
+    return np.asarray(multihost_utils.process_allgather(value, tiled=False))
 
 
 def is_writer() -> bool:

@@ -31,7 +31,7 @@ from xnas_jax import (cli, configs, genotypes, kernels, optimizers, parallel, pl
                       search_step)
 from xnas_jax.checkpointing import CheckpointError
 from xnas_jax.configs import SearchConfig
-from xnas_jax.data import augment, datasets, order, specs
+from xnas_jax.data import order, shards, specs
 from xnas_jax.search_step import CELL_TYPES, SearchState
 from xnas_jax.supernet import VARIABLES_LAYOUT, SearchNetwork, count_params, validate_ops
 
@@ -120,12 +120,15 @@ def make_mesh(config: SearchConfig):
 
 
 class SearchData(NamedTuple):
-    """The training set on the device, each search's split of it, and what the step needs."""
+    """This process's training shards on the devices, each search's split, and what the step
+    needs."""
 
-    data: augment.DeviceData  # every training image, replicated over the mesh
-    # (S, ceil(N/2)) / (S, floor(N/2)): each search's halves, as indices into
-    # ``data``: one trains the network weights (Algorithm 1 line 4), the other
-    # rewards the experts (lines 5-13).
+    data: shards.DeviceShards  # the shards of the training set, split over ``data``
+    layout: shards.ShardLayout
+    shard_size: int  # the examples of each shard
+    # (S, ceil(n/2)) / (S, floor(n/2)): each search's halves, as indices into
+    # every shard of n examples: one trains the network weights (Algorithm 1
+    # line 4), the other rewards the experts (lines 5-13).
     weight_halves: np.ndarray
     arch_halves: np.ndarray
     preprocess: search_step.Preprocess
@@ -135,49 +138,62 @@ class SearchData(NamedTuple):
 
 
 def load_data(config: SearchConfig, mesh, log=print) -> tuple[SearchConfig, SearchData]:
-    """Loads, subsets and splits the data (one split per seed); fills the crop padding.
+    """Loads, subsets and splits this process's data shards (one split per seed).
 
-    Every process loads the whole (subset) training set, so that each can
-    gather any search's batch; the device copy is replicated over the mesh.
+    The training set is cut into ``config.data_shards`` shards
+    (:mod:`xnas_jax.data.shards`; default: one per process), and each process
+    reads only the shards that its devices hold.  Each search's split into
+    weight and architecture halves is the same within every shard; a batch
+    takes ``batch_size / K`` examples of each shard.  Also fills the crop
+    padding and the shard count into the config.
 
     Raises:
-      DatasetError, ValueError: missing data, or images and batch that do not
-        fit the network.
+      DatasetError, MeshError, ValueError: missing data, or images, batch and
+        shards that do not fit the network or the mesh.
     """
+    if config.data_shards is None:
+        config = dataclasses.replace(config, data_shards=shards.default_count(mesh))
+    count = config.data_shards
+    layout = shards.layout(mesh, count, {"--batch-size": config.batch_size})
+    if config.max_train_examples and config.max_train_examples < count:
+        raise ValueError(f"--max-train-examples {config.max_train_examples} is fewer than "
+                         f"--data-shards {count}")
+
+    def prepare(dataset):
+        if config.max_train_examples:
+            # One subset for every seed: it defines the data, the seeds vary the rest.
+            dataset = order.subset(dataset, config.max_train_examples // count, seed=0)
+        return order.downsample(dataset, config.downsample)
+
     started = time.perf_counter()
-    dataset = datasets.load_dataset(config.dataset, "train", config.data_dir,
-                                    cache_dir=config.cache_dir)
-    log(f"loaded {len(dataset.labels)} {config.dataset} images in "
-        f"{time.perf_counter() - started:.1f} s")
-    if config.max_train_examples:
-        # One subset for every seed: it defines the data, the seeds vary the rest.
-        dataset = order.subset(dataset, config.max_train_examples, seed=0)
-    dataset = order.downsample(dataset, config.downsample)
-    image_shape = tuple(int(d) for d in dataset.images.shape[1:])
+    split = shards.load_split(config.dataset, "train", config.data_dir, config.cache_dir,
+                              layout, mesh, prepare, equal=True)
+    log(f"loaded {config.dataset} in {time.perf_counter() - started:.1f} s: "
+        f"{shards.describe(split)}")
+    image_shape = split.image_shape
     check_image_size(image_shape, config.layers)
     if config.crop_padding is None:
         config = dataclasses.replace(config, crop_padding=specs.default_crop_padding(image_shape))
-    n = len(dataset.labels)
+    n = split.size
     if n < 2:
-        raise ValueError(f"a search needs at least 2 training images, {dataset.name} has {n}")
-    splits = [order.search_split_indices(n, seed) for seed in config.seed_list]
-    weight_halves = np.stack([w for w, _ in splits])
-    arch_halves = np.stack([a for _, a in splits])
-    steps_per_epoch = min(weight_halves.shape[1], arch_halves.shape[1]) // config.batch_size
+        raise ValueError(f"a search needs at least 2 training images per data shard, "
+                         f"{config.dataset} has {n}")
+    halves = [order.search_split_indices(n, seed) for seed in config.seed_list]
+    weight_halves = np.stack([w for w, _ in halves])
+    arch_halves = np.stack([a for _, a in halves])
+    per_shard = config.batch_size // count
+    steps_per_epoch = min(weight_halves.shape[1], arch_halves.shape[1]) // per_shard
     if steps_per_epoch < 1:
         raise ValueError(f"--batch-size {config.batch_size} is larger than half of the "
-                         f"{n} training images")
+                         f"{n * count} training images")
     if config.max_steps_per_epoch:
         steps_per_epoch = min(steps_per_epoch, config.max_steps_per_epoch)
-    mean, std = specs.channel_stats(dataset.images)
-    preprocess = search_step.Preprocess(tuple(float(m) for m in mean),
-                                        tuple(float(s) for s in std),
+    preprocess = search_step.Preprocess(tuple(float(m) for m in split.mean),
+                                        tuple(float(s) for s in split.std),
                                         config.crop_padding, bool(config.flip))
-    everywhere = parallel.replicated(mesh)
-    data = augment.DeviceData(parallel.global_array(dataset.images, everywhere),
-                              parallel.global_array(dataset.labels, everywhere))
-    return config, SearchData(data, weight_halves, arch_halves, preprocess, image_shape,
-                              dataset.num_classes, steps_per_epoch)
+    return config, SearchData(shards.to_devices(split, layout, mesh), layout, n, weight_halves,
+                              arch_halves, preprocess, image_shape, split.num_classes,
+                              steps_per_epoch)
 
 
 # ------------------------------------------------------------------ state
@@ -261,8 +277,10 @@ def train_and_evaluate(config: SearchConfig) -> dict[str, Any]:
         steps = _Steps(config, model, weight_tx, arch_tx, data.preprocess, mesh, run.print)
         seeds = config.seed_list
         run.print(
-            f"search in {run.directory}: {config.dataset} ({data.weight_halves.shape[1]} + "
-            f"{data.arch_halves.shape[1]} images {'x'.join(map(str, data.image_shape))}), "
+            f"search in {run.directory}: {config.dataset} "
+            f"({data.weight_halves.shape[1] * data.layout.count} + "
+            f"{data.arch_halves.shape[1] * data.layout.count} images "
+            f"{'x'.join(map(str, data.image_shape))}), "
             f"{config.layers} cells of C={config.channels}, {config.epochs} epochs x "
             f"{data.steps_per_epoch} steps of batch {config.batch_size}, {config.optimizer} "
             f"(arch lr normal {arch_rates['normal']:.3g}, reduce {arch_rates['reduce']:.3g})"
@@ -283,12 +301,20 @@ def _quiet(*args: Any) -> None:
 
 
 def _epoch_batches(config: SearchConfig, data: SearchData, epoch: int):
-    """(steps, S, B) indices into ``data.data`` of each search's two batches of an epoch."""
+    """(steps, S, B) per-device indices of each search's two batches of an epoch.
+
+    Each shard has its own order (:func:`order.epoch_permutation`); a batch
+    is ``B / K`` examples of each.
+    """
+    per_shard = config.batch_size // data.layout.count
+
     def half(halves, offset):
         return np.stack([
-            halves[s][order.batch_indices(
-                order.epoch_permutation(seed + offset, epoch, halves.shape[1]),
-                config.batch_size)[:data.steps_per_epoch]]
+            data.layout.device_indices(np.stack([
+                halves[s][order.batch_indices(
+                    order.epoch_permutation(seed + offset, epoch, halves.shape[1], shard),
+                    per_shard)[:data.steps_per_epoch]]
+                for shard in range(data.layout.count)], axis=1), data.shard_size)
             for s, seed in enumerate(config.seed_list)], axis=1)
 
     return half(data.weight_halves, 0), half(data.arch_halves, 1)

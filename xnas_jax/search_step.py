@@ -29,7 +29,7 @@ import numpy as np
 import optax
 
 from xnas_jax import optimizers, parallel
-from xnas_jax.data import augment
+from xnas_jax.data import augment, shards
 from xnas_jax.prng import KEY_IMPL, prng_key
 from xnas_jax.genotypes import cell_replicas
 from jax.sharding import Mesh, NamedSharding
@@ -260,10 +260,11 @@ def make_search_step(
     """Builds the jitted ``step(states, data, weight_idx, arch_idx, keys)`` of S searches.
 
     ``states`` are S search states stacked on a leading seed axis
-    (:func:`create_search_states`), ``data`` the whole training set on the
-    device (:class:`augment.DeviceData`, replicated), ``weight_idx`` /
-    ``arch_idx`` the (S, B) indices of each search's two batches (into
-    ``data``: each search has its own split and order), and ``keys`` the
+    (:func:`create_search_states`), ``data`` the training set's shards on
+    the devices (:class:`shards.DeviceShards`), ``weight_idx`` / ``arch_idx``
+    the (S, B) per-device indices of each search's two batches
+    (:meth:`shards.ShardLayout.device_indices`: each search has its own
+    split and order), and ``keys`` the
     (S,) base PRNG keys, folded with the state's step count for the step's
     augmentation.  The metrics have a leading seed axis too.
 
@@ -386,15 +387,11 @@ def make_search_step(
     replicate = lambda draw: jax.shard_map(draw, mesh=mesh, in_specs=P(),  # noqa: E731
                                            out_specs=P(), check_vma=False)
 
-    def batches(data, weight_idx, arch_idx, key_data, count):
+    def batches(gathered, key_data, count):
         """One search's two preprocessed batches; the key is folded with the step count."""
         key = jax.random.fold_in(jax.random.wrap_key_data(key_data, impl=KEY_IMPL), count)
-        out = []
-        for half_key, idx in zip(jax.random.split(key), (weight_idx, arch_idx)):
-            batch = jax.lax.with_sharding_constraint(data.batch(idx), split_batch)
-            out.append((preprocess_batch(half_key, batch["image"], preprocess, replicate),
-                        batch["label"]))
-        return tuple(out)
+        return tuple((preprocess_batch(half_key, images, preprocess, replicate), labels)
+                     for half_key, (images, labels) in zip(jax.random.split(key), gathered))
 
     def update(state: SearchState, train, val):
         passes = one_loop if single_trace else two_passes
@@ -413,14 +410,18 @@ def make_search_step(
         return new_state, metrics
 
     def seeded(states, data, weight_idx, arch_idx, keys):
+        # Each device takes its part of every search's batches from its own data shards.
+        gathered = [shards.gather(data, idx, mesh) for idx in (weight_idx, arch_idx)]
+        one_seed = lambda s: [jax.lax.with_sharding_constraint(  # noqa: E731
+            (images[s], labels[s]), split_batch) for images, labels in gathered]
         if weight_idx.shape[0] == 1:  # one search: the plain step, with an axis of 1
             state = jax.tree.map(lambda a: a[0], states)
-            out = update(state, *batches(data, weight_idx[0], arch_idx[0], keys[0], state.step))
+            out = update(state, *batches(one_seed(0), keys[0], state.step))
             return jax.tree.map(lambda a: a[None], out)
         # The random draws of each seed outside vmap: batched "rbg" keys draw
         # other numbers than the same keys one at a time, and a search must
         # not depend on the seeds it runs beside.
-        per_seed = [batches(data, weight_idx[s], arch_idx[s], keys[s], states.step[s])
+        per_seed = [batches(one_seed(s), keys[s], states.step[s])
                     for s in range(weight_idx.shape[0])]
         stacked = jax.tree.map(lambda *a: jnp.stack(a), *per_seed)
         stacked = jax.lax.with_sharding_constraint(
@@ -436,8 +437,8 @@ def make_search_step(
 
     seeds = parallel.seed_sharding(mesh)
     indices = parallel.batch_sharding(mesh, seeded=True)
-    return jax.jit(seeded, in_shardings=(seeds, parallel.replicated(mesh), indices, indices,
-                                         seeds),
+    data_blocks = NamedSharding(mesh, P(parallel.DATA))
+    return jax.jit(seeded, in_shardings=(seeds, data_blocks, indices, indices, seeds),
                    out_shardings=(seeds, seeds), donate_argnums=(0,))
 
 

@@ -42,7 +42,7 @@ from flax.training import train_state
 from xnas_jax import cli, configs, evalnet, genotypes, kernels, optimizers, parallel, runs
 from xnas_jax.checkpointing import CheckpointError
 from xnas_jax.configs import ConfigError, TrainConfig
-from xnas_jax.data import augment, autoaugment, datasets, order, specs
+from xnas_jax.data import augment, autoaugment, order, shards, specs
 from xnas_jax.prng import prng_key
 
 __all__ = [
@@ -314,42 +314,57 @@ def eval_step(
 # The loop.
 
 
-def _load_data(config: TrainConfig):
-    """The train and test splits, subset as the config asks."""
-    train = datasets.load_dataset(config.dataset, "train", config.data_dir,
-                                  cache_dir=config.cache_dir)
+def _load_data(config: TrainConfig, mesh):
+    """This process's shards of the train and test splits (:mod:`xnas_jax.data.shards`).
+
+    Each process reads only the shards its devices hold.  Training shards are
+    cut to one size (a batch takes ``batch_size / K`` examples of each); test
+    shards stay whole, so that every test image is evaluated once.
+
+    Returns:
+      ``(layout, train, test)``.
+    """
+    count = config.data_shards
+    layout = shards.layout(mesh, count, {"--batch-size": config.batch_size,
+                                         "--eval-batch-size": config.eval_batch_size})
+
+    def prepare(limit):
+        def shrink(dataset):
+            if limit is not None:
+                dataset = order.subset(dataset, max(limit // count, 1), config.seed)
+            return order.downsample(dataset, config.downsample)
+        return shrink
+
+    train = shards.load_split(config.dataset, "train", config.data_dir, config.cache_dir,
+                              layout, mesh, prepare(config.max_train_examples), equal=True)
     test_dir = config.test_data_dir if config.test_data_dir is not None else config.data_dir
     try:
-        test = datasets.load_dataset(config.dataset, "test", test_dir, cache_dir=config.cache_dir)
+        test = shards.load_split(config.dataset, "test", test_dir, config.cache_dir, layout,
+                                 mesh, prepare(config.max_test_examples), equal=False)
     except specs.DatasetError as error:
         raise specs.DatasetError(
             f"{error} (the test split is read from --test-data-dir, else --data-dir)"
         ) from None
-    if config.max_train_examples is not None:
-        train = order.subset(train, config.max_train_examples, config.seed)
-    if config.max_test_examples is not None:
-        test = order.subset(test, config.max_test_examples, config.seed)
-    train = order.downsample(train, config.downsample)
-    test = order.downsample(test, config.downsample)
-    if train.images.shape[1:] != test.images.shape[1:]:
+    if train.image_shape != test.image_shape:
         raise specs.DatasetError(
-            f"train images are {train.images.shape[1:]} but test images are "
-            f"{test.images.shape[1:]} (H, W, C)"
+            f"train images are {train.image_shape} but test images are {test.image_shape} "
+            "(H, W, C)"
         )
-    if len(train.labels) < config.batch_size:
+    if train.size * count < config.batch_size:
         raise specs.DatasetError(
-            f"{train.name} has {len(train.labels)} examples, fewer than --batch-size "
-            f"{config.batch_size}"
+            f"{config.dataset}/train has {train.size * count} examples, fewer than "
+            f"--batch-size {config.batch_size}"
         )
-    return train, test
+    return layout, train, test
 
 
 def _train_epoch(
     p_train_step: Callable,
     gather: Callable,
     mesh,
+    layout: shards.ShardLayout,
     state: TrainState,
-    data: augment.DeviceData,
+    data: shards.DeviceShards,
     config: TrainConfig,
     run: runs.Run,
     epoch: int,
@@ -364,14 +379,18 @@ def _train_epoch(
     for the progress bar and the TensorBoard scalars; a stop request saves
     the step in flight with the sums so far.
     """
-    permutation = order.epoch_permutation(config.seed, epoch, len(data.labels))
-    batches = order.batch_indices(permutation, config.batch_size)[:steps_per_epoch]
-    everywhere = parallel.replicated(mesh)
+    per_shard = config.batch_size // layout.count
+    size = int(data.labels.shape[1])
+    batches = layout.device_indices(np.stack([
+        order.batch_indices(order.epoch_permutation(config.seed, epoch, size, shard),
+                            per_shard)[:steps_per_epoch]
+        for shard in range(layout.count)], axis=1), size)
+    split = parallel.batch_sharding(mesh)
     bar = run.progress(steps_per_epoch, first, f"epoch {epoch + 1}/{config.epochs}")
     step = epoch * steps_per_epoch + first
     try:
         for step_in_epoch in range(first, steps_per_epoch):
-            indices = parallel.global_array(batches[step_in_epoch].astype(np.int32), everywhere)
+            indices = parallel.global_array(batches[step_in_epoch], split)
             state, metrics = p_train_step(state, gather(data, indices))
             sums = metrics if sums is None else jax.tree.map(jnp.add, sums, metrics)
             step += 1
@@ -391,17 +410,21 @@ def _train_epoch(
     return state, {k: float(v) for k, v in parallel.to_host(sums).items()}
 
 
-def _evaluate(eval_fn: Callable, gather: Callable, state: TrainState, data, batch_size: int,
-              mesh) -> dict[str, float]:
-    """Loss and accuracy over a whole device dataset, padding the last batch."""
-    n = int(data.labels.shape[0])
+def _evaluate(eval_fn: Callable, gather: Callable, state: TrainState, data: shards.DeviceShards,
+              sizes: Sequence[int], batch_size: int, mesh,
+              layout: shards.ShardLayout) -> dict[str, float]:
+    """Loss and accuracy over every example of every shard, masking the padding."""
+    per_shard = batch_size // layout.count
+    held = int(data.labels.shape[1])
+    split = parallel.batch_sharding(mesh)
     totals = None
-    everywhere = parallel.replicated(mesh)
-    for start in range(0, n, batch_size):
-        indices = np.arange(start, start + batch_size)
-        batch = gather(data, parallel.global_array(np.minimum(indices, n - 1).astype(np.int32),
-                                                   everywhere))
-        batch["mask"] = parallel.global_array(indices < n, parallel.batch_sharding(mesh))
+    for start in range(0, max(sizes), per_shard):
+        local = np.arange(start, start + per_shard)
+        indices = layout.device_indices(np.broadcast_to(np.minimum(local, held - 1),
+                                                        (layout.count, per_shard)), held)
+        batch = gather(data, parallel.global_array(indices, split))
+        batch["mask"] = parallel.global_array(
+            np.concatenate([local < size for size in sizes]), split)
         sums = eval_fn(state, batch)
         totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
     totals = parallel.to_host(totals)
@@ -412,9 +435,11 @@ def _evaluate(eval_fn: Callable, gather: Callable, state: TrainState, data, batc
 
 
 def make_gather(mesh) -> Callable:
-    """``gather(data, indices)``: a batch of the device data, split over the ``data`` axis."""
-    return jax.jit(lambda data, indices: data.batch(indices),
-                   out_shardings=parallel.batch_sharding(mesh))
+    """``gather(data, indices)``: a batch from each device's own shards, split over ``data``."""
+    def batch(data: shards.DeviceShards, indices: jax.Array) -> dict[str, jax.Array]:
+        return dict(zip(("image", "label"), shards.gather(data, indices, mesh)))
+
+    return jax.jit(batch, out_shardings=parallel.batch_sharding(mesh))
 
 
 def train_and_evaluate(config: TrainConfig) -> dict[str, Any]:
@@ -433,12 +458,14 @@ def train_and_evaluate(config: TrainConfig) -> dict[str, Any]:
     parallel.check_batch(mesh, config.batch_size)
     parallel.check_batch(mesh, config.eval_batch_size, "--eval-batch-size")
     directory = runs.locate_run(config.out_dir, config.runs_root, config.resume)
-    train_data, test_data = _load_data(config)
-    setup = resolve_setup(config, train_data.images.shape[1:], train_data.num_classes, genotype)
+    if config.data_shards is None:
+        config = dataclasses.replace(config, data_shards=shards.default_count(mesh))
+    layout, train_data, test_data = _load_data(config, mesh)
+    setup = resolve_setup(config, train_data.image_shape, train_data.num_classes, genotype)
     model = build_model(config, setup)
     stats = _network_summary(model, setup)
-    mean, std = (jnp.asarray(s) for s in train_data.channel_stats)
-    steps_per_epoch = len(train_data.labels) // config.batch_size
+    mean, std = jnp.asarray(train_data.mean), jnp.asarray(train_data.std)
+    steps_per_epoch = train_data.size // (config.batch_size // layout.count)
     if config.max_steps_per_epoch is not None:
         steps_per_epoch = min(steps_per_epoch, config.max_steps_per_epoch)
     if (config.learning_rate_schedule == "power_cosine"
@@ -467,10 +494,8 @@ def train_and_evaluate(config: TrainConfig) -> dict[str, Any]:
         state = state.replace(**restored)
         partial = run.checkpoints.metadata(step).get("partial_sums") if step else None
 
-        train_device, test_device = (
-            augment.DeviceData(parallel.global_array(d.images, everywhere),
-                               parallel.global_array(d.labels, everywhere))
-            for d in (train_data, test_data))
+        train_device, test_device = (shards.to_devices(d, layout, mesh)
+                                     for d in (train_data, test_data))
         gather = make_gather(mesh)
         split = parallel.batch_sharding(mesh)
         step_fn = functools.partial(train_step, config=config, setup=setup,
@@ -480,11 +505,11 @@ def train_and_evaluate(config: TrainConfig) -> dict[str, Any]:
         # instead of silently retracing.
         compile_start = time.perf_counter()
         example = gather(train_device, parallel.global_array(
-            np.arange(config.batch_size, dtype=np.int32), everywhere))
+            np.zeros(config.batch_size, np.int32), split))
         p_train_step = jax.jit(step_fn, donate_argnums=0, in_shardings=(everywhere, split),
                                out_shardings=everywhere).lower(state, example).compile()
-        eval_example = dict(gather(test_device, parallel.global_array(
-            np.zeros(config.eval_batch_size, np.int32), everywhere)))
+        eval_example = gather(test_device, parallel.global_array(
+            np.zeros(config.eval_batch_size, np.int32), split))
         eval_example["mask"] = parallel.global_array(np.ones(config.eval_batch_size, bool), split)
         p_eval_step = jax.jit(eval_fn, in_shardings=(everywhere, split),
                               out_shardings=everywhere).lower(state, eval_example).compile()
@@ -500,16 +525,16 @@ def train_and_evaluate(config: TrainConfig) -> dict[str, Any]:
             lr = float(schedule(epoch * steps_per_epoch))
             epoch_start = time.perf_counter()
             sums = jax.tree.map(jnp.asarray, partial) if partial and first else None
-            state, sums = _train_epoch(p_train_step, gather, mesh, state, train_device, config,
-                                       run, epoch, first, steps_per_epoch, sums)
+            state, sums = _train_epoch(p_train_step, gather, mesh, layout, state, train_device,
+                                       config, run, epoch, first, steps_per_epoch, sums)
             step = (epoch + 1) * steps_per_epoch
             train_time = time.perf_counter() - epoch_start
             images_per_second = (steps_per_epoch - first) * config.batch_size / train_time
             throughputs.append(images_per_second)
 
             eval_start = time.perf_counter()
-            test_metrics = _evaluate(p_eval_step, gather, state, test_device,
-                                     config.eval_batch_size, mesh)
+            test_metrics = _evaluate(p_eval_step, gather, state, test_device, test_data.sizes,
+                                     config.eval_batch_size, mesh, layout)
             eval_time = time.perf_counter() - eval_start
             epoch_record = {
                 "epoch": epoch + 1,
@@ -524,7 +549,7 @@ def train_and_evaluate(config: TrainConfig) -> dict[str, Any]:
                 "train_time_s": round(train_time, 3),
                 "eval_time_s": round(eval_time, 3),
                 "train_images_per_s": round(images_per_second, 1),
-                "eval_images_per_s": round(len(test_data.labels) / eval_time, 1),
+                "eval_images_per_s": round(sum(test_data.sizes) / eval_time, 1),
             }
             run.scalars(step, {"epoch/test_loss": test_metrics["loss"],
                                "epoch/test_accuracy": test_metrics["accuracy"],
@@ -535,8 +560,8 @@ def train_and_evaluate(config: TrainConfig) -> dict[str, Any]:
             run.print(json.dumps(epoch_record))
 
         if test_metrics is None:  # resumed a finished run: evaluate what it left.
-            test_metrics = _evaluate(p_eval_step, gather, state, test_device,
-                                     config.eval_batch_size, mesh)
+            test_metrics = _evaluate(p_eval_step, gather, state, test_device, test_data.sizes,
+                                     config.eval_batch_size, mesh, layout)
         # The first epoch of a process warms caches; later epochs show the rate.
         steady = throughputs[1:] or throughputs
         results = {

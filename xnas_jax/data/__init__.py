@@ -14,8 +14,10 @@ One idea per module; importers use the submodules (nothing is re-exported here):
 * :mod:`~xnas_jax.data.order`: host-side splits and order (the search's
   weights/architecture halves, subsets, downsampling, epoch permutations,
   batch indices).
-* :mod:`~xnas_jax.data.augment`: the dataset on the accelerator
-  (:class:`DeviceData`) and the augmentation of its batches there (crop,
-  flip, cutout, normalization).
+* :mod:`~xnas_jax.data.shards`: data shards (which examples each process
+  reads), their arrays on the devices (:class:`DeviceShards`) and the
+  gathering of a batch there.
+* :mod:`~xnas_jax.data.augment`: the augmentation of batches on the device
+  (crop, flip, cutout, normalization).
 * :mod:`~xnas_jax.data.autoaugment`: AutoAugment's CIFAR-10 policy, on the device.
 """

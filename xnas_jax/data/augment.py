@@ -1,66 +1,25 @@
-"""On the accelerator: a dataset held as uint8 arrays, and the augmentation of its batches.
+"""On the accelerator: the augmentation of uint8 batches.
 
-:func:`to_device` puts the uint8 arrays on the accelerator once; inside the
-jitted step a batch is gathered by index (:meth:`DeviceData.batch`),
-augmented (:func:`augment`, :func:`cutout`) and normalized (:func:`normalize`).
+Inside the jitted step a batch gathered from the device data
+(:func:`xnas_jax.data.shards.gather`) is augmented (:func:`augment`,
+:func:`cutout`) and normalized (:func:`normalize`).
 AutoAugment's policy is in :mod:`xnas_jax.data.autoaugment`.
 """
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
-from xnas_jax.data.specs import ArrayDataset
 
 __all__ = [
-    "DeviceData",
     "augment",
     "cutout",
     "normalize",
-    "to_device",
 ]
-
-
-class DeviceData(NamedTuple):
-    """A dataset held on the accelerator, gathered from by index inside jit.
-
-    Pass it to the jitted step as an argument: a jitted function that closes
-    over it would embed the whole dataset in the compiled program as a
-    constant.
-    """
-
-    images: jax.Array  # shape=(N, H, W, C), dtype=jnp.uint8.
-    labels: jax.Array  # shape=(N,), dtype=jnp.int32.
-
-    def batch(self, indices: jax.Array) -> dict[str, jax.Array]:
-        """The examples at `indices` (shape (B,)) as ``{"image", "label"}``, on the device."""
-        # Indices come from batch_indices and are in range; "clip" is the
-        # cheapest mode that still gives defined results if they were not.
-        return {
-            "image": jnp.take(self.images, indices, axis=0, mode="clip"),
-            "label": jnp.take(self.labels, indices, axis=0, mode="clip"),
-        }
-
-
-def to_device(
-    dataset: ArrayDataset, device: jax.Device | jax.sharding.Sharding | None = None
-) -> DeviceData:
-    """Copies a dataset's uint8 images and labels to the accelerator, once.
-
-    Args:
-      dataset: the dataset.
-      device: where to put it (default: JAX's default device).
-
-    Returns:
-      The :class:`DeviceData`; uint8 keeps it 4x smaller than float32.
-    """
-    return DeviceData(
-        jax.device_put(dataset.images, device), jax.device_put(dataset.labels, device)
-    )
 
 
 def normalize(

@@ -26,6 +26,7 @@ def load_dataset(
     split: str = "train",
     data_dir: str | os.PathLike | None = None,
     cache_dir: str | os.PathLike | None = None,
+    shard: tuple[int, int] = (0, 1),
 ) -> ArrayDataset:
     """Loads one split of a dataset into memory as uint8 images and int32 labels.
 
@@ -47,11 +48,16 @@ def load_dataset(
         for ``image_folder``).
       data_dir: where the data lies, see above.
       cache_dir: if given, the decoded arrays are stored there as a .npz keyed
-        by (name, split, data_dir and its size and time stamp), and read back
-        on the next call instead of decoding again.
+        by (name, split, shard, data_dir and its size and time stamp), and
+        read back on the next call instead of decoding again.
+      shard: ``(j, K)``: only the examples j, j + K, j + 2K, ... of the
+        split's stored order (shard j of K).  Image folders and
+        tensorflow-datasets decode only those; array files are sliced after
+        reading.  The K shards are disjoint and together the whole split.
 
     Returns:
-      The split as an :class:`ArrayDataset` named ``"<name>/<split>"``.
+      The split (or its shard) as an :class:`ArrayDataset` named
+      ``"<name>/<split>"`` (``"<name>/<split>[j::K]"`` for a shard).
 
     Raises:
       DatasetError: unknown name or split, missing or corrupt files, or a
@@ -62,24 +68,44 @@ def load_dataset(
     spec = DATASETS[name]
     if spec.splits and split not in spec.splits:
         raise DatasetError(f"{name} has no split={split!r}; valid splits: {list(spec.splits)}")
+    index, count = shard
+    if not 0 <= index < count:
+        raise DatasetError(f"shard {index} of {count} does not exist: expected 0 <= j < K")
     if name == "digits":
-        return readers.read_digits(split)
+        return _sliced(readers.read_digits(split), shard)
     if name == "image_folder" and data_dir is None:
         raise DatasetError(f"image_folder needs data_dir. {how_to_provide(name)}")
     if cache_dir is None:
-        return _load_uncached(name, split, data_dir)
+        return _load_uncached(name, split, data_dir, shard)
 
-    cache_file = readers.cache_path(Path(cache_dir), name, split, data_dir)
+    cache_file = readers.cache_path(Path(cache_dir), name, split, data_dir, shard)
     if cache_file.is_file():
         return readers.read_cache(cache_file)
-    dataset = _load_uncached(name, split, data_dir)
+    dataset = _load_uncached(name, split, data_dir, shard)
     readers.write_cache(dataset, cache_file)
     return dataset
 
 
-def _load_uncached(name: str, split: str, data_dir: str | os.PathLike | None) -> ArrayDataset:
+def _sliced(dataset: ArrayDataset, shard: tuple[int, int]) -> ArrayDataset:
+    """Shard ``(j, K)`` of a whole split: examples j, j + K, ...; the split itself if K = 1."""
+    index, count = shard
+    if count == 1:
+        return dataset
+    return dataset._replace(images=dataset.images[index::count],
+                            labels=dataset.labels[index::count],
+                            name=f"{dataset.name}[{index}::{count}]")
+
+
+def _named(dataset: ArrayDataset, shard: tuple[int, int]) -> ArrayDataset:
+    """The name of a shard that a reader selected itself."""
+    index, count = shard
+    return dataset if count == 1 else dataset._replace(name=f"{dataset.name}[{index}::{count}]")
+
+
+def _load_uncached(name: str, split: str, data_dir: str | os.PathLike | None,
+                   shard: tuple[int, int]) -> ArrayDataset:
     if data_dir is None:
-        return readers.read_tfds(name, split, data_dir=None)
+        return _named(readers.read_tfds(name, split, data_dir=None, shard=shard), shard)
     path = Path(data_dir).expanduser()
     if not path.exists():
         raise DatasetError(
@@ -90,15 +116,15 @@ def _load_uncached(name: str, split: str, data_dir: str | os.PathLike | None) ->
     official = readers.OFFICIAL_READERS.get(name)
     arrays = official(path, split) if official else None
     if arrays is not None:
-        return readers.array_dataset(name, split, *arrays, source=str(path))
+        return _sliced(readers.array_dataset(name, split, *arrays, source=str(path)), shard)
 
-    dataset = readers.read_image_folder(path, split, name)
+    dataset = readers.read_image_folder(path, split, name, shard)
     if dataset is not None:
-        return dataset
+        return _named(dataset, shard)
 
     spec = DATASETS[name]
     if spec.tfds_name and (path / spec.tfds_name).is_dir():
-        return readers.read_tfds(name, split, data_dir=path)
+        return _named(readers.read_tfds(name, split, data_dir=path, shard=shard), shard)
     found = sorted(child.name for child in path.iterdir())[:20] if path.is_dir() else [path.name]
     raise DatasetError(
         f"no {name} data for split {split!r} found in data_dir={str(path)!r} "

@@ -123,8 +123,8 @@ def downsample(dataset: ArrayDataset, factor: int) -> ArrayDataset:
     return dataset._replace(images=images, name=f"{dataset.name}[/{factor}]")
 
 
-def epoch_permutation(seed: int, epoch: int, n: int) -> np.ndarray:
-    """The order of the n examples in one epoch, a pure function of (seed, epoch).
+def epoch_permutation(seed: int, epoch: int, n: int, shard: int = 0) -> np.ndarray:
+    """The order of the n examples in one epoch, a pure function of (seed, epoch, shard).
 
     A run resumed at any epoch therefore sees the batches it would have seen.
 
@@ -132,14 +132,17 @@ def epoch_permutation(seed: int, epoch: int, n: int) -> np.ndarray:
       seed: the run's data seed, >= 0.
       epoch: the epoch number, >= 0.
       n: the number of examples, >= 0.
+      shard: the data shard (:mod:`xnas_jax.data.shards`), >= 0; each shard
+        has its own stream, and shard 0's is that of an unsharded run.
 
     Returns:
       A permutation of ``range(n)``, int64 array of shape (n,).
     """
-    for arg, value in (("seed", seed), ("epoch", epoch), ("n", n)):
+    for arg, value in (("seed", seed), ("epoch", epoch), ("n", n), ("shard", shard)):
         if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 0:
             raise ValueError(f"{arg} must be an int >= 0, got {arg}={value!r}")
-    return np.random.default_rng([int(seed), int(epoch)]).permutation(n)
+    stream = [int(seed), int(epoch)] + ([int(shard)] if shard else [])
+    return np.random.default_rng(stream).permutation(n)
 
 
 def batch_indices(permutation: np.ndarray, batch_size: int) -> np.ndarray:

@@ -359,10 +359,13 @@ def _is_image_file(name: str) -> bool:
     return PurePosixPath(name).suffix.lower() in _IMAGE_SUFFIXES and not name.startswith(".")
 
 
-def read_image_folder(path: Path, split: str, name: str) -> ArrayDataset | None:
+def read_image_folder(path: Path, split: str, name: str,
+                      shard: tuple[int, int] = (0, 1)) -> ArrayDataset | None:
     """Loads `<split>/<class>/<image>` files; None if `path` has no such layout.
 
     For ``name == "image_folder"`` a missing layout is an error instead.
+    ``shard = (j, K)`` decodes only the files j, j + K, ... of the sorted list
+    (the classes still come from all files).
     """
     if path.is_file() and zipfile.is_zipfile(path):
         files = _read_zip_split(path, split)
@@ -384,6 +387,7 @@ def read_image_folder(path: Path, split: str, name: str) -> ArrayDataset | None:
 
     class_names = tuple(sorted({f.class_name for f in files}))
     class_index = {c: i for i, c in enumerate(class_names)}
+    files = files[shard[0]::shard[1]]
     labels = np.array([class_index[f.class_name] for f in files], np.int64)
     images = _decode_images(files)
     return array_dataset(name, split, images, labels, class_names, source=str(path))
@@ -482,8 +486,12 @@ def _decode_image(file: _EncodedImage) -> np.ndarray:
 # ----- tensorflow-datasets ---------------------------------------------------
 
 
-def read_tfds(name: str, split: str, data_dir: Path | None) -> ArrayDataset:
-    """Reads a split that tensorflow-datasets prepared, without downloading or TensorFlow."""
+def read_tfds(name: str, split: str, data_dir: Path | None,
+              shard: tuple[int, int] = (0, 1)) -> ArrayDataset:
+    """Reads a split that tensorflow-datasets prepared, without downloading or TensorFlow.
+
+    ``shard = (j, K)`` decodes only the records j, j + K, ... in stored order.
+    """
     spec = DATASETS[name]
     if spec.tfds_name is None:
         raise DatasetError(f"{name} is not a tensorflow-datasets dataset. {how_to_provide(name)}")
@@ -517,7 +525,7 @@ def read_tfds(name: str, split: str, data_dir: Path | None) -> ArrayDataset:
             f"prepared splits: {list(builder.info.splits)}"
         )
     try:
-        records = _tfds_records(builder, split)
+        records = _tfds_records(builder, split, shard)
         images = np.stack([record["image"] for record in records])
         labels = np.array([record["label"] for record in records], np.int64)
     except DatasetError:
@@ -530,21 +538,20 @@ def read_tfds(name: str, split: str, data_dir: Path | None) -> ArrayDataset:
     return array_dataset(name, split, images, labels, source=str(builder.data_dir))
 
 
-def _tfds_records(builder, split: str) -> list[Mapping[str, np.ndarray]]:
-    """The decoded examples of a prepared split, in the order tfds stores them."""
+def _tfds_records(builder, split: str,
+                  shard: tuple[int, int]) -> list[Mapping[str, np.ndarray]]:
+    """The decoded examples ``shard[0]::shard[1]`` of a prepared split, in stored order."""
     file_format = builder.info.file_format
     if file_format is None or file_format.value == "tfrecord":
         # tfds only gives random access to array_record/parquet files, and its
         # tf.data reader needs TensorFlow; tfrecord shards are simple enough to
         # read here, and tfds parses each example with NumPy.
         features = builder.info.features
-        return [
-            features.deserialize_example_np(record)
-            for shard in builder.info.splits[split].filepaths
-            for record in read_tfrecord(Path(shard))
-        ]
+        records = [record for file in builder.info.splits[split].filepaths
+                   for record in read_tfrecord(Path(file))]
+        return [features.deserialize_example_np(r) for r in records[shard[0]::shard[1]]]
     source = builder.as_data_source(split=split)
-    return list(source.__getitems__(range(len(source))))
+    return list(source.__getitems__(range(shard[0], len(source), shard[1])))
 
 
 def read_tfrecord(file: Path, allow_truncated: bool = False) -> list[bytes]:
@@ -573,20 +580,22 @@ def read_tfrecord(file: Path, allow_truncated: bool = False) -> list[bytes]:
 # ----- cache -----------------------------------------------------------------
 
 
-def cache_path(cache_dir: Path, name: str, split: str, data_dir: str | os.PathLike | None) -> Path:
+def cache_path(cache_dir: Path, name: str, split: str, data_dir: str | os.PathLike | None,
+               shard: tuple[int, int] = (0, 1)) -> Path:
     """Where the arrays of (name, split, data_dir) are cached.
 
     The key includes the size and modification time of data_dir, so replacing
     a zip or archive invalidates the cache.  (Editing files inside a data_dir
     directory is not noticed: delete the cache file then.)
     """
-    key = f"{name}|{split}|"
+    key = f"{name}|{split}|" + (f"shard {shard[0]} of {shard[1]}|" if shard[1] > 1 else "")
     if data_dir is not None:
         path = Path(data_dir).expanduser().resolve()
         stat = path.stat() if path.exists() else None
         key += f"{path}|{stat.st_size if stat else ''}|{stat.st_mtime_ns if stat else ''}"
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
-    return cache_dir.expanduser() / f"{name}-{split}-{digest}.npz"
+    part = f"-{shard[0]}of{shard[1]}" if shard[1] > 1 else ""
+    return cache_dir.expanduser() / f"{name}-{split}{part}-{digest}.npz"
 
 
 def write_cache(dataset: ArrayDataset, cache_file: Path) -> None:

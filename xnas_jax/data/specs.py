@@ -22,6 +22,8 @@ __all__ = [
     "DATASETS",
     "ArrayDataset",
     "DatasetError",
+    "channel_histogram",
+    "histogram_stats",
     "DatasetSpec",
     "channel_stats",
     "default_crop_padding",
@@ -49,6 +51,44 @@ class ArrayDataset(NamedTuple):
         return channel_stats(self.images)
 
 
+def channel_histogram(images: np.ndarray) -> np.ndarray:
+    """Per channel, how many pixels take each of the 256 uint8 levels.
+
+    Histograms of disjoint parts of a dataset add up to the whole's, so
+    processes that each hold a shard agree on :func:`histogram_stats` exactly.
+
+    Args:
+      images: uint8 array of shape (N, H, W, C), N >= 1.
+
+    Returns:
+      int64 array of shape (C, 256).
+    """
+    images = np.asarray(images)
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[0] == 0:
+        raise ValueError(
+            f"images must be a non-empty uint8 array (N, H, W, C), got dtype "
+            f"{images.dtype} and shape {images.shape}"
+        )
+    counts = np.zeros((images.shape[-1], 256), np.int64)
+    for channel in range(images.shape[-1]):
+        for start in range(0, len(images), 4096):
+            counts[channel] += np.bincount(images[start : start + 4096, ..., channel].ravel(),
+                                           minlength=256)
+    return counts
+
+
+def histogram_stats(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(mean, std)`` per channel, in [0, 1] units, of a :func:`channel_histogram`."""
+    levels = np.arange(256) / 255.0
+    means, stds = [], []
+    for channel_counts in counts:
+        frequencies = channel_counts / channel_counts.sum()
+        mean = frequencies @ levels
+        means.append(mean)
+        stds.append(math.sqrt(frequencies @ (levels - mean) ** 2))
+    return np.asarray(means, np.float32), np.asarray(stds, np.float32)
+
+
 def channel_stats(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per-channel mean and standard deviation of uint8 images, in [0, 1] units.
 
@@ -62,23 +102,7 @@ def channel_stats(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     Returns:
       ``(mean, std)``, two float32 arrays of shape (C,).
     """
-    images = np.asarray(images)
-    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[0] == 0:
-        raise ValueError(
-            f"images must be a non-empty uint8 array (N, H, W, C), got dtype "
-            f"{images.dtype} and shape {images.shape}"
-        )
-    levels = np.arange(256) / 255.0
-    means, stds = [], []
-    for channel in range(images.shape[-1]):
-        counts = np.zeros(256, np.int64)
-        for start in range(0, len(images), 4096):
-            counts += np.bincount(images[start : start + 4096, ..., channel].ravel(), minlength=256)
-        frequencies = counts / counts.sum()
-        mean = frequencies @ levels
-        means.append(mean)
-        stds.append(math.sqrt(frequencies @ (levels - mean) ** 2))
-    return np.asarray(means, np.float32), np.asarray(stds, np.float32)
+    return histogram_stats(channel_histogram(images))
 
 
 class DatasetSpec(NamedTuple):
