@@ -257,7 +257,7 @@ def prepare(config: Config, seed: int = 0) -> Prepared:
     )
     total_steps = 10_000
     weight_tx = search.weight_optimizer(configs.SearchConfig(), total_steps)
-    arch_tx, _ = search_step.xnas_arch_optimizer(len(ops), spec["layers"], total_steps,
+    arch_tx, _ = search_step.xnas_arch_optimizer(len(ops), model.feedback_replicas(), total_steps,
                                                  config.batch)
     seeds = list(range(seed, seed + config.seeds))
     alive = surviving_experts(config.active_fraction)

@@ -7,29 +7,33 @@ several seeds.  A seed fixes the initial weights (the same for every cell:
 common random numbers sharpen the comparison), the data order and the
 augmentation.
 
-Many cells train at once in one jitted program: a discretized cell is the
-supernet (:class:`xnas_jax.nb201.NB201Network`) with one-hot mixture
-weights, so the step is vmapped over a chunk of one-hot tables and their
-parameter sets, all on the same batches.
+Each cell trains as its own network (only its ops' weights), which computes
+what the supernet computes with one-hot mixture weights: the NB201 tests
+check that the two give the same loss and gradients.  Cells are compiled one
+by one (about 4 s each here) because every shared program measured on this
+CPU (a run-time switch between experts, a vmap over cells or seeds) steps
+several times slower than the cell's own.
 
 The table's own noise is Kendall's tau between the seeds' accuracies: a
 search can only be scored against a table that ranks cells consistently.
 
 Run: ``python -m experiments.groundtruth [--data DIR] [--epochs N] ...``; it
-prints a progress bar, and an interrupted run resumes from the chunks it
-finished (kept in ``<out>.partial.jsonl``).  Writes
+prints a progress bar, and an interrupted run resumes from the cells it
+finished (one line per cell in ``<out>.partial.jsonl``).  Writes
 ``experiments/results/groundtruth_nb201_cifar10.json``.
 """
 
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import dataclasses
+import functools
 import json
 import sys
 import time
 from pathlib import Path
-from typing import Any, NamedTuple, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -51,7 +55,7 @@ class TableConfig:
 
     data_dir: str = str(DATA)
     dataset: str = "cifar10"
-    train_per_class: int = 500
+    train_per_class: int = 400
     test_per_class: int = 200
     downsample: int = 2
     channels: int = 8
@@ -64,7 +68,7 @@ class TableConfig:
     weight_decay: float = 5e-4
     crop_padding: int = 2
     seeds: tuple[int, ...] = (0, 1)
-    chunk: int = 25  # cells per jitted program
+    cells: tuple[str, ...] = ()  # genotype strings: only these (a small table); () every cell
     cache_dir: str | None = str(Path.home() / ".cache" / "xnas_jax")
 
 
@@ -78,113 +82,142 @@ class ProxyData(NamedTuple):
     num_classes: int
 
 
-def balanced(dataset: specs.ArrayDataset, per_class: int, seed: int) -> specs.ArrayDataset:
-    """``per_class`` examples of each class, drawn at random, in their original order."""
-    rng = np.random.default_rng(seed)
-    chosen = []
-    for label in range(dataset.num_classes):
-        members = np.flatnonzero(dataset.labels == label)
-        if len(members) < per_class:
-            raise ValueError(f"{dataset.name} has {len(members)} examples of class {label}, "
-                             f"fewer than {per_class}")
-        chosen.append(rng.choice(members, per_class, replace=False))
-    keep = np.sort(np.concatenate(chosen))
-    return dataset._replace(images=dataset.images[keep], labels=dataset.labels[keep])
-
-
 def load_proxy(config: TableConfig) -> ProxyData:
     """The class-balanced train and held-out test subsets (fixed: seed 0), downsampled."""
     parts = []
     for split, per_class in (("train", config.train_per_class), ("test", config.test_per_class)):
         dataset = datasets.load_dataset(config.dataset, split, config.data_dir,
                                         cache_dir=config.cache_dir)
-        parts.append(order.downsample(balanced(dataset, per_class, seed=0), config.downsample))
+        parts.append(order.downsample(order.balanced_subset(dataset, per_class, seed=0),
+                                    config.downsample))
     train, test = parts
     mean, std = specs.channel_stats(train.images)
     return ProxyData(train.images, train.labels, test.images, test.labels, mean, std,
                      train.num_classes)
 
 
-def build_model(config: TableConfig, num_classes: int) -> nb201.NB201Network:
-    """The supernet of the proxy; a one-hot ``arch`` table makes it one cell's network."""
-    return nb201.NB201Network(num_classes, config.channels, config.cells_per_stage,
-                              config.nodes)
+def cell_programs(config: TableConfig, data: ProxyData, genotype: Sequence[str]):
+    """``(init, train_step, evaluate, steps_per_epoch)`` of one cell's network.
 
-
-def make_programs(config: TableConfig, data: ProxyData):
-    """``(init, train_step, evaluate)``, each vmapped over a chunk of one-hot tables."""
-    model = build_model(config, data.num_classes)
+    The network holds only the cell's own ops (:class:`nb201.NB201Network`
+    with a genotype), the same function and gradients as the supernet with
+    one-hot mixture weights (tested).  One compiled program per cell: on this
+    CPU a program that switches between experts at run time, or vmaps over
+    cells or seeds, runs several times slower than the cell's own program
+    (measured in BENCHMARKS.md), so each cell is compiled once and trains its
+    seeds one after the other.  Flax derives each parameter's initial value
+    from the seed and the parameter's path, so every cell of a seed starts
+    from the same stem, reduction blocks and classifier, and an op starts
+    from the same weights wherever it appears (common random numbers).
+    """
+    model = nb201.NB201Network(data.num_classes, config.channels, config.cells_per_stage,
+                               config.nodes, genotype=tuple(genotype))
     steps_per_epoch = len(data.train_labels) // config.batch_size
     schedule = optax.cosine_decay_schedule(config.learning_rate,
                                            config.epochs * steps_per_epoch)
     tx = optax.chain(optax.add_decayed_weights(config.weight_decay),
                      optax.sgd(schedule, config.momentum, nesterov=True))
     image_shape = data.train_images.shape[1:]
+    mean, std = jnp.asarray(data.mean), jnp.asarray(data.std)
 
-    def init_one(key, table):
-        variables = model.init(key, jnp.zeros((1, *image_shape), jnp.float32), train=False)
-        del table  # the same initial weights for every cell of a seed
-        return variables["params"], variables["batch_stats"], tx.init(variables["params"])
+    dummy = jnp.zeros((1, *image_shape), jnp.float32)
+    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), dummy, train=False))
 
-    def loss_fn(params, batch_stats, table, images, labels):
-        logits, updates = model.apply(
-            {"params": params, "batch_stats": batch_stats, ARCH: {"cell": table}}, images,
-            train=True, mutable=["batch_stats"])
+    def init(supernet_variables):
+        """The cell's initial state: its parameters taken from the seed's supernet."""
+        taken = {k: nb201.take_like(supernet_variables[k], shapes[k])
+                 for k in ("params", "batch_stats")}
+        taken = jax.tree.map(jnp.copy, taken)  # the step donates them
+        return taken["params"], taken["batch_stats"], tx.init(taken["params"])
+
+    def loss_fn(params, batch_stats, images, labels):
+        logits, updates = model.apply({"params": params, "batch_stats": batch_stats}, images,
+                                      train=True, mutable=["batch_stats"])
         loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
         return loss, updates["batch_stats"]
 
-    def step_one(state, table, images, labels):
+    @functools.partial(jax.jit, donate_argnums=0)
+    def train_step(state, key, images, labels):
         params, batch_stats, opt_state = state
+        images = augment.normalize(augment.augment(key, images, config.crop_padding, True),
+                                   mean, std)
         (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-            params, batch_stats, table, images, labels)
+            params, batch_stats, images, labels)
         updates, opt_state = tx.update(grads, opt_state, params)
         return (optax.apply_updates(params, updates), batch_stats, opt_state), loss
 
-    mean, std = jnp.asarray(data.mean), jnp.asarray(data.std)
-
     @jax.jit
-    def train_step(states, tables, key, images, labels):
-        images = augment.augment(key, images, config.crop_padding, True)
-        images = augment.normalize(images, mean, std)
-        return jax.vmap(step_one, in_axes=(0, 0, None, None))(states, tables, images, labels)
+    def evaluate(state, images, labels):
+        params, batch_stats, _ = state
+        logits = model.apply({"params": params, "batch_stats": batch_stats},
+                             augment.normalize(images, mean, std), train=False)
+        return jnp.sum(jnp.argmax(logits, -1) == labels)
 
-    @jax.jit
-    def evaluate(states, tables, images, labels):
-        images = augment.normalize(images, mean, std)
-
-        def correct(state, table):
-            params, batch_stats, _ = state
-            logits = model.apply({"params": params, "batch_stats": batch_stats,
-                                  ARCH: {"cell": table}}, images, train=False)
-            return jnp.sum(jnp.argmax(logits, -1) == labels)
-
-        return jax.vmap(correct)(states, tables)
-
-    init = jax.jit(jax.vmap(init_one, in_axes=(None, 0)))
     return init, train_step, evaluate, steps_per_epoch
 
 
-def train_cells(config: TableConfig, data: ProxyData, genotypes: Sequence[tuple[str, ...]],
-                seed: int, programs=None, on_step=None) -> np.ndarray:
-    """Test accuracies of ``genotypes`` (one chunk, trained together) for one seed."""
-    init, train_step, evaluate, steps_per_epoch = programs or make_programs(config, data)
-    tables = jnp.asarray(np.stack([nb201.one_hot(g) for g in genotypes]))
-    states = init(jax.random.key(seed), tables)
-    key = jax.random.key(seed + 1000)
-    for epoch in range(config.epochs):
-        batches = order.batch_indices(order.epoch_permutation(seed, epoch,
-                                                              len(data.train_labels)),
-                                      config.batch_size)
-        for i, rows in enumerate(batches):
-            states, _ = train_step(states, tables, jax.random.fold_in(key, epoch * 10_000 + i),
-                                   data.train_images[rows], data.train_labels[rows])
-            if on_step:
-                on_step()
-    correct = np.zeros(len(genotypes))
-    for start in range(0, len(data.test_labels), 500):
-        correct += np.asarray(evaluate(states, tables, data.test_images[start:start + 500],
-                                       data.test_labels[start:start + 500]))
-    return correct / len(data.test_labels)
+@functools.lru_cache(maxsize=4)
+def _supernet_init(config: TableConfig, image_shape: tuple[int, ...], num_classes: int,
+                   seed: int) -> Any:
+    model = nb201.NB201Network(num_classes, config.channels, config.cells_per_stage,
+                               config.nodes)
+    return jax.jit(model.init, static_argnames="train")(
+        jax.random.key(seed), jnp.zeros((1, *image_shape), jnp.float32), train=False)
+
+
+def supernet_init(config: TableConfig, data: ProxyData, seed: int) -> Any:
+    """The supernet's initial variables for ``seed``, from which every cell takes its own.
+
+    Flax draws each parameter from the seed and the parameter's path, so a
+    cell's network initialized on its own holds the same values (tested):
+    taking them from one supernet init saves compiling an init per cell.
+    """
+    return _supernet_init(config, tuple(data.train_images.shape[1:]), data.num_classes, seed)
+
+
+def compiled_programs(config: TableConfig, data: ProxyData, genotype: Sequence[str]):
+    """:func:`cell_programs`, compiled (by one throw-away step and evaluation).
+
+    :func:`run` calls it for the next cell in a thread while the current
+    cell trains: XLA's compiler is single-threaded and releases the GIL.
+    """
+    programs = cell_programs(config, data, genotype)
+    init, train_step, evaluate, _ = programs
+    state = init(supernet_init(config, data, config.seeds[0]))
+    size = config.batch_size
+    state, _ = train_step(state, jax.random.key(0), data.train_images[:size],
+                          data.train_labels[:size])
+    jax.block_until_ready(evaluate(state, data.test_images[:500], data.test_labels[:500]))
+    return programs
+
+
+def train_cell(config: TableConfig, data: ProxyData, genotype: Sequence[str],
+               on_step: Callable[[], None] | None = None, programs=None) -> list[float]:
+    """The test accuracy of one cell trained from scratch, per seed of ``config``.
+
+    A seed fixes the initial weights, the data order and the augmentation.
+    """
+    init, train_step, evaluate, steps_per_epoch = (
+        programs or cell_programs(config, data, genotype))
+    accuracies = []
+    for seed in config.seeds:
+        state = init(supernet_init(config, data, seed))
+        key = jax.random.key(seed + 1000)
+        for epoch in range(config.epochs):
+            rows = order.batch_indices(
+                order.epoch_permutation(seed, epoch, len(data.train_labels)),
+                config.batch_size)[:steps_per_epoch]
+            for i, batch in enumerate(rows):
+                state, _ = train_step(state, jax.random.fold_in(key, epoch * 10_000 + i),
+                                      data.train_images[batch], data.train_labels[batch])
+                if on_step:
+                    on_step()
+        correct = 0
+        for start in range(0, len(data.test_labels), 500):
+            correct += int(evaluate(state, data.test_images[start:start + 500],
+                                    data.test_labels[start:start + 500]))
+        accuracies.append(correct / len(data.test_labels))
+    return accuracies
 
 
 def kendall_tau(a: Sequence[float], b: Sequence[float]) -> float:
@@ -209,50 +242,61 @@ def param_counts(genotype: Sequence[str], nodes: int, channels: int, cells_per_s
     return count_params(shapes["params"])
 
 
-def run(config: TableConfig, out: Path) -> dict[str, Any]:
-    """Trains the whole table (resuming finished chunks) and writes it to ``out``."""
+def _fingerprint(config: TableConfig) -> dict[str, Any]:
+    """The settings that change a table entry (not where the data lies)."""
+    fingerprint = dataclasses.asdict(config)
+    fingerprint.pop("cache_dir"), fingerprint.pop("data_dir")
+    return json.loads(json.dumps(fingerprint))
+
+
+def run(config: TableConfig, out: Path, progress: bool = True) -> dict[str, Any]:
+    """Trains every cell (resuming the cells already done) and writes the table to ``out``."""
     started = time.perf_counter()
     data = load_proxy(config)
     print(f"proxy: {len(data.train_labels)} train / {len(data.test_labels)} test images "
           f"{'x'.join(map(str, data.train_images.shape[1:]))} "
           f"(loaded in {time.perf_counter() - started:.0f} s)", flush=True)
-    cells = nb201.all_genotypes(config.nodes)
-    chunks = [cells[i:i + config.chunk] for i in range(0, len(cells), config.chunk)]
+    cells = ([nb201.parse_genotype(text) for text in config.cells] if config.cells
+             else nb201.all_genotypes(config.nodes))
     partial = out.with_suffix(".partial.jsonl")
-    done: dict[tuple[int, int], list[float]] = {}
-    fingerprint = dataclasses.asdict(config)
-    fingerprint.pop("cache_dir"), fingerprint.pop("data_dir")
+    partial.parent.mkdir(parents=True, exist_ok=True)
+    fingerprint = _fingerprint(config)
+    done: dict[tuple[str, ...], dict[str, Any]] = {}
     if partial.exists():
         for line in partial.read_text().splitlines():
             record = json.loads(line)
-            if record["config"] == json.loads(json.dumps(fingerprint)):
-                done[(record["seed"], record["chunk"])] = record["accuracy"]
-    programs = make_programs(config, data)
-    steps = programs[3] * config.epochs
-    todo = [(s, c) for s in config.seeds for c in range(len(chunks)) if (s, c) not in done]
-    bar = tqdm(total=len(todo) * steps, unit="step", desc=f"{len(cells)} cells x "
-               f"{len(config.seeds)} seeds, {len(todo)} chunks to train", file=sys.stdout)
-    train_seconds = 0.0
-    for seed, c in todo:
-        chunk_start = time.perf_counter()
-        accuracy = train_cells(config, data, chunks[c], seed, programs,
-                               on_step=lambda: bar.update())
-        train_seconds += time.perf_counter() - chunk_start
-        done[(seed, c)] = [float(a) for a in accuracy]
-        with partial.open("a") as f:
-            f.write(json.dumps({"config": fingerprint, "seed": seed, "chunk": c,
-                                "accuracy": done[(seed, c)]}) + "\n")
+            if record["config"] == fingerprint:
+                done[tuple(record["ops"])] = record
+    todo = [g for g in cells if g not in done]
+    steps = (len(data.train_labels) // config.batch_size) * config.epochs * len(config.seeds)
+    bar = tqdm(total=len(todo) * steps, unit="step", disable=not progress, file=sys.stdout,
+               desc=f"{len(todo)} of {len(cells)} cells x {len(config.seeds)} seeds to train")
+    for seed in config.seeds:
+        supernet_init(config, data, seed)  # compiled once, before the threads start
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+    ahead = pool.submit(compiled_programs, config, data, todo[0]) if todo else None
+    for k, genotype in enumerate(todo):
+        cell_start = time.perf_counter()
+        programs = ahead.result()
+        if k + 1 < len(todo):  # compile the next cell while this one trains
+            ahead = pool.submit(compiled_programs, config, data, todo[k + 1])
+        accuracy = train_cell(config, data, genotype, on_step=bar.update, programs=programs)
+        done[genotype] = {"config": fingerprint, "ops": list(genotype), "accuracy": accuracy,
+                          "seconds": round(time.perf_counter() - cell_start, 2)}
+        with partial.open("a") as f:  # one line per cell: an interrupted run loses one cell
+            f.write(json.dumps(done[genotype]) + "\n")
     bar.close()
-    accuracy = np.array([[acc for c in range(len(chunks)) for acc in done[(s, c)]]
-                         for s in config.seeds])  # (seeds, cells)
+    pool.shutdown()
+    accuracy = np.array([done[g]["accuracy"] for g in cells]).T  # (seeds, cells)
     taus = {f"{a}-{b}": kendall_tau(accuracy[i], accuracy[j])
             for i, a in enumerate(config.seeds) for j, b in enumerate(config.seeds) if i < j}
     image_shape = tuple(int(d) for d in data.train_images.shape[1:])
     mean = accuracy.mean(axis=0)
-    ranking = np.argsort(-mean)
+    ranking = np.argsort(-mean, kind="stable")
     table = {
         "space": "nb201",
         "dataset": config.dataset,
+        "nodes": config.nodes,
         "config": fingerprint,
         "proxy": {"train_images": len(data.train_labels), "test_images": len(data.test_labels),
                   "image_shape": list(image_shape)},
@@ -260,7 +304,7 @@ def run(config: TableConfig, out: Path) -> dict[str, Any]:
         "best": nb201.genotype_string(cells[ranking[0]], config.nodes),
         "best_accuracy": float(mean[ranking[0]]),
         "median_accuracy": float(np.median(mean)),
-        "train_seconds_this_run": round(train_seconds, 1),
+        "train_seconds": round(sum(done[g]["seconds"] for g in cells), 1),
         "device": jax.devices()[0].device_kind,
         "cells": [{
             "genotype": nb201.genotype_string(g, config.nodes),
@@ -277,35 +321,40 @@ def run(config: TableConfig, out: Path) -> dict[str, Any]:
     return table
 
 
-def parse_args(argv: Sequence[str] | None) -> tuple[TableConfig, Path]:
+def parse_args(argv: Sequence[str] | None) -> tuple[TableConfig, Path, bool]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     defaults = TableConfig()
     for field in dataclasses.fields(TableConfig):
         value = getattr(defaults, field.name)
         if field.name == "seeds":
             parser.add_argument("--seeds", default=",".join(map(str, value)))
+        elif field.name == "cells":
+            parser.add_argument("--cells", nargs="*", default=(), help="genotype strings")
         elif field.name in ("data_dir", "dataset", "cache_dir"):
             parser.add_argument("--" + field.name.replace("_", "-"), default=value)
         else:
             parser.add_argument("--" + field.name.replace("_", "-"), type=type(value),
                                 default=value)
     parser.add_argument("--out", default=str(RESULTS / "groundtruth_nb201_cifar10.json"))
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = vars(parser.parse_args(argv))
     out = Path(args.pop("out"))
+    progress = not args.pop("no_progress")
     args["seeds"] = tuple(int(s) for s in str(args["seeds"]).split(",") if s.strip())
-    return TableConfig(**args), out
+    args["cells"] = tuple(args["cells"])
+    return TableConfig(**args), out, progress
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    config, out = parse_args(argv)
+    config, out, progress = parse_args(argv)
     try:
-        table = run(config, out)
+        table = run(config, out, progress)
     except (specs.DatasetError, nb201.SpaceError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(json.dumps({k: table[k] for k in ("best", "best_accuracy", "median_accuracy",
                                            "kendall_tau_between_seeds",
-                                           "train_seconds_this_run")}))
+                                           "train_seconds")}))
     return 0
 
 

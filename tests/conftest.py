@@ -15,9 +15,17 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 @pytest.fixture(scope="session")
 def compilation_cache(tmp_path_factory):
     """The CLIs' --compilation-cache: runs of the same network reuse the first
-    run's executables; JAX's global setting is restored afterwards."""
+    run's executables, in every xdist worker; JAX's global setting is restored
+    afterwards."""
     previous = jax.config.jax_compilation_cache_dir
-    yield ["--compilation-cache", str(tmp_path_factory.mktemp("jax_cache"))]
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        # One folder for all the workers of this session: a program that two
+        # test files compile (the tiny search's step, say) compiles once.
+        folder = tmp_path_factory.getbasetemp().parent / "jax_cache"
+        folder.mkdir(exist_ok=True)
+    else:
+        folder = tmp_path_factory.mktemp("jax_cache")
+    yield ["--compilation-cache", str(folder)]
     jax.config.update("jax_compilation_cache_dir", previous)
     jax_compilation_cache.reset_cache()
 
@@ -80,6 +88,7 @@ _RUN_FIXTURES = {"tiny_search", "tiny_train", "darts_search", "search_run", "tra
 # beside the other files instead of after them (pytest-xdist hands out files in
 # collection order).
 _FIRST = "test_parallel.py"
+_FIRST_TEST = "test_checks_on_eight_devices_in_their_own_process"
 
 
 def pytest_collection_modifyitems(items):
@@ -88,4 +97,6 @@ def pytest_collection_modifyitems(items):
     for item in items:
         if _RUN_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
-    items.sort(key=lambda item: item.path.name != _FIRST)  # stable: the rest keep order
+    # Stable: the rest keep their order.  The 8-device process is the first
+    # item of its file, so that it starts at once.
+    items.sort(key=lambda item: (item.path.name != _FIRST, item.name != _FIRST_TEST))

@@ -302,7 +302,7 @@ def test_arch_optimizer_counts_rounds_as_the_paper():
     # The paper's CIFAR-10 search: 25k validation images, 50 epochs, batch 96,
     # 8 cells (6 normal + 2 reduction), 8 experts, L = 1 -> 7.5e-4 and 1.3e-3.
     steps = 50 * (25_000 // 96)
-    tx, rates = search_step.xnas_arch_optimizer(8, 8, steps, 96)
+    tx, rates = search_step.xnas_arch_optimizer(8, genotypes.cell_replicas(8), steps, 96)
     assert abs(rates["normal"] - 7.5e-4) < 1e-5 and abs(rates["reduce"] - 1.3e-3) < 1e-5
     # One step = one round whose reward is the sum of the B * r_c clipped
     # feedbacks: log v moves by eta * summed reward, the bound is B * r_c * L.

@@ -57,7 +57,7 @@ def setup():
              ARCH: copies}, images, train=True, mutable=["batch_stats"])
         return search_step.cross_entropy(logits, labels)
 
-    copies = per_feedback(arch, LAYERS, BATCH)
+    copies = per_feedback(arch, genotypes.cell_replicas(LAYERS), BATCH)
     grads = jax.jit(jax.grad(loss))(copies)
     return model, loss, arch, copies, grads
 

@@ -3,6 +3,8 @@ reference, shapes, collections, parameter count, and skipping wiped-out experts.
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -202,17 +204,23 @@ def _reference_cell(cell: SearchCell, variables, s0, s1, weights):
     for e, (source, node) in enumerate(edges):
         name, k = slot[e]
         strides = 2 if cell.reduction and source < 2 else 1
-        op = MixedOp(ops=cell.ops, computed=cell.computed, channels=cell.channels,
-                     strides=strides, train=True)
         take = lambda tree: jax.tree.map(lambda a: a[k], tree["mixed"])  # noqa: E731,B023
-        y, _ = op.apply(
+        y, _ = _mixed_op_apply(cell.ops, cell.computed, cell.channels, strides)(
             {"params": take(params[name]), "batch_stats": take(stats[name])},
-            states[source], weights[e], mutable=["batch_stats"],
+            states[source], weights[e],
         )
         nodes[node] = y if nodes[node] is None else nodes[node] + y
         if e == len(edges) - 1 or edges[e + 1][1] != node:  # the node is complete
             states.append(nodes[node])
     return jnp.concatenate(nodes, axis=-1)
+
+
+@functools.lru_cache(maxsize=None)
+def _mixed_op_apply(ops, computed, channels, strides):
+    """One edge of the reference, jitted once per configuration (the 14 edges
+    share a few), so the unrolled reference costs little to compile."""
+    op = MixedOp(ops=ops, computed=computed, channels=channels, strides=strides, train=True)
+    return jax.jit(functools.partial(op.apply, mutable=["batch_stats"]))
 
 
 @pytest.mark.parametrize("reduction, reduction_prev", [(False, False), (True, False), (False, True)])
@@ -233,15 +241,18 @@ def test_scanned_cell_matches_unrolled_reference(reduction, reduction_prev):
     def reference(params, w):
         return _reference_cell(cell, {**variables, "params": params}, s0, s1, w)
 
-    out = jax.jit(scanned)(variables["params"], weights)
-    ref = jax.jit(reference)(variables["params"], weights)
+    def output_and_grads(f):
+        # d/dout of sum(sin(out)) is cos(out): one forward and one backward pass.
+        out, vjp = jax.vjp(f, variables["params"], weights)
+        return out, vjp(jnp.cos(out))
+
+    # The scanned cell jitted as the search runs it; the reference op by op
+    # (eager), so the test does not pay for compiling 14 unrolled edges.
+    out, g_scan = jax.jit(output_and_grads, static_argnums=0)(scanned)
+    ref, g_ref = output_and_grads(reference)
     side = 2 if reduction else 4
     assert out.shape == (2, side, side, 16)
     np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
-
-    loss = lambda f: lambda p, w: jnp.sum(jnp.sin(f(p, w)))  # noqa: E731
-    g_scan = jax.jit(jax.grad(loss(scanned), argnums=(0, 1)))(variables["params"], weights)
-    g_ref = jax.jit(jax.grad(loss(reference), argnums=(0, 1)))(variables["params"], weights)
     for a, b in zip(jax.tree.leaves(g_scan), jax.tree.leaves(g_ref)):
         np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-4)
 

@@ -20,7 +20,7 @@ import json
 from pathlib import Path
 from typing import Any, NamedTuple, Sequence, TypeVar
 
-from xnas_jax import cli, evalnet, genotypes, kernels
+from xnas_jax import cli, evalnet, genotypes, kernels, nb201
 from xnas_jax.data import specs
 
 __all__ = [
@@ -46,6 +46,11 @@ SEARCH_DEFAULTS: dict[str, dict[str, Any]] = {
 }
 
 
+# The experts each search space searches by default (``--ops`` unset).
+SPACE_OPS: dict[str, tuple[str, ...]] = {"darts": genotypes.XNAS_PRIMITIVES,
+                                         "nb201": nb201.NB201_OPS}
+
+
 @dataclasses.dataclass(frozen=True)
 class SearchConfig:
     """An XNAS (or DARTS) search.  ``None`` fields take the dataset's default."""
@@ -55,14 +60,16 @@ class SearchConfig:
     data_dir: str | None = None
     cache_dir: str | None = None
     max_train_examples: int | None = None
+    train_per_class: int | None = None
     downsample: int = 1
     crop_padding: int | None = None
     flip: bool | None = None
     # Supernet.
+    space: str = "darts"
     channels: int | None = None
     layers: int | None = None
     nodes: int = 4
-    ops: tuple[str, ...] = genotypes.XNAS_PRIMITIVES
+    ops: tuple[str, ...] | None = None
     dtype: str = "float32"
     depthwise: str = "shifts"
     # Schedule.
@@ -119,6 +126,10 @@ class SearchConfig:
         """
         defaults = dict(SEARCH_DEFAULTS.get(self.dataset, SEARCH_DEFAULTS["*"]))
         defaults["flip"] = specs.DATASETS[self.dataset].flip
+        if self.space not in SPACE_OPS:
+            raise ConfigError(f"unknown search space {self.space!r}; the spaces are "
+                              f"{', '.join(SPACE_OPS)}")
+        defaults["ops"] = SPACE_OPS[self.space]
         filled = {k: v for k, v in defaults.items() if getattr(self, k) is None}
         seeds = self.seed_list
         return dataclasses.replace(self, **filled, seed=seeds[0], seeds=seeds)
@@ -318,6 +329,9 @@ FLAGS: dict[str, Flag] = {
                                cli.positive_int, default="all"),
     "max_test_examples": Flag("data", "evaluate on at most this many test images",
                               cli.positive_int, default="all"),
+    "train_per_class": Flag("data", "a class-balanced subset: this many training images of "
+                            "each class (the NB201 table's proxy)", cli.positive_int,
+                            default="all"),
     "downsample": Flag("data", "average blocks of N x N pixels (2: CIFAR at 16x16, for CPU "
                        "proxies)", cli.positive_int),
     "crop_padding": Flag("data", "random-crop padding", cli.non_negative_int,
@@ -327,11 +341,15 @@ FLAGS: dict[str, Flag] = {
     # Networks.
     "channels": Flag("network", "initial channels C", cli.positive_int,
                      default="search: 8 on digits, else 16; training: the network's"),
-    "layers": Flag("network", "number of cells", cli.positive_int,
+    "layers": Flag("network", "number of cells (nb201: cells per stage)", cli.positive_int,
                    default="search: 5 on digits, else 8; training: the network's"),
-    "nodes": Flag("network", "intermediate nodes per cell", cli.positive_int),
-    "ops": Flag("network", f"comma-separated experts, from: {','.join(genotypes.PRIMITIVES)}",
-                _comma_list),
+    "space": Flag("network", "the search space: DARTS's cell (the XNAS paper's) or "
+                  "NAS-Bench-201's", choices=("darts", "nb201")),
+    "nodes": Flag("network", "intermediate nodes per cell (nb201: all nodes, input and "
+                  "output included)", cli.positive_int),
+    "ops": Flag("network", f"comma-separated experts, from: {','.join(genotypes.PRIMITIVES)} "
+                f"(nb201: its own 5)", _comma_list,
+                default="the space's: the XNAS paper's 8, or nb201's 5"),
     "dtype": Flag("network", "computation dtype (parameters stay float32)",
                   choices=tuple(kernels.DTYPES)),
     "depthwise": Flag("network", "depthwise convolution as shifted slices (custom VJP) or "

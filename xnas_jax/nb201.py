@@ -19,14 +19,19 @@ table: :class:`NB201Network` with ``genotype=None`` computes every expert of
 every edge; with a genotype (one op per edge) it computes only those, and
 holds only their parameters, under the same names.  A discretized cell is
 the supernet with one-hot mixture weights: the same outputs and gradients for
-the same parameters (tested), which lets the table train many cells at once
-by vmapping over one-hot tables.
+the same parameters (tested), so the exhaustive table
+(``experiments/groundtruth.py``) trains each cell's own network, which costs
+only its ops, and is still the supernet's.
+
+The search step uses the same interface as for the DARTS space
+(:mod:`xnas_jax.spaces`): one cell type, ``"cell"``, shared by all 3N cells,
+so a search step delivers ``B x 3N`` feedbacks per forecaster.
 """
 
 from __future__ import annotations
 
 import itertools
-from typing import Sequence
+from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
@@ -43,13 +48,18 @@ __all__ = [
     "SpaceError",
     "all_genotypes",
     "cell_edges",
+    "check_ops",
     "discretize",
     "genotype_string",
     "one_hot",
     "parse_genotype",
+    "take_like",
 ]
 
 NB201_OPS = ("none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x3")
+
+
+_ZERO_TO_ZERO = {"none", "skip_connect", "avg_pool_3x3"}  # f(0) = 0
 
 
 class SpaceError(ValueError):
@@ -63,7 +73,12 @@ def cell_edges(nodes: int) -> tuple[tuple[int, int], ...]:
     return tuple((i, j) for j in range(1, nodes) for i in range(j))
 
 
-def _check_ops(names: Sequence[str], space: Sequence[str] = NB201_OPS) -> tuple[str, ...]:
+def check_ops(names: Sequence[str], space: Sequence[str] = NB201_OPS) -> tuple[str, ...]:
+    """``names`` as a tuple, if every one is an operation of the space.
+
+    Raises:
+      SpaceError: the first name that is not.
+    """
     unknown = [n for n in names if n not in space]
     if unknown:
         raise SpaceError(f"{unknown[0]!r} is not an operation of the nb201 space; its "
@@ -71,30 +86,36 @@ def _check_ops(names: Sequence[str], space: Sequence[str] = NB201_OPS) -> tuple[
     return tuple(names)
 
 
+def _weighted(weight: jax.Array, y: jax.Array) -> jax.Array:
+    """``w * y`` for one weight, or one per image ((B,) for per-feedback copies)."""
+    weight = weight.astype(y.dtype)
+    return weight.reshape(weight.shape + (1,) * (y.ndim - weight.ndim)) * y
+
+
 class _Edge(nn.Module):
-    """One edge: ``sum_k w_k f_k(x)`` over the experts it computes."""
+    """One edge: ``sum_k w_k f_k(x)`` over the experts it computes (XNAS eq. 1)."""
 
     channels: int
     experts: tuple[str, ...]
     affine: bool
     dtype: Dtype
 
+    def _expert(self, name: str, x: jax.Array, train: bool) -> jax.Array:
+        if name == "skip_connect":
+            return x
+        if name == "avg_pool_3x3":
+            return ops_lib.Pool("avg")(x, train)
+        size = 1 if name == "nor_conv_1x1" else 3
+        return ops_lib.ReLUConvBN(self.channels, size, 1, size // 2, self.affine, self.dtype,
+                                  name=name)(x, train)
+
     @nn.compact
     def __call__(self, x: jax.Array, weights: jax.Array, train: bool) -> jax.Array:
         total = None
         for name in self.experts:
-            column = NB201_OPS.index(name)
             if name == "none":
                 continue  # 0 * f: no output, and no gradient to its weight either
-            if name == "skip_connect":
-                y = x
-            elif name == "avg_pool_3x3":
-                y = ops_lib.Pool("avg")(x, train)
-            else:
-                size = 1 if name == "nor_conv_1x1" else 3
-                y = ops_lib.ReLUConvBN(self.channels, size, 1, size // 2, self.affine,
-                                       self.dtype, name=name)(x, train)
-            y = weights[column].astype(y.dtype) * y
+            y = _weighted(weights[..., NB201_OPS.index(name)], self._expert(name, x, train))
             total = y if total is None else total + y
         return jnp.zeros_like(x) if total is None else total
 
@@ -108,18 +129,25 @@ class _Cell(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, weights: jax.Array, train: bool) -> jax.Array:
-        states = [x]
+        # A state is None while it is known to be zero: a node whose edges are
+        # all 'none' in a discretized cell.  Skip, pooling and 'none' map zero
+        # to zero, so edges of only those from a zero state are left out
+        # (XLA would otherwise fold pooling over constant zeros, slowly).
+        states: list[jax.Array | None] = [x]
         edges = cell_edges(self.nodes)
         for j in range(1, self.nodes):
             node = None
             for e, (i, target) in enumerate(edges):
-                if target != j:
+                experts = self.edge_experts[e]
+                if target != j or set(experts) <= {"none"} or (
+                        states[i] is None and set(experts) <= _ZERO_TO_ZERO):
                     continue
-                y = _Edge(self.channels, self.edge_experts[e], self.affine, self.dtype,
-                          name=f"edge_{i}_{j}")(states[i], weights[e], train)
+                source = jnp.zeros_like(x) if states[i] is None else states[i]
+                y = _Edge(self.channels, experts, self.affine, self.dtype,
+                          name=f"edge_{i}_{j}")(source, weights[..., e, :], train)
                 node = y if node is None else node + y
             states.append(node)
-        return states[-1]
+        return jnp.zeros_like(x) if states[-1] is None else states[-1]
 
 
 class _ResidualBlock(nn.Module):
@@ -153,6 +181,11 @@ class NB201Network(nn.Module):
         networks) or not (a DARTS-style supernet).
       computed: the experts the supernet computes (default all); an expert
         left out behaves as if its weight were 0.
+
+    A caller may pass per-feedback copies of the ``arch`` table, shape
+    (cells, B, E, 5), one per cell (in depth order) and per image, as for
+    the DARTS space: the output is the same, and each copy's gradient is one
+    feedback's ``dL/du`` (XNAS section 3.1).
     """
 
     num_classes: int
@@ -168,18 +201,35 @@ class NB201Network(nn.Module):
     def num_edges(self) -> int:
         return len(cell_edges(self.nodes))
 
+    @property
+    def num_cells(self) -> int:
+        return 3 * self.cells_per_stage
+
+    # The search step's view of a supernet (as xnas_jax.supernet.SearchNetwork):
+    def feedback_replicas(self) -> dict[str, int]:
+        """The one cell type's cells r_c: every cell shares the ``"cell"`` table."""
+        return {"cell": self.num_cells}
+
+    def with_computed(self, computed: dict[str, tuple[str, ...]]) -> NB201Network:
+        """The same supernet evaluating only ``computed["cell"]`` experts."""
+        return self.clone(computed=tuple(computed["cell"]))
+
     @nn.compact
     def __call__(self, images: jax.Array, train: bool = True) -> jax.Array:
         edges = self.num_edges
         if self.genotype is None:
-            experts = (_check_ops(self.computed),) * edges
+            experts = (check_ops(self.computed),) * edges
             weights = self.variable(ARCH, "cell", lambda: jnp.full(
                 (edges, len(NB201_OPS)), 1.0 / len(NB201_OPS), jnp.float32)).value
+            copies = (self.num_cells, images.shape[0], edges, len(NB201_OPS))
+            if weights.shape not in (copies[2:], copies):
+                raise SpaceError(f"the nb201 mixture weights must have shape {copies[2:]} or, "
+                                 f"one per feedback, {copies}; got {weights.shape}")
         else:
             if len(self.genotype) != edges:
                 raise SpaceError(f"a cell of {self.nodes} nodes has {edges} edges, the genotype "
                                  f"names {len(self.genotype)} ops")
-            experts = tuple((name,) for name in _check_ops(self.genotype))
+            experts = tuple((name,) for name in check_ops(self.genotype))
             weights = jnp.asarray(one_hot(self.genotype))
         x = images.astype(self.dtype)
         x = nn.Conv(self.channels, (3, 3), padding=1, use_bias=False, dtype=self.dtype,
@@ -192,7 +242,8 @@ class NB201Network(nn.Module):
                 x = _ResidualBlock(channels, self.dtype, name=f"reduce_{stage}")(x, train)
             for _ in range(self.cells_per_stage):
                 x = _Cell(channels, experts, self.nodes, self.affine, self.dtype,
-                          name=f"cell_{cell}")(x, weights, train)
+                          name=f"cell_{cell}")(x, weights[cell] if weights.ndim == 4 else weights,
+                                               train)
                 cell += 1
         x = nn.relu(ops_lib.batch_norm(train, True, self.dtype, name="last_bn")(x))
         x = jnp.mean(x, axis=(1, 2))
@@ -200,10 +251,18 @@ class NB201Network(nn.Module):
             jnp.float32)
 
 
+def take_like(tree: Any, like: Any) -> Any:
+    """The entries of ``tree`` (a supernet's variables) at the paths of ``like``
+    (a discretized cell's): the cell's variables, under the same names."""
+    if isinstance(like, dict):
+        return {k: take_like(tree[k], v) for k, v in like.items()}
+    return tree
+
+
 def one_hot(genotype: Sequence[str]) -> np.ndarray:
     """The (E, 5) mixture weights that select one op per edge."""
     table = np.zeros((len(genotype), len(NB201_OPS)), np.float32)
-    for e, name in enumerate(_check_ops(genotype)):
+    for e, name in enumerate(check_ops(genotype)):
         table[e, NB201_OPS.index(name)] = 1.0
     return table
 
@@ -252,4 +311,4 @@ def parse_genotype(text: str) -> tuple[str, ...]:
         if len(items) != node:
             raise SpaceError(f"{text!r} is not an nb201 cell: node {node} has {len(items)} "
                              f"inputs, expected {node}")
-    return _check_ops(ops)
+    return check_ops(ops)

@@ -64,14 +64,15 @@ def plot_active_experts(history: Sequence[dict[str, Any]], path: str | os.PathLi
     """Active (not wiped-out) experts per cell type, and the work computed."""
     epochs = [record["epoch"] for record in history]
     fig, axes = _figure(1, 2, (10, 3.6))
-    for cell in ("normal", "reduce"):
+    cells = list(history[0]["arch"])  # the space's cell types
+    for cell in cells:
         weights = np.array([record["arch"][cell] for record in history])
         active = (weights > 0).sum(axis=(1, 2)) / weights[0].size
         axes[0][0].plot(epochs, 100 * active, marker="o", label=cell)
         computed = [len(record["computed"][cell]) for record in history]
         axes[0][1].plot(epochs, computed, marker="o", label=cell)
     axes[0][0].set(xlabel="epoch", ylabel="active experts (%)", title="Experts not wiped out")
-    num_experts = len(history[0]["arch"]["normal"][0])
+    num_experts = len(history[0]["arch"][cells[0]][0])
     axes[0][1].set(xlabel="epoch", ylabel="experts evaluated per edge",
                    title="Experts computed (active on some edge)",
                    ylim=(0, num_experts + 0.5), yticks=range(num_experts + 1))
@@ -409,3 +410,32 @@ def plot_cell(
     if path is not None:
         fig.savefig(path)
     return fig
+
+
+def plot_search_quality(table_accuracies: Sequence[float],
+                        picks: dict[str, Sequence[float]], path: str | os.PathLike) -> None:
+    """The true accuracy of each method's picks, over the distribution of every cell's.
+
+    Top: a histogram of the table's accuracies.  Below: one row per method,
+    a dot per seed at its returned cell's accuracy, and the mean as a bar.
+    """
+    accuracies = 100 * np.asarray(table_accuracies, np.float64)
+    fig, axes = _figure(2, 1, (8, 2.2 + 0.45 * len(picks)))
+    top, bottom = axes[0][0], axes[1][0]
+    bins = np.linspace(accuracies.min() - 0.5, accuracies.max() + 0.5, 40)
+    top.hist(accuracies, bins=bins, color="0.6")
+    top.axvline(accuracies.max(), color="k", lw=0.8, ls="--")
+    top.set(ylabel="cells", title=f"All {len(accuracies)} cells of the table (dashed: the best)")
+    rng = np.random.default_rng(0)
+    for row, (method, values) in enumerate(picks.items()):
+        values = 100 * np.asarray(values, np.float64)
+        bottom.scatter(values, row + rng.uniform(-0.15, 0.15, len(values)), s=18, alpha=0.7,
+                       label=method)
+        bottom.plot([values.mean()] * 2, [row - 0.3, row + 0.3], color="k", lw=2)
+    bottom.axvline(accuracies.max(), color="k", lw=0.8, ls="--")
+    bottom.set(yticks=range(len(picks)), yticklabels=list(picks), xlabel="test accuracy (%)",
+               ylim=(-0.6, len(picks) - 0.4), title="The cells each method returned (bar: mean)")
+    bottom.set_xlim(top.get_xlim())
+    for ax in (top, bottom):
+        ax.grid(alpha=0.3)
+    fig.savefig(path, dpi=110)

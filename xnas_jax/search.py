@@ -27,35 +27,23 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from xnas_jax import (cli, configs, genotypes, kernels, optimizers, parallel, plotting, runs,
-                      search_step)
+from xnas_jax import (cli, configs, genotypes, optimizers, parallel, plotting, runs, search_step,
+                      spaces)
 from xnas_jax.checkpointing import CheckpointError
 from xnas_jax.configs import SearchConfig
 from xnas_jax.data import order, shards, specs
-from xnas_jax.search_step import CELL_TYPES, SearchState
-from xnas_jax.supernet import VARIABLES_LAYOUT, SearchNetwork, count_params, validate_ops
+from xnas_jax.search_step import SearchState
+from xnas_jax.supernet import VARIABLES_LAYOUT, count_params
 
 
-def build_model(config: SearchConfig, num_classes: int) -> SearchNetwork:
-    """The supernet of a (resolved) config."""
-    return SearchNetwork(
-        num_classes=num_classes, channels=config.channels, layers=config.layers,
-        ops=tuple(config.ops), steps=config.nodes, dtype=kernels.dtype_from_name(config.dtype),
-        depthwise=config.depthwise,
-    )
+def build_model(config: SearchConfig, num_classes: int):
+    """The supernet of a (resolved) config, in its search space."""
+    return spaces.get_space(config.space).build(config, num_classes)
 
 
-def check_image_size(image_shape: Sequence[int], layers: int) -> None:
-    """Each reduction halves the image with stride-2 ops on an even size."""
-    height, width = image_shape[0], image_shape[1]
-    for _ in genotypes.reduction_layers(layers):
-        if height < 2 or width < 2 or height % 2 or width % 2:
-            raise ValueError(
-                f"images of {image_shape[0]}x{image_shape[1]} are too small or odd-sized for "
-                f"the 2 reductions of a {layers}-cell network: each reduction needs an even "
-                f"size >= 2 (e.g. 8x8, 28x28, 32x32)"
-            )
-        height, width = height // 2, width // 2
+def check_image_size(image_shape: Sequence[int], config: SearchConfig) -> None:
+    """The images fit the space's network (its reductions), else a one-line ValueError."""
+    spaces.get_space(config.space).check_image_size(image_shape, config.layers)
 
 
 def weight_optimizer(config: SearchConfig, total_steps: int) -> optax.GradientTransformation:
@@ -70,15 +58,18 @@ def weight_optimizer(config: SearchConfig, total_steps: int) -> optax.GradientTr
 
 def arch_optimizer(config: SearchConfig, total_steps: int):
     """The architecture optimizer and the per-cell-type learning rates used."""
+    space = spaces.get_space(config.space)
     if config.optimizer == "darts":
         tx = optimizers.darts(config.darts_learning_rate, config.darts_weight_decay)
-        return tx, {kind: config.darts_learning_rate for kind in CELL_TYPES}
+        return tx, {kind: config.darts_learning_rate for kind in space.cell_types}
+    model = build_model(config, 2)  # r_c does not depend on the classes
     return search_step.xnas_arch_optimizer(
-        num_experts=len(config.ops), layers=config.layers, total_steps=total_steps,
-        feedbacks_per_step=config.batch_size, reward_bound=config.reward_bound,
-        wipeout_factor=config.wipeout_factor,
+        num_experts=len(config.ops), replicas=model.feedback_replicas(),
+        total_steps=total_steps, feedbacks_per_step=config.batch_size,
+        reward_bound=config.reward_bound, wipeout_factor=config.wipeout_factor,
         learning_rates={"normal": config.arch_learning_rate_normal,
-                        "reduce": config.arch_learning_rate_reduce},
+                        "reduce": config.arch_learning_rate_reduce,
+                        "cell": config.arch_learning_rate_normal},
     )
 
 
@@ -92,6 +83,7 @@ def summary(config: SearchConfig) -> dict[str, Any]:
         lambda: model.init(jax.random.key(0), jnp.zeros((2, *spec.image_shape)), train=True)
     )
     return {
+        "space": config.space,
         "dataset": config.dataset,
         "image_shape": list(spec.image_shape),
         "channels": config.channels,
@@ -160,6 +152,9 @@ def load_data(config: SearchConfig, mesh, log=print) -> tuple[SearchConfig, Sear
                          f"--data-shards {count}")
 
     def prepare(dataset):
+        if config.train_per_class:
+            dataset = order.balanced_subset(dataset, max(config.train_per_class // count, 1),
+                                            seed=0)
         if config.max_train_examples:
             # One subset for every seed: it defines the data, the seeds vary the rest.
             dataset = order.subset(dataset, config.max_train_examples // count, seed=0)
@@ -171,7 +166,7 @@ def load_data(config: SearchConfig, mesh, log=print) -> tuple[SearchConfig, Sear
     log(f"loaded {config.dataset} in {time.perf_counter() - started:.1f} s: "
         f"{shards.describe(split)}")
     image_shape = split.image_shape
-    check_image_size(image_shape, config.layers)
+    check_image_size(image_shape, config)
     if config.crop_padding is None:
         config = dataclasses.replace(config, crop_padding=specs.default_crop_padding(image_shape))
     n = split.size
@@ -226,8 +221,8 @@ class _Steps:
     def __call__(self, state: SearchState, example_args):
         config = self.config
         computed = (search_step.computed_experts(tuple(config.ops), state.arch)
-                    if config.skip_wiped_out else {kind: tuple(config.ops) for kind in CELL_TYPES})
-        key = (computed["normal"], computed["reduce"])
+                    if config.skip_wiped_out else {kind: tuple(config.ops) for kind in state.arch})
+        key = tuple(computed[kind] for kind in sorted(computed))
         if key not in self.compiled:
             started = time.perf_counter()
             jitted = search_step.make_search_step(
@@ -239,16 +234,17 @@ class _Steps:
             self.compiled[key] = jitted.lower(state, *example_args).compile()
             seconds = time.perf_counter() - started
             self.compile_seconds += seconds
-            self.log(f"compiled the search step ({len(computed['normal'])} normal, "
-                     f"{len(computed['reduce'])} reduce experts) in {seconds:.1f} s")
+            experts = ", ".join(f"{len(v)} {k}" for k, v in computed.items())
+            self.log(f"compiled the search step ({experts} experts) in {seconds:.1f} s")
         return self.compiled[key], computed
 
 
 # ------------------------------------------------------------------ loop
 
-# Per-step values written to TensorBoard (every --log-every steps).
-_STEP_SCALARS = ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "reward_abs_max",
-                 "clipped_normal", "clipped_reduce", "active_normal", "active_reduce")
+def _step_scalars(cell_types: Sequence[str]) -> tuple[str, ...]:
+    """Per-step values written to TensorBoard (every --log-every steps)."""
+    return ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "reward_abs_max",
+            *(f"clipped_{k}" for k in cell_types), *(f"active_{k}" for k in cell_types))
 
 
 def train_and_evaluate(config: SearchConfig) -> dict[str, Any]:
@@ -261,7 +257,8 @@ def train_and_evaluate(config: SearchConfig) -> dict[str, Any]:
         input (the CLI turns them into one-line messages).
     """
     config = config.resolved()
-    validate_ops(config.ops)
+    space = spaces.get_space(config.space)
+    space.validate_ops(config.ops)
     mesh = make_mesh(config)
     directory = runs.locate_run(config.out_dir, config.runs_root, config.resume)
     config, data = load_data(config, mesh, log=print if parallel.is_writer() else _quiet)
@@ -281,9 +278,11 @@ def train_and_evaluate(config: SearchConfig) -> dict[str, Any]:
             f"({data.weight_halves.shape[1] * data.layout.count} + "
             f"{data.arch_halves.shape[1] * data.layout.count} images "
             f"{'x'.join(map(str, data.image_shape))}), "
-            f"{config.layers} cells of C={config.channels}, {config.epochs} epochs x "
+            f"{config.space} space, {config.layers} cells"
+            + (" per stage" if config.space == "nb201" else "")
+            + f" of C={config.channels}, {config.epochs} epochs x "
             f"{data.steps_per_epoch} steps of batch {config.batch_size}, {config.optimizer} "
-            f"(arch lr normal {arch_rates['normal']:.3g}, reduce {arch_rates['reduce']:.3g})"
+            "(arch lr " + ", ".join(f"{k} {v:.3g}" for k, v in arch_rates.items()) + ")"
             + (f", seeds {','.join(map(str, seeds))}" if len(seeds) > 1 else "")
             + (f", mesh seed {mesh.shape[parallel.SEED]} x data {mesh.shape[parallel.DATA]}"
                if mesh.devices.size > 1 else ""))
@@ -370,7 +369,7 @@ def _search_loop(config: SearchConfig, data: SearchData, run: runs.Run, steps: _
                 at = step - len(per_step) + offset + 1
                 if at % config.log_every == 0 or at == step:
                     run.scalars(at, _seed_scalars(seeds, "step", {
-                        k: metrics[k] for k in _STEP_SCALARS}))
+                        k: metrics[k] for k in _step_scalars(sorted(state.arch))}))
             run.scalars(step, {**_seed_scalars(seeds, "epoch", {
                 k: np.asarray([r[k] for r in _per_seed(record)])
                 for k in ("entropy", "val_accuracy")}),
@@ -436,25 +435,26 @@ def _epoch_record(config, epoch, step, arch, rewards, per_step, computed, second
     if first_wipeout is None:
         total = sum(v.size for v in arch.values())
         first_wipeout = next((step - count + 1 + i for i, m in enumerate(per_step)
-                              if sum(int(m[f"active_{k}"]) for k in CELL_TYPES) < total), None)
-    selection = _selection(config, arch, rewards)
+                              if sum(int(m[f"active_{k}"]) for k in arch) < total), None)
+    space = spaces.get_space(config.space)
+    evidence = _rule_rewards(config, rewards)
     return {
         "epoch": epoch,
         "step": step,
         **{k: means[k] for k in ("train_loss", "train_accuracy", "val_loss", "val_accuracy")},
         "reward_abs_max": max(float(m["reward_abs_max"]) for m in per_step),
-        "clipped_fraction": {k: means[f"clipped_{k}"] for k in CELL_TYPES},
+        "clipped_fraction": {k: means[f"clipped_{k}"] for k in arch},
         "active_experts": {k: int((v > 0).sum()) for k, v in arch.items()},
         "active_fraction": float(sum((v > 0).sum() for v in arch.values()))
         / sum(v.size for v in arch.values()),
         "first_wipeout_step": first_wipeout,
-        "active_per_step": [[int(m[f"active_{k}"]) for k in CELL_TYPES] for m in per_step],
+        "active_per_step": [[int(m[f"active_{k}"]) for k in arch] for m in per_step],
         "computed": {k: list(v) for k, v in computed.items()},
         "entropy": search_step.expert_weights_entropy(arch),
         "seconds": seconds,
         "compile_seconds_total": compile_seconds,
-        "genotype": genotypes.genotype_to_dict(_genotype(config, arch, rewards), config.ops),
-        "selection_rule": selection["rule"],
+        "genotype": space.discretize(config, arch, evidence),
+        "selection_rule": space.selection_rule(config, arch, evidence),
         "arch": {k: np.round(v, 6).tolist() for k, v in arch.items()},
         "rewards": {k: np.round(v, 4).tolist() for k, v in rewards.items()},
     }
@@ -465,16 +465,6 @@ def _rule_rewards(config, rewards):
     return rewards if config.optimizer == "xnas" else None
 
 
-def _genotype(config, arch, rewards) -> genotypes.Genotype:
-    return genotypes.discretize(arch["normal"], arch["reduce"], config.ops, config.nodes,
-                                _rule_rewards(config, rewards))
-
-
-def _selection(config, arch, rewards) -> dict[str, Any]:
-    return genotypes.selection_record(arch, config.ops, config.nodes,
-                                      _rule_rewards(config, rewards))
-
-
 def _epoch_line(record) -> str:
     if "seeds" in record:
         return (
@@ -482,18 +472,18 @@ def _epoch_line(record) -> str:
             f"{record['train_loss']:.4f} | val acc "
             + " ".join(f"{100 * r['val_accuracy']:.1f}%" for r in record["seeds"])
             + " | active experts "
-            + " ".join(f"{r['active_experts']['normal']}/{r['active_experts']['reduce']}"
+            + " ".join("/".join(str(v) for v in r["active_experts"].values())
                        for r in record["seeds"])
             + f" | {record['images_per_second']:.0f} img/s"
         )
     return (
         f"epoch {record['epoch']}: train loss {record['train_loss']:.4f} "
         f"acc {100 * record['train_accuracy']:.1f}% | val loss {record['val_loss']:.4f} "
-        f"acc {100 * record['val_accuracy']:.1f}% | active experts normal "
-        f"{record['active_experts']['normal']} reduce {record['active_experts']['reduce']} "
-        f"| clipped rewards {100 * record['clipped_fraction']['normal']:.0f}% / "
-        f"{100 * record['clipped_fraction']['reduce']:.0f}% "
-        f"| {record['images_per_second']:.0f} img/s"
+        f"acc {100 * record['val_accuracy']:.1f}% | active experts "
+        + " ".join(f"{k} {v}" for k, v in record["active_experts"].items())
+        + " | clipped rewards "
+        + " / ".join(f"{100 * v:.0f}%" for v in record["clipped_fraction"].values())
+        + f" | {record['images_per_second']:.0f} img/s"
     )
 
 
@@ -513,7 +503,19 @@ def stability(genotype_dicts: Sequence[dict[str, Any]], nodes: int) -> dict[str,
     """
     seeds = len(genotype_dicts)
     summary: dict[str, Any] = {"seeds": seeds}
-    for cell in CELL_TYPES:
+    if genotype_dicts[0].get("space") == "nb201":  # every edge is kept: agree on its op?
+        per_edge = [np.unique([g["ops"][e] for g in genotype_dicts], return_counts=True)
+                    for e in range(len(genotype_dicts[0]["ops"]))]
+        summary["cell"] = {
+            "edges": [{"edge": e, "op": str(ops[np.argmax(n)]), "op_seeds": int(n.max())}
+                      for e, (ops, n) in enumerate(per_edge)],
+            "edge_agreement": 1.0,
+            "op_agreement": float(np.mean([
+                dict(zip(*per_edge[e]))[g["ops"][e]] / seeds
+                for g in genotype_dicts for e in range(len(per_edge))])),
+        }
+        return summary
+    for cell in ("normal", "reduce"):
         edges: dict[tuple[int, int], dict[str, int]] = {}
         kept = []
         for g in genotype_dicts:
@@ -553,16 +555,18 @@ def _write_outputs(config: SearchConfig, run: runs.Run, state: SearchState) -> N
         folder = out_dir if len(seeds) == 1 else out_dir / f"seed_{seed}"
         genotype = _write_seed(config, folder, arch, rewards, history)
         results.append({"seed": seed, "val_accuracy": history[-1]["val_accuracy"],
-                        "genotype": genotypes.genotype_to_dict(genotype, config.ops),
-                        "text": genotypes.format_genotype(genotype)})
+                        "genotype": genotype,
+                        "text": spaces.get_space(config.space).text(genotype)})
     best = max(range(len(seeds)), key=lambda i: (results[i]["val_accuracy"], -i))
     if len(seeds) > 1:
-        for name in ("genotype.json", "genotype.txt", "normal.png", "reduce.png"):
+        space = spaces.get_space(config.space)
+        for name in ("genotype.json", "genotype.txt", *space.pictures()):
             shutil.copyfile(out_dir / f"seed_{seeds[best]}" / name, out_dir / name)
         agreement = stability([r["genotype"] for r in results], config.nodes)
         (out_dir / "seeds.json").write_text(json.dumps({
             "best_seed": seeds[best], "seeds": results, "stability": agreement}, indent=2) + "\n")
-        plotting.plot_seed_agreement(agreement, out_dir / "stability.png")
+        if config.space == "darts":
+            plotting.plot_seed_agreement(agreement, out_dir / "stability.png")
         for r in results:
             run.print(f"seed {r['seed']}: val acc {100 * r['val_accuracy']:.1f}%")
         run.print(_stability_text(agreement))
@@ -570,14 +574,12 @@ def _write_outputs(config: SearchConfig, run: runs.Run, state: SearchState) -> N
     run.print(f"genotype ({out_dir / 'genotype.json'}):\n{results[best]['text']}")
 
 
-def _write_seed(config, folder, arch, rewards, history) -> genotypes.Genotype:
+def _write_seed(config, folder, arch, rewards, history) -> dict[str, Any]:
+    """One search's genotype files, cell pictures and plots; returns its genotype dict."""
     folder.mkdir(parents=True, exist_ok=True)
-    genotype = _genotype(config, arch, rewards)
-    genotypes.save_genotype(genotype, folder / "genotype.json", config.ops,
-                            selection=_selection(config, arch, rewards))
-    (folder / "genotype.txt").write_text(genotypes.format_genotype(genotype) + "\n")
-    for cell in CELL_TYPES:
-        plotting.plot_cell(genotype, cell, folder / f"{cell}.png")
+    genotype = spaces.get_space(config.space).write(config, folder, arch,
+                                                    _rule_rewards(config, rewards))
+    for cell in arch:
         plotting.plot_arch_trajectories(history, config.ops, cell, folder / f"arch_{cell}.png")
     plotting.plot_active_experts(history, folder / "active_experts.png")
     plotting.plot_losses(history, folder / "losses.png")
@@ -586,7 +588,7 @@ def _write_seed(config, folder, arch, rewards, history) -> genotypes.Genotype:
 
 def _stability_text(agreement: dict[str, Any]) -> str:
     lines = [f"stability over {agreement['seeds']} seeds:"]
-    for cell in CELL_TYPES:
+    for cell in [c for c in ("normal", "reduce", "cell") if c in agreement]:
         part = agreement[cell]
         lines.append(f"  {cell}: {100 * part['edge_agreement']:.0f}% of kept edges and "
                      f"{100 * part['op_agreement']:.0f}% of their operations agree")
@@ -619,15 +621,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         parallel.initialize_distributed(config.coordinator_address, config.num_processes,
                                         config.process_id)
-        validate_ops(config.ops)
         resolved = config.resolved()
+        spaces.get_space(resolved.space).validate_ops(resolved.ops)
         spec_shape = specs.DATASETS[config.dataset].image_shape
         if args.summary:
-            check_image_size(spec_shape or (32, 32), resolved.layers)
+            check_image_size(spec_shape or (32, 32), resolved)
             print(json.dumps(summary(resolved)))
             return
         if spec_shape is not None:  # fail fast, before loading anything
-            check_image_size(spec_shape, resolved.layers)
+            check_image_size(spec_shape, resolved)
         if config.compilation_cache:
             cli.enable_compilation_cache(config.compilation_cache)
         train_and_evaluate(config)

@@ -31,13 +31,10 @@ import optax
 from xnas_jax import optimizers, parallel
 from xnas_jax.data import augment, shards
 from xnas_jax.prng import KEY_IMPL, prng_key
-from xnas_jax.genotypes import cell_replicas
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from xnas_jax.supernet import ARCH, SearchNetwork
-
-CELL_TYPES = ("normal", "reduce")
 
 
 class SearchState(NamedTuple):
@@ -81,7 +78,7 @@ class Preprocess(NamedTuple):
 
 def xnas_arch_optimizer(
     num_experts: int,
-    layers: int,
+    replicas: dict[str, int],
     total_steps: int,
     feedbacks_per_step: int,
     reward_bound: float = 1.0,
@@ -106,7 +103,7 @@ def xnas_arch_optimizer(
 
     Args:
       num_experts: N, the experts searched.
-      layers: cells of the supernet (gives r_c).
+      replicas: per cell type, r_c (the supernet's ``feedback_replicas()``).
       total_steps: search steps of the run.
       feedbacks_per_step: B, validation images per step.
       reward_bound: L, the bound of one feedback's reward.
@@ -114,12 +111,11 @@ def xnas_arch_optimizer(
       learning_rates: per cell type, a rate to use instead of eta*_c.
 
     Returns:
-      The transform (``optax.multi_transform`` over ``{"normal", "reduce"}``)
-      and the learning rates it uses.
+      The transform (``optax.multi_transform`` over the cell types) and the
+      learning rates it uses.
     """
-    replicas = cell_replicas(layers)
     rates, transforms = {}, {}
-    for kind in CELL_TYPES:
+    for kind in replicas:
         feedbacks = feedbacks_per_step * replicas[kind]
         if learning_rates and learning_rates.get(kind) is not None:
             rates[kind] = float(learning_rates[kind])
@@ -130,17 +126,16 @@ def xnas_arch_optimizer(
         transforms[kind] = optimizers.xnas(
             rates[kind], reward_bound * feedbacks, total_steps, wipeout_factor
         )
-    return optax.multi_transform(transforms, {kind: kind for kind in CELL_TYPES}), rates
+    return optax.multi_transform(transforms, {kind: kind for kind in replicas}), rates
 
 
-def per_feedback(arch: dict[str, jax.Array], layers: int, batch_size: int
+def per_feedback(arch: dict[str, jax.Array], replicas: dict[str, int], batch_size: int
                  ) -> dict[str, jax.Array]:
     """One copy of each cell type's (E, N) table per feedback: (r_c, B, E, N).
 
     The supernet's output is unchanged; the gradient of copy ``[cell, b]`` is
     the feedback of image b through that cell (see :class:`SearchNetwork`).
     """
-    replicas = cell_replicas(layers)
     return {kind: jnp.broadcast_to(u, (replicas[kind], batch_size, *u.shape))
             for kind, u in arch.items()}
 
@@ -332,7 +327,7 @@ def make_search_step(
         return (arch, opt_state, totals), metrics
 
     def expand(arch, images):
-        return per_feedback(arch, model.layers, images.shape[0])
+        return per_feedback(arch, model.feedback_replicas(), images.shape[0])
 
     def two_passes(state: SearchState, train, val):
         # Algorithm 1 line 4: update w on the training loss.
@@ -452,7 +447,7 @@ def computed_experts(
     holds (E, N) or (S, E, N) tables, as NumPy or device arrays.
     """
     result = {}
-    for kind in CELL_TYPES:
+    for kind in arch:
         table = np.asarray(parallel.to_host(arch[kind]))
         alive = table.reshape(-1, table.shape[-1]).max(axis=0) > 0
         result[kind] = tuple(name for name, keep in zip(ops, alive) if keep)
@@ -461,10 +456,10 @@ def computed_experts(
 
 def expert_weights_entropy(arch: dict[str, Any]) -> float:
     """Mean normalized entropy H(u) / ln N over all forecasters (paper Figure 2)."""
-    rows = np.concatenate([np.asarray(jax.device_get(arch[k])) for k in CELL_TYPES])
+    rows = np.concatenate([np.asarray(jax.device_get(arch[k])) for k in sorted(arch)])
     return float(np.mean(optimizers.normalized_entropy(rows)))
 
 
-def with_computed(model: SearchNetwork, computed: dict[str, tuple[str, ...]]) -> nn.Module:
+def with_computed(model: nn.Module, computed: dict[str, tuple[str, ...]]) -> nn.Module:
     """The same supernet evaluating only ``computed`` experts per cell type."""
-    return model.clone(normal_ops=computed["normal"], reduce_ops=computed["reduce"])
+    return model.with_computed(computed)

@@ -525,6 +525,15 @@ class SearchNetwork(nn.Module):
     def reduction_layers(self) -> tuple[int, ...]:
         return genotypes.reduction_layers(self.layers)
 
+    # The search step's view of a supernet (shared with xnas_jax.nb201):
+    def feedback_replicas(self) -> dict[str, int]:
+        """Per cell type (a table of the ``arch`` collection), its cells r_c."""
+        return genotypes.cell_replicas(self.layers)
+
+    def with_computed(self, computed: dict[str, tuple[str, ...]]) -> SearchNetwork:
+        """The same supernet evaluating only ``computed`` experts per cell type."""
+        return self.clone(normal_ops=computed["normal"], reduce_ops=computed["reduce"])
+
     @nn.compact
     def __call__(self, images: jax.Array, train: bool = True) -> jax.Array:
         shape = (self.num_edges, len(self.ops))

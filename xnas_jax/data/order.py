@@ -99,6 +99,29 @@ def subset(dataset: ArrayDataset, max_examples: int, seed: int = 0) -> ArrayData
     return _take(dataset, chosen, f"{dataset.name}[:{max_examples}]")
 
 
+def balanced_subset(dataset: ArrayDataset, per_class: int, seed: int = 0) -> ArrayDataset:
+    """``per_class`` examples of every class, drawn at random, in their original order.
+
+    The class-balanced proxies of the NB201 table and of the searches scored
+    against it (``--train-per-class``).
+
+    Raises:
+      ValueError: a class with fewer than ``per_class`` examples.
+    """
+    _check_seed(seed)
+    if not isinstance(per_class, (int, np.integer)) or per_class < 1:
+        raise ValueError(f"per_class must be an int >= 1, got {per_class!r}")
+    rng = np.random.default_rng(seed)
+    chosen = []
+    for label in range(dataset.num_classes):
+        members = np.flatnonzero(dataset.labels == label)
+        if len(members) < per_class:
+            raise ValueError(f"{dataset.name} has {len(members)} examples of class {label}, "
+                             f"fewer than the {per_class} per class asked for")
+        chosen.append(rng.choice(members, per_class, replace=False))
+    return _take(dataset, np.sort(np.concatenate(chosen)), f"{dataset.name}[{per_class}/class]")
+
+
 def downsample(dataset: ArrayDataset, factor: int) -> ArrayDataset:
     """The images with each ``factor x factor`` block of pixels averaged (rounded).
 

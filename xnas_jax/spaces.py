@@ -1,0 +1,175 @@
+"""Search spaces: what a search needs to know of one, behind one small interface.
+
+Two spaces implement it: DARTS's cell (:mod:`xnas_jax.supernet`, the XNAS
+paper's space) and NAS-Bench-201's (:mod:`xnas_jax.nb201`), selected by
+``--space darts|nb201``.  A space names its experts and its cell types (the
+tables of the ``arch`` collection), builds the supernet (whose
+``feedback_replicas()`` and ``with_computed()`` the search step uses),
+checks the image size against its reductions, and discretizes mixture
+weights into a genotype, which it writes and draws.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import flax.linen as nn
+import numpy as np
+
+from xnas_jax import evalnet, genotypes, kernels, nb201, plotting
+from xnas_jax.supernet import SearchNetwork, validate_ops
+
+__all__ = ["DartsSpace", "NB201Space", "SPACES", "get_space"]
+
+
+class DartsSpace:
+    """DARTS's cell: two cell types, 8 experts, 2 inputs kept per node (XNAS section 4)."""
+
+    name = "darts"
+    cell_types = ("normal", "reduce")
+    default_ops = genotypes.XNAS_PRIMITIVES
+
+    def validate_ops(self, ops: Sequence[str]) -> tuple[str, ...]:
+        return validate_ops(ops)
+
+    def build(self, config: Any, num_classes: int) -> nn.Module:
+        """The supernet of a (resolved) search config."""
+        return SearchNetwork(
+            num_classes=num_classes, channels=config.channels, layers=config.layers,
+            ops=tuple(config.ops), steps=config.nodes,
+            dtype=kernels.dtype_from_name(config.dtype), depthwise=config.depthwise)
+
+    def edges(self, nodes: int) -> tuple[tuple[int, int], ...]:
+        """The (source, node) of every edge of a cell (sources 0, 1: the cell's inputs)."""
+        return tuple(genotypes.edge_list(nodes))
+
+    def evaluation_network(self, genotype: dict[str, Any], num_classes: int,
+                           **sizes: Any) -> nn.Module:
+        """The network that trains the found cell (DARTS's, :mod:`xnas_jax.evalnet`)."""
+        return evalnet.build_network(genotypes.genotype_from_dict(genotype), num_classes,
+                                     **sizes)
+
+    def check_image_size(self, image_shape: Sequence[int], layers: int) -> None:
+        """Each reduction halves the image with stride-2 ops on an even size."""
+        height, width = image_shape[0], image_shape[1]
+        for _ in genotypes.reduction_layers(layers):
+            if height < 2 or width < 2 or height % 2 or width % 2:
+                raise ValueError(
+                    f"images of {image_shape[0]}x{image_shape[1]} are too small or odd-sized "
+                    f"for the 2 reductions of a {layers}-cell network: each reduction needs "
+                    f"an even size >= 2 (e.g. 8x8, 28x28, 32x32)")
+            height, width = height // 2, width // 2
+
+    def discretize(self, config: Any, arch: Mapping[str, np.ndarray],
+                   rewards: Mapping[str, np.ndarray] | None) -> dict[str, Any]:
+        """The genotype as a JSON-ready dict (edges ranked by XNAS's evidence, or by u)."""
+        genotype = genotypes.discretize(arch["normal"], arch["reduce"], config.ops,
+                                        config.nodes, rewards)
+        return genotypes.genotype_to_dict(genotype, config.ops)
+
+    def selection_rule(self, config: Any, arch: Mapping[str, np.ndarray],
+                       rewards: Mapping[str, np.ndarray] | None) -> Any:
+        return genotypes.selection_record(arch, config.ops, config.nodes, rewards)["rule"]
+
+    def text(self, genotype: dict[str, Any]) -> str:
+        return genotypes.format_genotype(genotypes.genotype_from_dict(genotype))
+
+    def write(self, config: Any, folder: Path, arch: Mapping[str, np.ndarray],
+              rewards: Mapping[str, np.ndarray] | None) -> dict[str, Any]:
+        """``genotype.json``, ``genotype.txt`` and the cell pictures; returns the genotype."""
+        genotype = genotypes.discretize(arch["normal"], arch["reduce"], config.ops,
+                                        config.nodes, rewards)
+        genotypes.save_genotype(genotype, folder / "genotype.json", config.ops,
+                                selection=genotypes.selection_record(
+                                    arch, config.ops, config.nodes, rewards))
+        (folder / "genotype.txt").write_text(genotypes.format_genotype(genotype) + "\n")
+        for cell in self.cell_types:
+            plotting.plot_cell(genotype, cell, folder / f"{cell}.png")
+        return genotypes.genotype_to_dict(genotype, config.ops)
+
+    def pictures(self) -> tuple[str, ...]:
+        return tuple(f"{cell}.png" for cell in self.cell_types)
+
+
+class NB201Space:
+    """NAS-Bench-201's cell: one cell type, 5 experts, every edge kept (its strongest op)."""
+
+    name = "nb201"
+    cell_types = ("cell",)
+    default_ops = nb201.NB201_OPS
+
+    def validate_ops(self, ops: Sequence[str]) -> tuple[str, ...]:
+        ops = nb201.check_ops(ops)
+        if tuple(ops) != nb201.NB201_OPS:
+            raise ValueError(f"the nb201 space searches its 5 operations in their order "
+                             f"({','.join(nb201.NB201_OPS)}), got {','.join(ops)}")
+        return ops
+
+    def build(self, config: Any, num_classes: int) -> nn.Module:
+        """The supernet: ``layers`` cells per stage, ``nodes`` nodes per cell (input and
+        output included), batch norms without scale and bias in the cells (as a DARTS
+        supernet)."""
+        return nb201.NB201Network(num_classes, channels=config.channels,
+                                  cells_per_stage=config.layers, nodes=config.nodes,
+                                  affine=False, dtype=kernels.dtype_from_name(config.dtype))
+
+    def edges(self, nodes: int) -> tuple[tuple[int, int], ...]:
+        """The (source, node) of every edge of a cell (node 0: the cell's input)."""
+        return nb201.cell_edges(nodes)
+
+    def evaluation_network(self, genotype: dict[str, Any], num_classes: int,
+                           **sizes: Any) -> nn.Module:
+        """The benchmark's network with the found cell (C = 16, N = 5 unless ``sizes``
+        say otherwise: ``channels``, ``cells_per_stage``)."""
+        return nb201.NB201Network(num_classes, genotype=tuple(genotype["ops"]),
+                                  nodes=genotype["nodes"], **sizes)
+
+    def check_image_size(self, image_shape: Sequence[int], layers: int) -> None:
+        """The two residual blocks halve the image: its sides must be multiples of 4."""
+        del layers
+        if image_shape[0] % 4 or image_shape[1] % 4:
+            raise ValueError(f"images of {image_shape[0]}x{image_shape[1]} do not fit the 2 "
+                             f"reductions of the nb201 network: each side must be a multiple "
+                             f"of 4 (e.g. 8x8, 16x16, 32x32)")
+
+    def discretize(self, config: Any, arch: Mapping[str, np.ndarray],
+                   rewards: Mapping[str, np.ndarray] | None) -> dict[str, Any]:
+        """The strongest op of each edge (largest u; XNAS's u ranks as its evidence)."""
+        del rewards
+        ops = nb201.discretize(np.asarray(arch["cell"]))
+        return {"space": self.name, "nodes": config.nodes,
+                "genotype": nb201.genotype_string(ops, config.nodes), "ops": list(ops)}
+
+    def selection_rule(self, config: Any, arch: Mapping[str, np.ndarray],
+                       rewards: Mapping[str, np.ndarray] | None) -> Any:
+        return "the largest weight u on every edge"
+
+    def text(self, genotype: dict[str, Any]) -> str:
+        return genotype["genotype"]
+
+    def write(self, config: Any, folder: Path, arch: Mapping[str, np.ndarray],
+              rewards: Mapping[str, np.ndarray] | None) -> dict[str, Any]:
+        genotype = self.discretize(config, arch, rewards)
+        (folder / "genotype.json").write_text(json.dumps(genotype, indent=2) + "\n")
+        (folder / "genotype.txt").write_text(genotype["genotype"] + "\n")
+        return genotype
+
+    def pictures(self) -> tuple[str, ...]:
+        return ()
+
+
+SPACES: dict[str, DartsSpace | NB201Space] = {"darts": DartsSpace(), "nb201": NB201Space()}
+
+
+def get_space(name: str) -> DartsSpace | NB201Space:
+    """The space called ``name``.
+
+    Raises:
+      ValueError: an unknown name (one line, naming the spaces).
+    """
+    if name not in SPACES:
+        raise ValueError(f"unknown search space {name!r}; the spaces are "
+                         f"{', '.join(SPACES)}")
+    return SPACES[name]
