@@ -19,6 +19,7 @@ from xnas_jax.supernet import (
     SearchNetwork,
     count_params,
     mixture,
+    node_stage_width,
 )
 
 OPS = genotypes.XNAS_PRIMITIVES
@@ -194,17 +195,14 @@ def _reference_cell(cell: SearchCell, variables, s0, s1, weights):
     )
     states = [h0, h1]
     edges = genotypes.edge_list(cell.steps)
-    if cell.reduction:
-        groups = {"input_edges": [e for e, (s, _) in enumerate(edges) if s < 2],
-                  "node_edges": [e for e, (s, _) in enumerate(edges) if s >= 2]}
-    else:
-        groups = {"edges": list(range(len(edges)))}
+    groups = {"input_edges": [e for e, (s, _) in enumerate(edges) if s < 2],
+              "node_edges": [e for e, (s, _) in enumerate(edges) if s >= 2]}
     slot = {e: (name, k) for name, members in groups.items() for k, e in enumerate(members)}
     nodes = [None] * cell.steps
     for e, (source, node) in enumerate(edges):
         name, k = slot[e]
         strides = 2 if cell.reduction and source < 2 else 1
-        take = lambda tree: jax.tree.map(lambda a: a[k], tree["mixed"])  # noqa: E731,B023
+        take = lambda tree: jax.tree.map(lambda a: a[k], tree)  # noqa: E731,B023
         y, _ = _mixed_op_apply(cell.ops, cell.computed, cell.channels, strides)(
             {"params": take(params[name]), "batch_stats": take(stats[name])},
             states[source], weights[e],
@@ -255,6 +253,39 @@ def test_scanned_cell_matches_unrolled_reference(reduction, reduction_prev):
     np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
     for a, b in zip(jax.tree.leaves(g_scan), jax.tree.leaves(g_ref)):
         np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-4)
+
+
+@pytest.mark.parametrize("steps", [1, 3, 4, 5])
+def test_cell_stages_compute_the_dag_in_edge_order(steps):
+    """The staged cell (inputs' edges at once, then node-to-node stages of
+    several edges) against the cell's DAG in NumPy float64: with only skip and
+    none, node j = sum over its edges of u_skip * state_source.  A stage that
+    read a node before all its edges ran would give another sum."""
+    ops = ("none", "skip_connect")
+    cell = SearchCell(channels=4, reduction=False, reduction_prev=False, ops=ops, computed=ops,
+                      steps=steps)
+    s0 = jax.random.normal(jax.random.key(0), (2, 4, 4, 6))
+    s1 = jax.random.normal(jax.random.key(1), (2, 4, 4, 5))
+    edges = genotypes.edge_list(steps)
+    weights = jax.random.uniform(jax.random.key(2), (len(edges), 2), minval=0.5, maxval=2.0)
+    variables = cell.init(jax.random.key(3), s0, s1, weights)
+    out, _ = jax.jit(lambda v: cell.apply(v, s0, s1, weights, mutable=["batch_stats"]))(variables)
+
+    from xnas_jax import ops as ops_lib
+    params, stats = variables["params"], variables["batch_stats"]
+    states = [
+        np.asarray(ops_lib.preprocess(4, False, False).apply(
+            {"params": params[f"preprocess{i}"], "batch_stats": stats[f"preprocess{i}"]}, s, True,
+            mutable=["batch_stats"])[0], np.float64)
+        for i, s in enumerate((s0, s1))
+    ]
+    u = np.asarray(weights, np.float64)
+    for node in range(steps):
+        states.append(sum(u[e, 1] * states[source]
+                          for e, (source, n) in enumerate(edges) if n == node))
+    np.testing.assert_allclose(out, np.concatenate(states[2:], -1), rtol=1e-5, atol=1e-5)
+    if steps == 4:
+        assert node_stage_width(steps) == 2  # 3 stages of 2 edges
 
 
 # ------------------------------------------------------------------ the network
@@ -319,7 +350,7 @@ def test_init_declares_what_the_forward_pass_reads_with_lecun_normal_weights():
     truncated_std = 0.87962566103423978  # of a unit normal truncated at +-2
     drawn = []
     for cell in ("cell_0", "cell_1"):  # a normal and a reduction cell
-        mixed = variables["params"][cell]["edges" if cell == "cell_0" else "input_edges"]["mixed"]
+        mixed = variables["params"][cell]["input_edges"]
         for name in ("sep_conv_3x3", "dil_conv_3x3"):
             k, _, _, blocks = CONV_GEOMETRY[name]
             for block in range(1, blocks + 1):

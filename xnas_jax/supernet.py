@@ -16,14 +16,16 @@ previous states and outputs their concatenation; global average pooling and a
 dense classifier.  Batch norms inside cells have no affine parameters, as in
 DARTS's search network.
 
-Program size: a cell runs its edges with ``nn.scan``, so each expert is
-traced once per scan rather than once per edge: a normal cell scans its 14
-edges in DARTS order (the carry buffers the 2 inputs and the nodes; an edge's
-source is complete when the edge runs), a reduction cell scans the 8 strided
-edges that read its inputs, then the 6 node-to-node edges.  Parameters are
-stacked along each scan's leading axis (the parameter count is unchanged).
-Within an edge, experts of one kind run together (:class:`MixedOp`): fewer,
-larger operations (on a GPU, fewer kernel launches).
+Program size and kernel count: each expert is traced once per cell stage,
+not once per edge, and each stage runs many edges at once.  A cell first runs
+the ``2 x steps`` edges that read its two inputs together (vmapped), then
+scans the node-to-node edges in stages of :func:`node_stage_width` edges (in
+DARTS order an edge's source is complete once the edges into it have run).
+With 4 nodes that is 1 + 3 stage iterations per cell instead of 14 edge
+iterations, in every cell type.  Edge variables are stacked along a leading
+axis in edge order (the parameter count is unchanged).  Within an edge,
+experts of one kind run together (:class:`MixedOp`): fewer, larger
+operations (on a GPU, fewer kernel launches).
 
 Backward pass: inside a scan, every value the backward pass keeps is a
 residual stacked per iteration (one more buffer, one more write per edge).
@@ -48,7 +50,7 @@ output or gradient; the parameters of all experts are created at ``init``
 from __future__ import annotations
 
 import functools
-from typing import Any, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import flax.linen as nn
 import jax
@@ -73,8 +75,9 @@ from xnas_jax.kernels import (
 ARCH = "arch"  # the variable collection of the mixture weights
 # Version of the supernet's variable trees, part of a search's checkpoint
 # fingerprint: 2 = experts grouped by kind (per-expert parameter dicts,
-# batch-norm statistics with one row per expert).
-VARIABLES_LAYOUT = 2
+# batch-norm statistics with one row per expert); 3 = every cell's edges in two
+# stacks, ``input_edges`` and ``node_edges`` (edge order).
+VARIABLES_LAYOUT = 3
 
 
 def _edge_groups(steps: int) -> tuple[np.ndarray, np.ndarray]:
@@ -372,51 +375,102 @@ class MixedOp(nn.Module):
         return mixture(outputs, weights, rows)
 
 
-class _InputEdge(nn.Module):
-    """Scan body over the edges that read a cell input: adds into a node."""
+def node_stage_width(steps: int) -> int:
+    """How many node-to-node edges one iteration of a cell's edge scan runs.
 
-    mixed: dict  # MixedOp keyword arguments
-
-    @nn.compact
-    def __call__(self, nodes, xs, inputs):
-        source, node, weights = xs
-        x = jax.lax.dynamic_index_in_dim(inputs, source, keepdims=False)
-        y = MixedOp(**self.mixed, name="mixed")(x, weights)
-        current = jax.lax.dynamic_index_in_dim(nodes, node, keepdims=False)
-        return jax.lax.dynamic_update_index_in_dim(nodes, current + y, node, 0), None
-
-
-class _BufferEdge(nn.Module):
-    """Scan body over stride-1 edges whose source and destination share a buffer.
-
-    In DARTS order an edge's source is complete when the edge runs, so one pass
-    over the edges in that order is exact.
+    The node-to-node edges are chunked, in edge order, into stages of ``w``
+    edges that run together.  A chunking is valid when every edge of a stage
+    reads a node whose edges all ran in earlier stages; the largest valid
+    ``w`` that divides the edges evenly is taken (``2`` for DARTS's 4 nodes:
+    3 stages for 6 edges; ``1`` is always valid).
     """
+    edges = [(s - 2, n) for s, n in genotypes.edge_list(steps) if s >= 2]
+    for width in range(len(edges), 0, -1):
+        if len(edges) % width:
+            continue
+        stage = {e: k // width for k, e in enumerate(edges)}
+        if all(stage[(i, n)] < stage[(source, node)]
+               for source, node in edges for i, n in edges if n == source):
+            return width
+    return 1
 
-    mixed: dict
 
-    @nn.compact
-    def __call__(self, states, xs):
-        source, destination, weights = xs
-        x = jax.lax.dynamic_index_in_dim(states, source, keepdims=False)
-        y = MixedOp(**self.mixed, name="mixed")(x, weights)
-        current = jax.lax.dynamic_index_in_dim(states, destination, keepdims=False)
-        return jax.lax.dynamic_update_index_in_dim(states, current + y, destination, 0), None
+class _EdgeVariables(NamedTuple):
+    """A stack of edges' variables: the parameters, and the flax variable of the statistics."""
+
+    params: Any
+    stats: Any  # a flax Variable of the batch_stats collection, or None
+
+    def values(self) -> dict[str, Any]:
+        """The variables as ``MixedOp.apply`` takes them (only the collections that exist)."""
+        values = {"params": self.params}
+        if self.stats is not None:
+            values["batch_stats"] = self.stats.value
+        return {k: v for k, v in values.items() if v is not None}
+
+    def update(self, stats: Any) -> None:
+        if self.stats is not None:
+            self.stats.value = stats
 
 
-def _scan(body, length: int, **broadcast):
-    return nn.scan(
-        body,
-        variable_axes={"params": 0, "batch_stats": 0},
-        split_rngs={"params": True},
-        in_axes=(0,) + (nn.broadcast,) * len(broadcast),
-        length=length,
-    )
+def _edge_variables(module: nn.Module, name: str, op: MixedOp, x: jax.Array,
+                    weights: jax.Array, count: int) -> _EdgeVariables:
+    """Declares ``count`` edges' variables of ``op``, stacked on a leading axis.
+
+    Each edge initializes from its own key (one split of the module's
+    ``params`` key), as :class:`MixedOp` initializes.  Collections that the
+    edge does not have (no parameters with only pools and skips) are not
+    declared.
+    """
+    def init(key: jax.Array) -> dict[str, Any]:
+        return jax.vmap(lambda k: op.init({"params": k}, x, weights))(
+            jax.random.split(key, count))
+
+    shapes = jax.eval_shape(init, jax.random.key(0))
+    params = stats = None
+    if shapes.get("params"):
+        params = module.param(name, lambda key: init(key)["params"])
+    if shapes.get("batch_stats"):
+        stats = module.variable("batch_stats", name,
+                                lambda: init(jax.random.key(0))["batch_stats"])
+    return _EdgeVariables(params, stats)
+
+
+def _apply_edge(op: MixedOp, variables: dict[str, Any], x: jax.Array, weights: jax.Array
+                ) -> tuple[jax.Array, Any]:
+    """One edge: its mixture of experts and its updated batch-norm statistics."""
+    y, updates = op.apply(variables, x, weights, mutable=["batch_stats"])
+    return y, updates.get("batch_stats")
+
+
+def _split_leading(tree: Any, shape: tuple[int, ...]) -> Any:
+    """Every leaf's leading axis reshaped to ``shape`` (edges in row-major order)."""
+    return jax.tree.map(lambda a: a.reshape(shape + a.shape[1:]), tree)
+
+
+def _merge_leading(tree: Any) -> Any:
+    """Every leaf's two leading axes merged into one (the inverse of :func:`_split_leading`)."""
+    return jax.tree.map(lambda a: a.reshape((-1,) + a.shape[2:]), tree)
 
 
 class SearchCell(nn.Module):
     """A DARTS search cell; ``weights`` is its (num_edges, N) mixture table,
-    or one table per image, (B, num_edges, N) (see :func:`mixture`)."""
+    or one table per image, (B, num_edges, N) (see :func:`mixture`).
+
+    The edges run in a few wide stages rather than one by one (on a GPU every
+    operation of a stage is one kernel for all of its edges):
+
+    * the ``2 x steps`` edges from the two cell inputs first, all at once
+      (an edge per node and input; a vmap over the inputs inside a vmap over
+      the nodes, so work that depends only on an input, such as its ReLU and
+      pools, is not repeated per node);
+    * then the node-to-node edges, a scan over stages of
+      :func:`node_stage_width` edges each, in edge order (every stage reads
+      only complete nodes; the carry holds the nodes).
+
+    Variables: ``input_edges`` and ``node_edges``, each edge's :class:`MixedOp`
+    variables stacked along a leading axis in edge order.
+    """
 
     channels: int
     reduction: bool
@@ -428,57 +482,67 @@ class SearchCell(nn.Module):
     dtype: Dtype = jnp.float32
     depthwise: str = "shifts"
 
+    def _op(self, strides: int) -> MixedOp:
+        return MixedOp(ops=self.ops, computed=self.computed, channels=self.channels,
+                       strides=strides, train=self.train, dtype=self.dtype,
+                       depthwise=self.depthwise, parent=None)
+
     @nn.compact
     def __call__(self, s0: jax.Array, s1: jax.Array, weights: jax.Array) -> jax.Array:
-        c = self.channels
+        c, steps = self.channels, self.steps
         s0 = ops_lib.preprocess(c, self.reduction_prev, False, self.dtype, "preprocess0")(
             s0, self.train
         )
         s1 = ops_lib.preprocess(c, False, False, self.dtype, "preprocess1")(s1, self.train)
-        endpoints = np.array(genotypes.edge_list(self.steps))
-        batch, height, width = s1.shape[0], s1.shape[1], s1.shape[2]
-        if weights.ndim == 3:  # per image: the edges lead, as the scans read them
+        if weights.ndim == 3:  # per image: the edges lead
             weights = jnp.moveaxis(weights, 1, 0)
+        from_inputs, from_nodes = _edge_groups(steps)
+        input_op = self._op(2 if self.reduction else 1)
+        node_op = self._op(1)
+        inputs = jnp.stack([s0, s1])
+        input_vars = _edge_variables(self, "input_edges", input_op, s1, weights[0],
+                                     len(from_inputs))
+        node_vars = None
+        if len(from_nodes):  # none with one node: no empty variables
+            side = s1.shape[1] // (2 if self.reduction else 1)
+            node_vars = _edge_variables(
+                self, "node_edges", node_op, jnp.zeros(s1.shape[:1] + (side, side, c), s1.dtype),
+                weights[0], len(from_nodes))
+        if self.is_initializing():  # the variables are declared; compute no expert
+            shape = jax.eval_shape(lambda v: pool_3x3(v, "max", input_op.strides), s1).shape
+            return jnp.zeros(shape[:-1] + (steps * c,), self.dtype)
 
-        def mixed(strides):
-            return dict(
-                ops=self.ops,
-                computed=self.computed,
-                channels=c,
-                strides=strides,
-                train=self.train,
-                dtype=self.dtype,
-                depthwise=self.depthwise,
+        # The edges from the inputs, (node, input) in edge order.
+        apply_input = functools.partial(_apply_edge, input_op)
+        y, stats = jax.vmap(jax.vmap(apply_input), in_axes=(0, None, 0))(
+            _split_leading(input_vars.values(), (steps, 2)),
+            inputs, _take_rows(weights, from_inputs).reshape((steps, 2) + weights.shape[1:]),
+        )
+        if self.train:
+            input_vars.update(_merge_leading(stats))
+        nodes = y[:, 0] + y[:, 1]
+
+        if node_vars is not None:
+            width = node_stage_width(steps)
+            stages = (len(from_nodes) // width, width)
+            endpoints = np.array(genotypes.edge_list(steps))[from_nodes]
+            apply_node = jax.vmap(functools.partial(_apply_edge, node_op))
+
+            def stage(nodes, xs):
+                variables, w, sources, destinations = xs
+                y, stats = apply_node(variables, jnp.take(nodes, sources, axis=0), w)
+                # One scatter-add (two edges of a stage may enter the same node).
+                return nodes.at[destinations].add(y), stats
+
+            xs = (
+                _split_leading(node_vars.values(), stages),
+                _take_rows(weights, from_nodes).reshape(stages + weights.shape[1:]),
+                jnp.asarray(endpoints[:, 0] - 2).reshape(stages),
+                jnp.asarray(endpoints[:, 1]).reshape(stages),
             )
-
-        if not self.reduction:
-            # One scan over all edges; the buffer holds the 2 inputs and the nodes.
-            nodes = jnp.zeros((self.steps, batch, height, width, c), s1.dtype)
-            states = jnp.concatenate([jnp.stack([s0, s1]), nodes])
-            xs = (jnp.asarray(endpoints[:, 0]), jnp.asarray(endpoints[:, 1] + 2), weights)
-            states, _ = _scan(_BufferEdge, len(endpoints))(mixed(1), name="edges")(states, xs)
-            return jnp.concatenate(list(states[2:]), axis=-1)
-
-        # A reduction cell: the strided edges read the inputs, at twice the
-        # nodes' resolution, so they get a scan of their own before the rest.
-        from_inputs, from_nodes = _edge_groups(self.steps)
-        nodes = jnp.zeros((self.steps, batch, height // 2, width // 2, c), s1.dtype)
-        xs = (
-            jnp.asarray(endpoints[from_inputs, 0]),
-            jnp.asarray(endpoints[from_inputs, 1]),
-            weights[from_inputs],
-        )
-        nodes, _ = _scan(_InputEdge, len(from_inputs), inputs=True)(
-            mixed(2), name="input_edges"
-        )(nodes, xs, jnp.stack([s0, s1]))
-        xs = (
-            jnp.asarray(endpoints[from_nodes, 0] - 2),
-            jnp.asarray(endpoints[from_nodes, 1]),
-            weights[from_nodes],
-        )
-        if len(from_nodes):  # none with one node: no empty parameters to save
-            nodes, _ = _scan(_BufferEdge, len(from_nodes))(mixed(1), name="node_edges")(
-                nodes, xs)
+            nodes, stats = jax.lax.scan(stage, nodes, xs)
+            if self.train:
+                node_vars.update(_merge_leading(stats))
         return jnp.concatenate(list(nodes), axis=-1)
 
 
