@@ -110,22 +110,14 @@ _NOT_LAUNCHED = frozenset({
     "parameter", "constant", "get-tuple-element", "tuple", "bitcast", "while", "call",
     "conditional", "after-all", "partition-id", "replica-id", "opt-barrier",
 })
+# Instructions that run library code or copy memory: launched, but not compiled.
+_LIBRARY_CALLS = frozenset({"copy", "convolution", "dot", "custom-call"})
 _COMPUTATION = re.compile(r"^(?:ENTRY\s+)?%?([\w.\-]+)\s.*\{$")  # unindented header
 _OPCODE = re.compile(r"=\s.*?\s([a-z][a-z0-9\-]*)\(")
 
 
-def executed_instructions(hlo_text: str) -> int:
-    """Instructions one run of a compiled program executes, loops unrolled.
-
-    Counted on the optimized HLO (``compiled.as_text()``): every instruction of
-    the entry computation except bookkeeping (tuples, parameters, bitcasts...),
-    plus, for each ``while`` with a known trip count, the trip count times its
-    body and condition, recursively; a ``call`` counts its callee once and a
-    ``conditional`` its largest branch.  On a GPU each counted instruction is
-    about one kernel launch (a fusion is one), so this over the step time
-    tells whether a step is bound by launches.  Fused computations are reached
-    only through their fusion instruction and count as one.
-    """
+def _computations(hlo_text: str) -> tuple[str | None, dict[str, list[str]]]:
+    """The optimized HLO's entry computation and every computation's lines."""
     bodies: dict[str, list[str]] = {}
     entry, current = None, None
     for line in hlo_text.splitlines():
@@ -140,10 +132,27 @@ def executed_instructions(hlo_text: str) -> int:
             current = None
         else:
             bodies[current].append(line)
+    return entry, bodies
 
-    def callees(line: str, key: str) -> list[str]:
-        found = re.search(key + r"=\{?([^,}]+(?:,\s*%[\w.\-]+)*)\}?", line)
-        return [name.strip().lstrip("%") for name in found.group(1).split(",")] if found else []
+
+def _callees(line: str, key: str) -> list[str]:
+    found = re.search(key + r"=\{?([^,}]+(?:,\s*%[\w.\-]+)*)\}?", line)
+    return [name.strip().lstrip("%") for name in found.group(1).split(",")] if found else []
+
+
+def executed_instructions(hlo_text: str) -> int:
+    """Instructions one run of a compiled program executes, loops unrolled.
+
+    Counted on the optimized HLO (``compiled.as_text()``): every instruction of
+    the entry computation except bookkeeping (tuples, parameters, bitcasts...),
+    plus, for each ``while`` with a known trip count, the trip count times its
+    body and condition, recursively; a ``call`` counts its callee once and a
+    ``conditional`` its largest branch.  On a GPU each counted instruction is
+    about one kernel launch (a fusion is one), so this over the step time
+    tells whether a step is bound by launches.  Fused computations are reached
+    only through their fusion instruction and count as one.
+    """
+    entry, bodies = _computations(hlo_text)
 
     @functools.lru_cache(maxsize=None)
     def count(name: str) -> int:
@@ -155,17 +164,52 @@ def executed_instructions(hlo_text: str) -> int:
             op = opcode.group(1)
             if op == "while":
                 trips = re.search(r'known_trip_count":\{"n":"(\d+)"', line)
-                per_trip = sum(count(c) for c in callees(line, "condition") + callees(line, "body"))
+                per_trip = sum(count(c) for c in _callees(line, "condition")
+                               + _callees(line, "body"))
                 total += (int(trips.group(1)) if trips else 1) * per_trip
             elif op == "call":
-                total += sum(count(c) for c in callees(line, "to_apply"))
+                total += sum(count(c) for c in _callees(line, "to_apply"))
             elif op == "conditional":
-                total += max((count(c) for c in callees(line, "branch_computations")), default=0)
+                total += max((count(c) for c in _callees(line, "branch_computations")), default=0)
             elif op not in _NOT_LAUNCHED:
                 total += 1
         return total
 
     return count(entry) if entry else 0
+
+
+def compiled_kernels(hlo_text: str) -> int:
+    """Instructions the compiler generates code for: each counted once, loops not unrolled.
+
+    The instructions :func:`executed_instructions` counts, less those that
+    run library code or a memory copy (copies, convolutions, dots, custom
+    calls), with every computation reachable from the entry (loop bodies and
+    conditions, called computations, every branch) counted once, however
+    often it runs.  On the CPU each is a kernel that XLA emits and LLVM
+    compiles on its own, at a roughly fixed cost per kernel, so the XLA
+    compile time follows this count (BENCHMARKS.md, "Where the compile time
+    goes").
+    """
+    entry, bodies = _computations(hlo_text)
+    seen: set[str] = set()
+    pending = [entry] if entry else []
+    total = 0
+    while pending:
+        name = pending.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        for line in bodies.get(name, ()):
+            opcode = _OPCODE.search(line)
+            if opcode is None:
+                continue
+            op = opcode.group(1)
+            if op in ("while", "call", "conditional"):
+                pending += [c for key in ("condition", "body", "to_apply", "branch_computations")
+                            for c in _callees(line, key)]
+            elif op not in _NOT_LAUNCHED and op not in _LIBRARY_CALLS:
+                total += 1
+    return total
 
 
 class Config(NamedTuple):
@@ -354,6 +398,7 @@ def measure(prepared: Prepared, compiled: Any, compile_s: float) -> dict[str, An
         "xla_memory": xla_memory_bytes(compiled),
         "xla_cost": xla_cost(compiled),
         "executed_instructions": executed_instructions(compiled.as_text()),
+        "compiled_kernels": compiled_kernels(compiled.as_text()),
         "host_max_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
         "val_loss_per_repeat": [round(v, 4) for v in losses],
         "steps": config.steps,

@@ -33,7 +33,7 @@ def test_records_hold_every_figure(records):
     assert measured["images_per_s"] == pytest.approx(2 * 4 / (measured["step_ms"] / 1000), 1e-2)
     assert measured["compile_s"] > 0 and measured["trace_s"] > 0 and measured["init_s"] > 0
     assert measured["xla_memory"]["total_bytes"] > 0
-    assert measured["executed_instructions"] > 0
+    assert 0 < measured["compiled_kernels"] < measured["executed_instructions"]  # loops
     assert all(v > 0 for v in measured["val_loss_per_repeat"])
     assert cache_hit["cache_hit_compile_s"] >= 0 and cache_hit["batch"] == 4
 
@@ -126,6 +126,14 @@ def test_executed_instructions_unrolls_loops():
     assert bench_search.executed_instructions(SYNTHETIC_HLO) == 7 * 3 + 1
 
 
+def test_compiled_kernels_count_each_loop_body_once():
+    # fusion + add in the body, compare in the condition, negate: 7 trips or not.
+    assert bench_search.compiled_kernels(SYNTHETIC_HLO) == 3 + 1
+    longer = SYNTHETIC_HLO.replace('"n":"7"', '"n":"70"').replace("constant(7)", "constant(70)")
+    assert bench_search.compiled_kernels(longer) == 3 + 1
+    assert bench_search.executed_instructions(longer) == 70 * 3 + 1
+
+
 def test_executed_instructions_grow_linearly_with_the_trip_count():
     import jax
     import jax.numpy as jnp
@@ -135,7 +143,18 @@ def test_executed_instructions_grow_linearly_with_the_trip_count():
             return jax.lax.fori_loop(0, n, lambda i, x: jnp.tanh(x @ w), x)
 
         x = jnp.ones((8, 8))
-        return bench_search.executed_instructions(jax.jit(f).lower(x, x).compile().as_text())
+        text = jax.jit(f).lower(x, x).compile().as_text()
+        return bench_search.executed_instructions(text), bench_search.compiled_kernels(text)
 
-    one, two, three = count(5), count(10), count(15)
+    (one, k1), (two, k2), (three, k3) = count(5), count(10), count(15)
     assert two - one == three - two > 0
+    assert k1 == k2 == k3 > 0  # the loop body is compiled once
+
+
+def test_compile_cost_programs_have_the_kernels_requested():
+    """The per-kernel probe's kernels do not fuse: N requested, N compiled."""
+    from experiments import compile_cost
+
+    result = compile_cost.per_kernel((3, 6, 9))
+    assert [r["compiled_kernels"] for r in result["rows"]] == [3, 6, 9]
+    assert result["ms_per_kernel"] > 0
