@@ -24,7 +24,8 @@ wiped out everywhere in a cell type.
 
 Presets: ``darts`` (the DARTS/XNAS search network: C=16, 8 cells, 7 experts,
 32x32x3, 10 classes), ``digits`` (the README's quick search: C=8, 5 cells,
-8x8x1) and ``tiny`` (the test network: C=4, 3 cells, 8x8x1).
+8x8x1) and ``tiny`` (the test network: C=4, 3 cells, 8x8x1); ``layers=N`` in
+a ``--config`` changes a preset's number of cells.
 """
 
 from __future__ import annotations
@@ -178,22 +179,19 @@ def executed_instructions(hlo_text: str) -> int:
     return count(entry) if entry else 0
 
 
-def compiled_kernels(hlo_text: str) -> int:
-    """Instructions the compiler generates code for: each counted once, loops not unrolled.
+def _kernel_instructions(hlo_text: str) -> tuple[list[str], dict[str, list[str]]]:
+    """The lines of the instructions XLA generates code for, each computation once.
 
-    The instructions :func:`executed_instructions` counts, less those that
+    Every instruction :func:`executed_instructions` counts, less those that
     run library code or a memory copy (copies, convolutions, dots, custom
-    calls), with every computation reachable from the entry (loop bodies and
-    conditions, called computations, every branch) counted once, however
-    often it runs.  On the CPU each is a kernel that XLA emits and LLVM
-    compiles on its own, at a roughly fixed cost per kernel, so the XLA
-    compile time follows this count (BENCHMARKS.md, "Where the compile time
-    goes").
+    calls), in every computation reachable from the entry (loop bodies and
+    conditions, called computations, every branch) taken once, however often
+    it runs.  Also returns every computation's lines.
     """
     entry, bodies = _computations(hlo_text)
     seen: set[str] = set()
     pending = [entry] if entry else []
-    total = 0
+    kernels = []
     while pending:
         name = pending.pop()
         if name in seen:
@@ -208,8 +206,64 @@ def compiled_kernels(hlo_text: str) -> int:
                 pending += [c for key in ("condition", "body", "to_apply", "branch_computations")
                             for c in _callees(line, key)]
             elif op not in _NOT_LAUNCHED and op not in _LIBRARY_CALLS:
-                total += 1
-    return total
+                kernels.append(line)
+    return kernels, bodies
+
+
+def compiled_kernels(hlo_text: str) -> int:
+    """Instructions the compiler generates code for: each counted once, loops not unrolled.
+
+    On the CPU each is a kernel that XLA emits, unless an identical one was
+    emitted already (:func:`distinct_kernels`).
+    """
+    return len(_kernel_instructions(hlo_text)[0])
+
+
+_NAME = re.compile(r"%[\w.\-]+")
+_METADATA = re.compile(r",\s*metadata=\{[^}]*\}")
+
+
+def _canonical(text: str, names: dict[str, str]) -> str:
+    """``text`` without metadata, instruction names numbered by first appearance."""
+    return _NAME.sub(lambda m: names.setdefault(m.group(0), f"%{len(names)}"),
+                     _METADATA.sub("", text.strip()))
+
+
+def distinct_kernels(hlo_text: str) -> tuple[int, int]:
+    """Compiled kernels that differ in code, and the instructions in them.
+
+    Two kernels are the same when their instructions are, names and metadata
+    aside: the same operations on the same shapes and layouts, the same
+    constants, the same fused computation.  XLA's CPU backend emits and
+    compiles an identical kernel once (a program of 200 identical fusions
+    compiles 20 times faster than one of 200 fusions of different shapes), so
+    its compile time follows this count and the kernels' size, not
+    :func:`compiled_kernels`: cells or passes that repeat a computation on
+    the same shapes add no compile time.
+
+    Returns:
+      (distinct kernels, instructions in them: a fusion counts the lines of
+      its fused computation, parameters included, an unfused instruction 1).
+    """
+    kernels, bodies = _kernel_instructions(hlo_text)
+
+    @functools.lru_cache(maxsize=None)
+    def body(name: str) -> tuple[str, int]:
+        """A computation's canonical text (called ones included) and its instruction count."""
+        names: dict[str, str] = {}
+        lines = bodies.get(name, [])
+        texts = [_canonical(line, names) for line in lines]
+        for line in lines:
+            for key in ("calls", "to_apply"):
+                texts += [body(c)[0] for c in _callees(line, key)]
+        return "\n".join(texts), len(lines)
+
+    sizes = {}
+    for line in kernels:
+        called = [body(c) for c in _callees(line, "calls")]
+        key = _canonical(line.split("=", 1)[1], {}) + "".join(text for text, _ in called)
+        sizes[key] = sum(size for _, size in called) or 1
+    return len(sizes), sum(sizes.values())
 
 
 class Config(NamedTuple):
@@ -225,6 +279,7 @@ class Config(NamedTuple):
     single_trace: bool = False  # see search_step.make_search_step
     seeds: int = 1  # searches in one program (a leading seed axis, vmapped)
     devices: int = 1  # the seed x data mesh over this many devices
+    layers: int = 0  # cells of the network; 0: the preset's
 
 
 def boolean(text: str) -> bool:
@@ -237,7 +292,7 @@ def boolean(text: str) -> bool:
 
 CONFIG_TYPES = {"preset": str, "batch": int, "dtype": str, "active_fraction": float,
                 "depthwise": str, "steps": int, "repeats": int, "single_trace": boolean,
-                "seeds": int, "devices": int}
+                "seeds": int, "devices": int, "layers": int}
 CHOICES = {"preset": sorted(PRESETS), "dtype": list(DTYPES),
            "depthwise": ["shifts", "conv"]}
 
@@ -267,6 +322,8 @@ def parse_config(text: str, defaults: Config) -> Config:
                          "be >= 1")
     if not 0 < config.active_fraction <= 1:
         raise ValueError(f"--config {text!r}: active_fraction must be in (0, 1]")
+    if config.layers < 0 or 0 < config.layers < 3:
+        raise ValueError(f"--config {text!r}: layers must be 0 (the preset's) or >= 3")
     return config
 
 
@@ -295,8 +352,8 @@ def prepare(config: Config, seed: int = 0) -> Prepared:
     mesh = parallel.make_mesh(config.seeds, config.devices)
     parallel.check_batch(mesh, config.batch)
     model = SearchNetwork(
-        num_classes=spec["num_classes"], channels=spec["channels"], layers=spec["layers"],
-        ops=ops, dtype=dtype_from_name(config.dtype),
+        num_classes=spec["num_classes"], channels=spec["channels"],
+        layers=config.layers or spec["layers"], ops=ops, dtype=dtype_from_name(config.dtype),
         depthwise=config.depthwise,
     )
     total_steps = 10_000
@@ -374,8 +431,10 @@ def measure(prepared: Prepared, compiled: Any, compile_s: float) -> dict[str, An
     if not np.all(np.isfinite(losses)):
         raise RuntimeError(f"non-finite loss {losses} in {config}")
     ops = genotypes.XNAS_PRIMITIVES
+    text = compiled.as_text()
     return {
         "preset": config.preset,
+        "layers": config.layers or PRESETS[config.preset]["layers"],
         "batch": config.batch,
         "dtype": config.dtype,
         "depthwise": config.depthwise,
@@ -397,8 +456,9 @@ def measure(prepared: Prepared, compiled: Any, compile_s: float) -> dict[str, An
         "peak_memory_bytes": peak_memory_bytes(),
         "xla_memory": xla_memory_bytes(compiled),
         "xla_cost": xla_cost(compiled),
-        "executed_instructions": executed_instructions(compiled.as_text()),
-        "compiled_kernels": compiled_kernels(compiled.as_text()),
+        "executed_instructions": executed_instructions(text),
+        "compiled_kernels": compiled_kernels(text),
+        **dict(zip(("distinct_kernels", "distinct_kernel_instructions"), distinct_kernels(text))),
         "host_max_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
         "val_loss_per_repeat": [round(v, 4) for v in losses],
         "steps": config.steps,

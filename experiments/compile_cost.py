@@ -1,36 +1,39 @@
-"""Where the compile time of the search goes: a cost per kernel, times the kernels.
+"""Where the compile time of the search goes: a cost per distinct kernel, times the kernels.
 
 Prints JSON lines:
 
 * ``per_kernel``: XLA compile time of programs of N independent elementwise
   kernels (nothing fuses them), and the slope, the compile cost of one kernel
   on this machine (wall and process CPU seconds; XLA compiles kernels on
-  several threads);
-* ``init`` and ``step`` per preset: trace and compile seconds of the
-  supernet's ``init`` program and of the search step, with their compiled
-  kernels (:func:`experiments.bench_search.compiled_kernels`) and executed
-  instructions.  Compile seconds over compiled kernels, compared with the
-  per-kernel cost, says whether the program's compile time is its kernel
-  count.
+  several threads); then the largest program again with N identical kernels;
+* ``init`` and ``step`` per preset (and depth): trace and compile seconds of
+  the supernet's ``init`` program and of the search step, with their compiled
+  kernels (:func:`experiments.bench_search.compiled_kernels`), the distinct
+  ones among them and executed instructions;
+* ``model``: a least-squares fit of the compile seconds to the distinct
+  kernels, the instructions in them and all compiled kernels
+  (:func:`experiments.bench_search.distinct_kernels`: XLA generates code for
+  identical kernels once, but every kernel costs its share of the rest).
 
-Usage: ``python -m experiments.compile_cost [--preset tiny darts] [--batch 64]``.
-Results: ``experiments/results/BENCHMARKS.md``, "Where the compile time goes".
+Usage: ``python -m experiments.compile_cost [--preset tiny darts] [--batch 64]
+[--layers 0 20]``.
+Results: ``experiments/results/BENCHMARKS.md``, "Where the compile time goes" and
+"Identical kernels compile once".
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import resource
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from experiments import bench_search
-from xnas_jax import genotypes
+from xnas_jax import cli, genotypes
 from xnas_jax.supernet import SearchNetwork
 
 
@@ -44,62 +47,110 @@ def timed_compile(lowered: Any) -> dict[str, Any]:
     wall, cpu = time.perf_counter(), _cpu_s()
     compiled = lowered.compile()
     text = compiled.as_text()
+    distinct, distinct_instructions = bench_search.distinct_kernels(text)
     return {"compile_s": round(time.perf_counter() - wall, 3),
             "compile_cpu_s": round(_cpu_s() - cpu, 3),
             "compiled_kernels": bench_search.compiled_kernels(text),
+            "distinct_kernels": distinct,
+            "distinct_kernel_instructions": distinct_instructions,
             "executed_instructions": bench_search.executed_instructions(text)}
 
 
 def per_kernel(counts: tuple[int, ...] = (25, 100, 300)) -> dict[str, Any]:
-    """Compile time of N independent kernels, and its slope in N."""
+    """Compile time of N independent kernels, and its slope in N.
+
+    Each kernel reads an input of its own shape, so no two are alike; the
+    last row repeats the largest program with all inputs of one shape: N
+    identical kernels, which XLA compiles as one.
+    """
+    f: Callable = lambda xs: [x * 2.0 + 1.0 for x in xs]  # noqa: E731
     rows = []
     for n in counts:
-        # Each input has its own shape, so no two kernels are alike.
-        xs = [jnp.ones((8, 4, 4, 16 + i)) for i in range(n)]
-        f: Callable = lambda xs: [x * 2.0 + 1.0 for x in xs]  # noqa: E731
+        xs = [jax.ShapeDtypeStruct((8, 4, 4, 16 + i), jnp.float32) for i in range(n)]
         rows.append({"kernels_requested": n, **timed_compile(jax.jit(f).lower(xs))})
     n = np.array([r["compiled_kernels"] for r in rows], float)
     slope = lambda key: float(np.polyfit(n, [r[key] for r in rows], 1)[0])  # noqa: E731
-    return {"what": "per_kernel", "rows": rows,
+    same = [jax.ShapeDtypeStruct((8, 4, 4, 16), jnp.float32)] * counts[-1]
+    identical = {"kernels_requested": counts[-1], "identical": True,
+                 **timed_compile(jax.jit(f).lower(same))}
+    return {"what": "per_kernel", "rows": rows, "identical": identical,
             "ms_per_kernel": round(1000 * slope("compile_s"), 2),
             "cpu_ms_per_kernel": round(1000 * slope("compile_cpu_s"), 2)}
 
 
-def init_program(preset: str, batch: int) -> dict[str, Any]:
-    """The supernet's init, jitted as the search builds its state."""
+def compile_model(programs: Sequence[dict[str, Any]],
+                  probes: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
+    """Least squares ``compile_s ~ a * distinct + b * their instructions + c * compiled``.
+
+    ``a`` and ``b`` price the code XLA generates once per distinct kernel,
+    ``c`` the work done for every kernel, repeated or not (HLO passes, the
+    runtime's thunks).  Fitted to ``programs`` and ``probes`` (rows of
+    :func:`per_kernel`, which pin ``c`` with their identical kernels); the
+    prediction for each program says how much of its compile time the
+    three counts explain.
+    """
+    rows = [*programs, *probes]
+    features = np.array([[r["distinct_kernels"], r["distinct_kernel_instructions"],
+                          r["compiled_kernels"]] for r in rows], float)
+    seconds = np.array([r["compile_s"] for r in rows])
+    coefficients, *_ = np.linalg.lstsq(features, seconds, rcond=None)
+    a, b, c = (float(x) for x in coefficients)
+    predicted = features[:len(programs)] @ coefficients
+    return {"what": "model", "ms_per_distinct_kernel": round(1000 * a, 2),
+            "ms_per_distinct_instruction": round(1000 * b, 3),
+            "ms_per_compiled_kernel": round(1000 * c, 2),
+            "programs": [{"what": r["what"], "preset": r["preset"], "layers": r["layers"],
+                          "compile_s": r["compile_s"], "predicted_s": round(float(p), 1)}
+                         for r, p in zip(programs, predicted)]}
+
+
+def init_program(preset: str, batch: int, layers: int = 0) -> dict[str, Any]:
+    """The supernet's init, jitted as the search builds its state (layers 0: the preset's)."""
     spec = bench_search.PRESETS[preset]
+    layers = layers or spec["layers"]
     model = SearchNetwork(num_classes=spec["num_classes"], channels=spec["channels"],
-                          layers=spec["layers"], ops=genotypes.XNAS_PRIMITIVES)
+                          layers=layers, ops=genotypes.XNAS_PRIMITIVES)
     images = jnp.zeros((batch, *spec["image_shape"]), jnp.float32)
     started = time.perf_counter()
     lowered = jax.jit(lambda key: model.init(key, images)).lower(jax.random.key(0))
-    return {"what": "init", "preset": preset, "batch": batch,
+    return {"what": "init", "preset": preset, "layers": layers, "batch": batch,
             "trace_s": round(time.perf_counter() - started, 3), **timed_compile(lowered)}
 
 
-def step_program(preset: str, batch: int) -> dict[str, Any]:
-    """The search step, built exactly as the search builds it."""
-    prepared = bench_search.prepare(bench_search.Config(preset=preset, batch=batch))
-    return {"what": "step", "preset": preset, "batch": batch,
+def step_program(preset: str, batch: int, layers: int = 0) -> dict[str, Any]:
+    """The search step, built exactly as the search builds it (layers 0: the preset's)."""
+    prepared = bench_search.prepare(bench_search.Config(preset=preset, batch=batch,
+                                                        layers=layers))
+    return {"what": "step", "preset": preset,
+            "layers": layers or bench_search.PRESETS[preset]["layers"], "batch": batch,
             "trace_s": round(prepared.trace_s, 3), **timed_compile(prepared.lowered)}
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = cli.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", nargs="+", default=["tiny"],
                         choices=sorted(bench_search.PRESETS))
     parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--layers", type=int, nargs="+", default=[0],
+                        help="cells of the network (0: the preset's)")
     parser.add_argument("--out", help="also append the JSON lines to this file")
     args = parser.parse_args(argv)
+    if any(n < 0 or 0 < n < 3 for n in args.layers):
+        parser.error(f"--layers {args.layers}: each must be 0 (the preset's) or >= 3")
     rows = [per_kernel()]
     print(json.dumps(rows[-1]), flush=True)
     for preset in args.preset:
-        for build in (init_program, step_program):
-            rows.append(build(preset, args.batch))
-            row = rows[-1]
-            row["ms_per_compiled_kernel"] = round(1000 * row["compile_s"]
-                                                  / max(row["compiled_kernels"], 1), 2)
-            print(json.dumps(row), flush=True)
+        for layers in args.layers:
+            for build in (init_program, step_program):
+                rows.append(build(preset, args.batch, layers))
+                row = rows[-1]
+                for kind in ("compiled", "distinct"):
+                    row[f"ms_per_{kind}_kernel"] = round(
+                        1000 * row["compile_s"] / max(row[f"{kind}_kernels"], 1), 2)
+                print(json.dumps(row), flush=True)
+    if len(rows) > 3:
+        rows.append(compile_model(rows[1:], [*rows[0]["rows"], rows[0]["identical"]]))
+        print(json.dumps(rows[-1]), flush=True)
     if args.out:
         with open(args.out, "a") as out:
             out.writelines(json.dumps(row) + "\n" for row in rows)

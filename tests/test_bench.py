@@ -52,6 +52,7 @@ def test_config_strings():
         (["--config", "width=3"], "expected key=value"),
         (["--config", "dtype=float16"], "dtype must be one of"),
         (["--config", "active_fraction=0"], "active_fraction must be in (0, 1]"),
+        (["--config", "layers=2"], "layers must be 0 (the preset's) or >= 3"),
         (["--batch", "0"], "batch, steps, repeats, seeds and devices must be >= 1"),
         (["--devices", "3"], "--devices 3: this run has 1 cpu device(s)"),
         (["--cache-hit"], "--cache-hit needs --compilation-cache"),
@@ -134,6 +135,26 @@ def test_compiled_kernels_count_each_loop_body_once():
     assert bench_search.executed_instructions(longer) == 70 * 3 + 1
 
 
+def test_distinct_kernels_count_identical_kernels_once():
+    twin = """
+%fused.2 (q: f32[4]) -> f32[4] {
+  %q = f32[4]{0} parameter(0)
+  %e.2 = f32[4]{0} exponential(%q), metadata={op_name="elsewhere"}
+  ROOT %s.2 = f32[4]{0} sine(%e.2)
+}
+
+ENTRY %main"""
+    text = SYNTHETIC_HLO.replace("\nENTRY %main", twin).replace(
+        "ROOT %neg = f32[4]{0} negate(%out)",
+        "%again = f32[4]{0} fusion(%out), kind=kLoop, calls=%fused.2\n"
+        "  ROOT %neg = f32[4]{0} negate(%again)")
+    assert bench_search.compiled_kernels(text) == 3 + 2
+    # The loop's fusion and its renamed twin are one kernel (3 instructions).
+    assert bench_search.distinct_kernels(text) == (3 + 1, 3 + 1 + 1 + 1)
+    other = text.replace("%s.2 = f32[4]{0} sine", "%s.2 = f32[4]{0} cosine")
+    assert bench_search.distinct_kernels(other) == (3 + 2, 3 + 3 + 1 + 1 + 1)
+
+
 def test_executed_instructions_grow_linearly_with_the_trip_count():
     import jax
     import jax.numpy as jnp
@@ -151,10 +172,41 @@ def test_executed_instructions_grow_linearly_with_the_trip_count():
     assert k1 == k2 == k3 > 0  # the loop body is compiled once
 
 
+def test_compile_cost_rejects_a_bad_depth_in_one_line(capsys):
+    from experiments import compile_cost
+
+    with pytest.raises(SystemExit) as exit_:
+        compile_cost.main(["--layers", "2"])
+    assert_usage_error(exit_.value.code, capsys.readouterr().err, "each must be 0")
+
+
+def test_compile_model_recovers_known_costs():
+    from experiments import compile_cost
+
+    # Compiled at exactly 30 ms per distinct kernel, 0.5 ms per instruction in
+    # them and 8 ms per kernel; the probes' identical kernels separate the last.
+    def row(distinct, instructions, compiled):
+        return {"what": "step", "preset": "p", "layers": 3, "distinct_kernels": distinct,
+                "distinct_kernel_instructions": instructions, "compiled_kernels": compiled,
+                "compile_s": 0.03 * distinct + 0.0005 * instructions + 0.008 * compiled}
+
+    programs = [row(100, 2000, 300), row(400, 3000, 900), row(900, 20000, 4000)]
+    model = compile_cost.compile_model(programs, [row(1, 7, 300), row(300, 2100, 300)])
+    assert model["ms_per_distinct_kernel"] == pytest.approx(30, abs=0.01)
+    assert model["ms_per_distinct_instruction"] == pytest.approx(0.5, abs=1e-3)
+    assert model["ms_per_compiled_kernel"] == pytest.approx(8, abs=0.01)
+    assert [p["predicted_s"] for p in model["programs"]] == [
+        round(p["compile_s"], 1) for p in programs]
+
+
 def test_compile_cost_programs_have_the_kernels_requested():
     """The per-kernel probe's kernels do not fuse: N requested, N compiled."""
     from experiments import compile_cost
 
     result = compile_cost.per_kernel((3, 6, 9))
     assert [r["compiled_kernels"] for r in result["rows"]] == [3, 6, 9]
+    assert [r["distinct_kernels"] for r in result["rows"]] == [3, 6, 9]
     assert result["ms_per_kernel"] > 0
+    # The same 9 kernels on inputs of one shape: 9 compiled, 1 distinct.
+    identical = result["identical"]
+    assert (identical["compiled_kernels"], identical["distinct_kernels"]) == (9, 1)
