@@ -93,6 +93,9 @@ def test_resume_after_a_lost_epoch_gives_the_same_result(tiny_search, compilatio
                               capsys)
     assert code == 0, err
     assert "resuming at step 3" in out
+    # The wait for the compile is announced before it starts.
+    assert out.index("compiling the search step (4 normal, 4 reduce experts)...") < out.index(
+        "compiled the search step (4 normal, 4 reduce experts) in")
     assert [r["epoch"] for r in read_log(resumed)] == [1, 2]
     assert (resumed / "genotype.json").read_text() == (tiny_search / "genotype.json").read_text()
     expected, got = final_state(tiny_search, 6), final_state(resumed, 6)

@@ -87,6 +87,8 @@ def test_resume_gives_the_uninterrupted_result(tiny_run, compilation_cache, tmp_
     flags = TINY_FLAGS + compilation_cache + ["--out-dir", str(interrupted), "--resume"]
     code, out, err = run_main(flags, capsys)
     assert code == 0, err
+    # The wait for the compile is announced before it starts.
+    assert out.index("compiling the training and evaluation steps...") < out.index("compiled in")
     log = [json.loads(line) for line in (interrupted / runs.LOG_FILE).read_text().splitlines()]
     assert [record["epoch"] for record in log] == [1, 2, 3]  # epoch 3 replaced, not repeated
 

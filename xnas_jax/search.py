@@ -224,6 +224,9 @@ class _Steps:
                     if config.skip_wiped_out else {kind: tuple(config.ops) for kind in state.arch})
         key = tuple(computed[kind] for kind in sorted(computed))
         if key not in self.compiled:
+            experts = ", ".join(f"{len(v)} {k}" for k, v in computed.items())
+            # Tracing and compiling take a minute or more: say so before the wait.
+            self.log(f"compiling the search step ({experts} experts)...")
             started = time.perf_counter()
             jitted = search_step.make_search_step(
                 search_step.with_computed(self.model, computed), self.weight_tx, self.arch_tx,
@@ -234,7 +237,6 @@ class _Steps:
             self.compiled[key] = jitted.lower(state, *example_args).compile()
             seconds = time.perf_counter() - started
             self.compile_seconds += seconds
-            experts = ", ".join(f"{len(v)} {k}" for k, v in computed.items())
             self.log(f"compiled the search step ({experts} experts) in {seconds:.1f} s")
         return self.compiled[key], computed
 

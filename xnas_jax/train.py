@@ -502,7 +502,8 @@ def train_and_evaluate(config: TrainConfig) -> dict[str, Any]:
                                     steps_per_epoch=steps_per_epoch, mean=mean, std=std)
         eval_fn = functools.partial(eval_step, mean=mean, std=std)
         # Compiled ahead of time, once: a call with other shapes would fail
-        # instead of silently retracing.
+        # instead of silently retracing.  That takes a minute or more: say so.
+        run.print("compiling the training and evaluation steps...")
         compile_start = time.perf_counter()
         example = gather(train_device, parallel.global_array(
             np.zeros(config.batch_size, np.int32), split))
