@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import collections
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.extend import core as jax_core
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -90,6 +93,71 @@ def test_depthwise_taps_runs_several_convolutions_at_once(shared, strides, flat)
     want = jax.grad(loss(reference), argnums=(0, 1))(x, kernels)
     for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("x_mapped, kernels_mapped", [(True, True), (False, True), (True, False)])
+def test_depthwise_taps_under_nested_vmaps_matches_a_loop(x_mapped, kernels_mapped):
+    """vmap adds leading axes to the taps primitives; an unmapped operand is broadcast.
+
+    Two vmaps, as in the supernet's input stage (nodes x inputs): values and
+    gradients (through the batched backward primitive) against a Python loop.
+    """
+    specs = [(3, 1, 1), (5, 2, 4)]  # kernel, dilation, padding: sep 3x3, dil 5x5
+    padding, outer, inner = 4, 3, 2
+    taps = tuple(kernel_taps(k, d, padding - pad) for k, d, pad in specs)
+    keys = jax.random.split(jax.random.key(11), 4)
+    x = jax.random.normal(keys[0], (outer, inner, 1, 2, 6, 6, 3))
+    kernels = tuple(jax.random.normal(key, (outer, inner, k, k, 3))
+                    for key, (k, _, _) in zip(keys[2:], specs))
+    x = x if x_mapped else x[0, 0]
+    kernels = kernels if kernels_mapped else tuple(k[0, 0] for k in kernels)
+    cotangent = jax.random.normal(keys[1], (outer, inner, 2, 2, 3, 3, 3))
+
+    def batched(x, kernels):
+        f = lambda a, b: depthwise_taps(a, b, taps, padding, 2)  # noqa: E731
+        axes = (0 if x_mapped else None, 0 if kernels_mapped else None)
+        return jax.vmap(jax.vmap(f, in_axes=axes), in_axes=axes)(x, kernels)
+
+    def looped(x, kernels):
+        pick = lambda a, i, j, mapped: a[i, j] if mapped else a  # noqa: E731
+        return jnp.stack([jnp.stack([
+            depthwise_taps(pick(x, i, j, x_mapped),
+                           tuple(pick(k, i, j, kernels_mapped) for k in kernels),
+                           taps, padding, 2)
+            for j in range(inner)]) for i in range(outer)])
+
+    np.testing.assert_allclose(jax.jit(batched)(x, kernels), looped(x, kernels), rtol=1e-5,
+                               atol=1e-5)
+    loss = lambda f: lambda a, b: jnp.sum(f(a, b) * cotangent)  # noqa: E731
+    got = jax.jit(jax.grad(loss(batched), argnums=(0, 1)))(x, kernels)
+    want = jax.grad(loss(looped), argnums=(0, 1))(x, kernels)
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_depthwise_taps_is_one_equation_each_way_under_vmap():
+    """The four DARTS kernels' 68 taps trace as one forward and one backward equation.
+
+    Expanded into slices, products and sums, they were several hundred
+    equations, each batched by vmap and transposed: most of a step's trace.
+    """
+    specs = [(3, 1, 1), (5, 1, 2), (3, 2, 2), (5, 2, 4)]
+    taps = tuple(kernel_taps(k, d, 4 - pad) for k, d, pad in specs)
+    x = jnp.zeros((3, 1, 2, 8, 8, 4))
+    kernels = tuple(jnp.zeros((3, k, k, 4)) for k, _, _ in specs)
+    loss = lambda x, kernels: jnp.sum(jax.vmap(  # noqa: E731
+        lambda a, b: depthwise_taps(a, b, taps, 4, 1))(x, kernels))
+    jaxpr = jax.make_jaxpr(jax.grad(loss, argnums=(0, 1)))(x, kernels)
+
+    def names(jaxpr):
+        for eqn in jaxpr.eqns:
+            yield eqn.primitive.name
+            for sub in jax_core.jaxprs_in_params(eqn.params):
+                yield from names(sub)
+
+    counts = collections.Counter(names(jaxpr.jaxpr))
+    assert counts["xnas_depthwise_taps"] == 1 and counts["xnas_depthwise_taps_grad"] == 1
+    assert sum(counts.values()) < 40, counts
 
 
 def test_depthwise_taps_rejects_a_kernel_that_does_not_match_its_taps():

@@ -9,6 +9,9 @@ supernet groups them, and their custom VJPs keep only what the backward pass
 needs (the parameters as given, so that a scan forwards them rather than
 stacking copies).  Sibling reductions run as one variadic reduction
 (:func:`sum_many`).  All arrays are NHWC, grouped ones (G, B, H, W, C).
+The depthwise convolutions' forward and backward computations are JAX
+primitives of their own, so that a supernet's trace holds one equation per
+convolution rather than a few per tap.
 
 The Flax modules of the individual experts, built on these, are in
 :mod:`xnas_jax.ops`.
@@ -23,6 +26,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.extend import core as jax_core
+from jax.interpreters import batching, mlir
 
 Dtype = Any
 
@@ -159,34 +164,44 @@ Taps = tuple[tuple[int, int], ...]  # (row, column) offsets into the padded inpu
 
 
 def _window(source: jax.Array, dy: int, dx: int, strides: int, out_h: int, out_w: int):
-    """source[:, dy + s*i, dx + s*j, :] over the output grid (i, j): one strided slice."""
+    """source[..., dy + s*i, dx + s*j, :] over the output grid (i, j): one strided slice."""
+    lead = source.ndim - 3
     return jax.lax.slice(
         source,
-        (0, dy, dx, 0),
-        (source.shape[0], dy + strides * (out_h - 1) + 1, dx + strides * (out_w - 1) + 1,
-         source.shape[3]),
-        (1, strides, strides, 1),
+        (0,) * lead + (dy, dx, 0),
+        source.shape[:lead] + (dy + strides * (out_h - 1) + 1, dx + strides * (out_w - 1) + 1,
+                               source.shape[-1]),
+        (1,) * lead + (strides, strides, 1),
     )
+
+
+def _expand(x: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+    """x broadcast to ``shape`` of the same rank (size-1 axes repeated); x itself if equal."""
+    return x if x.shape == shape else jax.lax.broadcast_in_dim(x, shape, tuple(range(x.ndim)))
 
 
 def _tap_sum(
     source: jax.Array, kernel: jax.Array, taps: Taps, strides: int, out_h: int, out_w: int
 ) -> jax.Array:
-    """sum_t source[:, s*i + dy_t, s*j + dx_t, :] * kernel[t] over the taps, (B, H', W', C).
+    """sum_t source[..., s*i + dy_t, s*j + dx_t, :] * kernel[..., t, :] over the taps.
 
-    One strided slice per tap, multiplied and added: XLA fuses the whole sum
-    into one elementwise loop, with no im2col buffer and no grouped
-    convolution (which XLA's CPU backend, and cuDNN for the kernel gradient,
-    run slowly).  Written with ``lax`` primitives, a few per tap, because the
-    trace of a supernet holds hundreds of taps.  The windows are 4-D slices
-    of one group's input, not 5-D slices of all groups, which XLA's CPU code
+    ``source`` is (*L, B, H, W, C) and ``kernel`` (*L', T, C), with leading
+    axes that broadcast (each of size 1 or of the common size); the result
+    is (*L, B, H', W', C) for the broadcast L.  One strided slice per tap,
+    multiplied and added: XLA fuses the whole sum into one elementwise loop,
+    with no im2col buffer and no grouped convolution (which XLA's CPU backend,
+    and cuDNN for the kernel gradient, run slowly).  The windows are slices
+    of one group's input, not of all groups at once, which XLA's CPU code
     runs much faster when a ReLU is fused in front.
     """
-    shape = (source.shape[0], out_h, out_w, source.shape[3])
+    lead = source.ndim - 4
+    batch = tuple(max(a, b) for a, b in zip(source.shape[:lead], kernel.shape[:lead]))
+    shape = batch + (source.shape[lead], out_h, out_w, source.shape[-1])
     out = None
     for t, (dy, dx) in enumerate(taps):
-        weight = jax.lax.broadcast_in_dim(kernel[t], shape, (3,))
-        term = jax.lax.mul(_window(source, dy, dx, strides, out_h, out_w), weight)
+        tap = jax.lax.index_in_dim(kernel, t, lead, keepdims=False)  # (*L', C)
+        weight = jax.lax.broadcast_in_dim(tap, shape, tuple(range(lead)) + (lead + 3,))
+        term = jax.lax.mul(_expand(_window(source, dy, dx, strides, out_h, out_w), shape), weight)
         out = term if out is None else jax.lax.add(out, term)
     return out
 
@@ -215,14 +230,134 @@ def _pad_hw(x: jax.Array, padding: int) -> jax.Array:
     return jnp.pad(x, pads)
 
 
-def _flat(kernel: jax.Array, dtype: Dtype) -> jax.Array:
-    """A kernel (..., C) as (taps, C) in ``dtype``."""
-    return kernel.reshape(-1, kernel.shape[-1]).astype(dtype)
+def _flat(kernel: jax.Array, lead: int, dtype: Dtype) -> jax.Array:
+    """A kernel (*L, ..., C) as (*L, taps, C) in ``dtype``."""
+    return kernel.reshape(kernel.shape[:lead] + (-1, kernel.shape[-1])).astype(dtype)
 
 
-def _source(x: jax.Array, group: int) -> jax.Array:
-    """The input (B, H, W, C) that convolution ``group`` reads: the shared one, or its own."""
-    return x[0 if x.shape[0] == 1 else group]
+def _source(x: jax.Array, lead: int, group: int) -> jax.Array:
+    """The input (*L, B, H, W, C) that convolution ``group`` reads: the shared one, or its own."""
+    return jax.lax.index_in_dim(x, 0 if x.shape[lead] == 1 else group, lead, keepdims=False)
+
+
+def _batch_shape(lead: int, *arrays: jax.Array) -> tuple[int, ...]:
+    """The broadcast of the arrays' ``lead`` leading axes."""
+    return tuple(max(a.shape[i] for a in arrays) for i in range(lead))
+
+
+# depthwise_taps's forward and backward computations are each one primitive
+# in the traced program.  A supernet step holds hundreds of depthwise
+# convolutions of dozens of taps, a few primitives per tap; traced inside the
+# edge vmaps and transposed under them, those primitives took most of a
+# step's trace.  As primitives, each convolution is one equation, batched by
+# a rule that adds a leading axis (``lead`` counts them), and expanded into
+# the same slices, products and sums only when it is lowered to XLA.
+
+
+def _taps_forward(x, *kernels, taps, padding, strides, lead):
+    """The forward computation of :func:`depthwise_taps`, with ``lead`` batch axes in front."""
+    out_h = _taps_output_size(x.shape[lead + 2], padding, taps, 0, strides)
+    out_w = _taps_output_size(x.shape[lead + 3], padding, taps, 1, strides)
+    padded = _pad_hw(x, padding)
+    return jnp.stack([
+        _tap_sum(_source(padded, lead, g), _flat(kernel, lead, x.dtype), group_taps, strides,
+                 out_h, out_w)
+        for g, (kernel, group_taps) in enumerate(zip(kernels, taps))
+    ], axis=lead)
+
+
+def _taps_backward(x, grad, *kernels, taps, padding, strides, lead):
+    """The gradients of :func:`depthwise_taps` with respect to x and the kernels.
+
+    Both come back with the broadcast leading axes of all the operands.
+    """
+    batch = _batch_shape(lead, x, grad, *kernels)
+    out_h, out_w = grad.shape[lead + 2], grad.shape[lead + 3]
+    padded = _pad_hw(x, padding)
+    height, width = padded.shape[lead + 2], padded.shape[lead + 3]
+    grad = _expand(grad, batch + grad.shape[lead:])
+    per_group = batch + grad.shape[lead + 1:]
+    # Kernel gradient: the product-and-reduce of every tap of every group as
+    # one variadic reduction: one loop (one GPU kernel) that reads each window
+    # in place, rather than one reduction per tap (a loop each) or a stack of
+    # the windows (which XLA would copy).
+    products = [
+        jax.lax.mul(_expand(_window(_source(padded, lead, g), dy, dx, strides, out_h, out_w),
+                            per_group), jax.lax.index_in_dim(grad, g, lead, keepdims=False))
+        .astype(jnp.float32)
+        for g, group_taps in enumerate(taps) for dy, dx in group_taps
+    ]
+    sums = sum_many(products, (lead, lead + 1, lead + 2))
+    grad_kernels, start = [], 0
+    for kernel, group_taps in zip(kernels, taps):
+        grad_kernels.append(jnp.stack(sums[start:start + len(group_taps)], axis=lead)
+                            .reshape(batch + kernel.shape[lead:]).astype(kernel.dtype))
+        start += len(group_taps)
+    # Input gradient: spread the output gradient back onto the padded input
+    # grid (interior zeros for the stride), pad it by the taps' reach, and
+    # sum it over the mirrored taps.
+    reach_y = max(dy for group_taps in taps for dy, _ in group_taps)
+    reach_x = max(dx for group_taps in taps for _, dx in group_taps)
+    spread = jax.lax.pad(
+        grad, jnp.zeros((), grad.dtype),
+        ((0, 0, 0),) * (lead + 2)
+        + ((reach_y, height - strides * (out_h - 1) - 1, strides - 1),
+           (reach_x, width - strides * (out_w - 1) - 1, strides - 1), (0, 0, 0)),
+    )
+    grad_inputs = [
+        _tap_sum(jax.lax.index_in_dim(spread, g, lead, keepdims=False),
+                 _flat(kernel, lead, grad.dtype),
+                 tuple((reach_y - dy, reach_x - dx) for dy, dx in group_taps), 1, height, width)
+        for g, (kernel, group_taps) in enumerate(zip(kernels, taps))
+    ]
+    if x.shape[lead] == 1:  # one input shared by the groups: their gradients add up
+        grad_padded = jnp.expand_dims(functools.reduce(jax.lax.add, grad_inputs), lead)
+    else:
+        grad_padded = jnp.stack(grad_inputs, axis=lead)
+    grad_x = jax.lax.slice_in_dim(grad_padded, padding, padding + x.shape[lead + 2], axis=lead + 2)
+    grad_x = jax.lax.slice_in_dim(grad_x, padding, padding + x.shape[lead + 3], axis=lead + 3)
+    return (grad_x.astype(x.dtype), *grad_kernels)
+
+
+def _taps_forward_aval(x, *kernels, taps, padding, strides, lead):
+    out_h = _taps_output_size(x.shape[lead + 2], padding, taps, 0, strides)
+    out_w = _taps_output_size(x.shape[lead + 3], padding, taps, 1, strides)
+    shape = _batch_shape(lead, x, *kernels) + (len(taps), x.shape[lead + 1], out_h, out_w,
+                                                x.shape[-1])
+    return jax.core.ShapedArray(shape, x.dtype)
+
+
+def _taps_backward_avals(x, grad, *kernels, taps, padding, strides, lead):
+    del taps, padding, strides
+    batch = _batch_shape(lead, x, grad, *kernels)
+    return [jax.core.ShapedArray(batch + a.shape[lead:], a.dtype) for a in (x, *kernels)]
+
+
+def _batched(primitive):
+    """The vmap rule of a taps primitive: the mapped axis becomes one more leading axis."""
+    def rule(args, dims, *, lead, **params):
+        moved = [jnp.expand_dims(a, 0) if d is None else jnp.moveaxis(a, d, 0)
+                 for a, d in zip(args, dims)]
+        out = primitive.bind(*moved, lead=lead + 1, **params)
+        return out, [0] * len(out) if primitive.multiple_results else 0
+    return rule
+
+
+def _taps_primitive(name, computation, abstract_eval, multiple_results):
+    primitive = jax_core.Primitive(name)
+    primitive.multiple_results = multiple_results
+    primitive.def_impl(jax.jit(computation, static_argnames=("taps", "padding", "strides",
+                                                             "lead")))
+    primitive.def_abstract_eval(abstract_eval)
+    mlir.register_lowering(primitive, mlir.lower_fun(computation, multiple_results))
+    batching.primitive_batchers[primitive] = _batched(primitive)
+    return primitive
+
+
+_taps_forward_p = _taps_primitive("xnas_depthwise_taps", _taps_forward, _taps_forward_aval,
+                                  False)
+_taps_backward_p = _taps_primitive("xnas_depthwise_taps_grad", _taps_backward,
+                                   _taps_backward_avals, True)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
@@ -243,6 +378,8 @@ def depthwise_taps(
     reduction for all taps), and it keeps only x and the kernels for the
     backward pass, as a convolution does.  Groups lead (G, B, H, W, C), so that each group's
     slice is contiguous and a batched matmul over groups needs no transpose.
+    The forward and the backward computation are one primitive each in the
+    traced program (see ``_taps_primitive``); ``vmap`` adds leading axes.
 
     Args:
       x: (Gx, B, H, W, C): one input (Gx = 1) shared by the G convolutions, or one each.
@@ -260,17 +397,18 @@ def depthwise_taps(
       (each group reads x as if padded by ``padding - min dy`` on both sides;
       every group must give the same H' and W').
     """
+    if x.ndim != 5 or len(kernels) != len(taps):
+        raise ValueError(f"an input of shape {x.shape} (want (Gx, B, H, W, C)) for "
+                         f"{len(kernels)} kernels and {len(taps)} groups of taps")
     for kernel, group_taps in zip(kernels, taps, strict=True):
         if kernel.shape[-1] != x.shape[-1] or kernel.size != len(group_taps) * x.shape[-1]:
             raise ValueError(f"a kernel of shape {kernel.shape} for {len(group_taps)} taps "
                              f"and {x.shape[-1]} channels")
-    out_h = _taps_output_size(x.shape[2], padding, taps, 0, strides)
-    out_w = _taps_output_size(x.shape[3], padding, taps, 1, strides)
-    padded = _pad_hw(x, padding)
-    return jnp.stack([
-        _tap_sum(_source(padded, g), _flat(kernel, x.dtype), group_taps, strides, out_h, out_w)
-        for g, (kernel, group_taps) in enumerate(zip(kernels, taps))
-    ])
+    _taps_output_size(x.shape[2], padding, taps, 0, strides)  # the groups must agree
+    _taps_output_size(x.shape[3], padding, taps, 1, strides)
+    taps = tuple(tuple((int(dy), int(dx)) for dy, dx in group) for group in taps)
+    return _taps_forward_p.bind(x, *kernels, taps=taps, padding=padding, strides=strides,
+                                lead=0)
 
 
 def _depthwise_taps_fwd(x, kernels, taps, padding, strides):
@@ -279,48 +417,10 @@ def _depthwise_taps_fwd(x, kernels, taps, padding, strides):
 
 def _depthwise_taps_bwd(taps, padding, strides, residuals, grad):
     x, kernels = residuals
-    out_h, out_w = grad.shape[2], grad.shape[3]
-    padded = _pad_hw(x, padding)
-    height, width = padded.shape[2], padded.shape[3]
-    # Kernel gradient: the product-and-reduce of every tap of every group as
-    # one variadic reduction: one loop (one GPU kernel) that reads each window
-    # in place, rather than one reduction per tap (a loop each) or a stack of
-    # the windows (which XLA would copy).
-    products = [
-        jax.lax.mul(_window(_source(padded, g), dy, dx, strides, out_h, out_w), grad[g])
-        .astype(jnp.float32)
-        for g, group_taps in enumerate(taps) for dy, dx in group_taps
-    ]
-    sums = sum_many(products, (0, 1, 2))
-    grad_kernels, start = [], 0
-    for kernel, group_taps in zip(kernels, taps):
-        grad_kernels.append(jnp.stack(sums[start:start + len(group_taps)])
-                            .reshape(kernel.shape).astype(kernel.dtype))
-        start += len(group_taps)
-    # Input gradient: spread the output gradient back onto the padded input
-    # grid (interior zeros for the stride), pad it by the taps' reach, and
-    # sum it over the mirrored taps.
-    reach_y = max(dy for group_taps in taps for dy, _ in group_taps)
-    reach_x = max(dx for group_taps in taps for _, dx in group_taps)
-    spread = jax.lax.pad(
-        grad,
-        jnp.zeros((), grad.dtype),
-        ((0, 0, 0), (0, 0, 0),
-         (reach_y, height - strides * (out_h - 1) - 1, strides - 1),
-         (reach_x, width - strides * (out_w - 1) - 1, strides - 1),
-         (0, 0, 0)),
-    )
-    grad_inputs = [
-        _tap_sum(spread[g], _flat(kernel, grad.dtype),
-                 tuple((reach_y - dy, reach_x - dx) for dy, dx in group_taps), 1, height, width)
-        for g, (kernel, group_taps) in enumerate(zip(kernels, taps))
-    ]
-    if x.shape[0] == 1:  # one input shared by the groups: their gradients add up
-        grad_padded = functools.reduce(jax.lax.add, grad_inputs)[None]
-    else:
-        grad_padded = jnp.stack(grad_inputs)
-    grad_x = grad_padded[:, :, padding:padding + x.shape[2], padding:padding + x.shape[3]]
-    return grad_x.astype(x.dtype), tuple(grad_kernels)
+    taps = tuple(tuple((int(dy), int(dx)) for dy, dx in group) for group in taps)
+    grad_x, *grad_kernels = _taps_backward_p.bind(x, grad, *kernels, taps=taps,
+                                                  padding=padding, strides=strides, lead=0)
+    return grad_x, tuple(grad_kernels)
 
 
 depthwise_taps.defvjp(_depthwise_taps_fwd, _depthwise_taps_bwd)
