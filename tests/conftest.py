@@ -11,6 +11,11 @@ from jax.experimental.compilation_cache import compilation_cache as jax_compilat
 
 os.environ.setdefault("MPLBACKEND", "Agg")
 
+# Test inputs and initializers draw with "rbg" keys, as the runs do
+# (xnas_jax.prng): on CPU, threefry's samplers take seconds to compile for
+# every new shape, and most tests draw a few shapes of their own.
+jax.config.update("jax_default_prng_impl", "rbg")
+
 
 @pytest.fixture(scope="session")
 def compilation_cache(tmp_path_factory):
@@ -84,19 +89,24 @@ def assert_usage_error(code: int, err: str, *fragments: str) -> None:
 _RUN_FIXTURES = {"tiny_search", "tiny_train", "darts_search", "search_run", "train_run"}
 
 
-# The longest file, first: its 8-device process (about 7 minutes) then runs
-# beside the other files instead of after them (pytest-xdist hands out files in
-# collection order).
-_FIRST = "test_parallel.py"
+# Files in the order xdist hands them to the workers: the longest first (their
+# time in the suite, measured), so that no long file is left for the end; the
+# rest follow in collection order.  setup.cfg turns off xdist's own order (by
+# the number of tests in a file, which put the 8-device process, 10 minutes
+# of the suite's 22, among the last).
+_LONGEST_FIRST = ("test_parallel.py", "test_search.py", "test_supernet.py", "test_bench.py",
+                  "test_train.py", "test_runs.py", "test_search_result.py", "test_ops.py")
 _FIRST_TEST = "test_checks_on_eight_devices_in_their_own_process"
 
 
 def pytest_collection_modifyitems(items):
     """Tests that read a whole search or training run are `slow` (marked by fixture);
-    the longest file goes first."""
+    the longest files go first."""
     for item in items:
         if _RUN_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
+    rank = {name: i for i, name in enumerate(_LONGEST_FIRST)}
     # Stable: the rest keep their order.  The 8-device process is the first
     # item of its file, so that it starts at once.
-    items.sort(key=lambda item: (item.path.name != _FIRST, item.name != _FIRST_TEST))
+    items.sort(key=lambda item: (rank.get(item.path.name, len(rank)),
+                                 item.name != _FIRST_TEST))

@@ -67,7 +67,7 @@ def test_bad_input_is_one_line(argv, fragment, capsys):
 @pytest.mark.slow
 def test_bfloat16_search_compares_the_dtypes_over_seeds():
     result = bfloat16_search.run(
-        num_seeds=2, channels=4, layers=3, ops=("max_pool_3x3", "skip_connect"),
+        num_seeds=2, channels=4, layers=3, nodes=2, ops=("max_pool_3x3", "skip_connect"),
         epochs=2, batch_size=16, max_steps_per_epoch=2, max_train_examples=200,
     )
     assert set(result["runs"]) == {"float32", "bfloat16"}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -126,11 +127,11 @@ def test_depthwise_taps_under_nested_vmaps_matches_a_loop(x_mapped, kernels_mapp
                            taps, padding, 2)
             for j in range(inner)]) for i in range(outer)])
 
-    np.testing.assert_allclose(jax.jit(batched)(x, kernels), looped(x, kernels), rtol=1e-5,
-                               atol=1e-5)
+    np.testing.assert_allclose(jax.jit(batched)(x, kernels), jax.jit(looped)(x, kernels),
+                               rtol=1e-5, atol=1e-5)
     loss = lambda f: lambda a, b: jnp.sum(f(a, b) * cotangent)  # noqa: E731
     got = jax.jit(jax.grad(loss(batched), argnums=(0, 1)))(x, kernels)
-    want = jax.grad(loss(looped), argnums=(0, 1))(x, kernels)
+    want = jax.jit(jax.grad(loss(looped), argnums=(0, 1)))(x, kernels)
     for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
 
@@ -198,34 +199,41 @@ def test_sum_many_is_one_sum_per_array(shape, count, data):
         np.testing.assert_allclose(got, a.astype(np.float64).sum(axis=axes), rtol=1e-5, atol=1e-5)
 
 
+@functools.partial(jax.jit, static_argnums=0)
+def _batch_norm_against_autodiff(axes, y, cotangents):
+    """batch_normalize's values and VJPs next to autodiff of the formula's, in one program
+    per shape (jitted: op-by-op, the examples below took over a minute)."""
+    loss = lambda f: lambda y: sum(jnp.sum(o * c) for o, c in zip(f(y), cotangents))  # noqa: E731
+    # Only the normalized output differentiated (the statistics feed running averages).
+    only_normalized = lambda f: lambda y: jnp.sum(f(y)[0] * cotangents[0])  # noqa: E731
+    ours, naive = (lambda y: batch_normalize(y, axes, BN_EPSILON)), (
+        lambda y: naive_batch_norm(y, axes))
+    return (ours(y), jax.grad(loss(ours))(y), jax.grad(loss(naive))(y),
+            jax.grad(only_normalized(ours))(y), jax.grad(only_normalized(naive))(y))
+
+
 @settings(max_examples=12, deadline=None)
 @given(shape=st.sampled_from([(2, 4, 3, 3, 5), (3, 2, 1, 1, 2), (1, 8, 2, 4, 3)]),
        axes=st.sampled_from([(1, 2, 3), (0, 1, 2, 3)]), scale=st.floats(0.1, 10.0),
        seed=st.integers(0, 2**16))
 def test_batch_normalize_matches_autodiff_of_the_formula(shape, axes, scale, seed):
     """Values and the closed-form VJP (through all three outputs) against jax.grad."""
-    keys = jax.random.split(jax.random.key(seed), 4)
-    y = scale * jax.random.normal(keys[0], shape) + 3.0
-    got = batch_normalize(y, axes, BN_EPSILON)
-    want = naive_batch_norm(y, axes)
+    rng = np.random.default_rng(seed)
+    y64 = scale * rng.normal(size=shape) + 3.0
+    y = jnp.asarray(y64, jnp.float32)
     y64 = np.asarray(y, np.float64)  # values against float64: the mean of 3 is large
+    stats_shape = tuple(n for a, n in enumerate(shape) if a not in axes)
+    cotangents = tuple(jnp.asarray(rng.normal(size=s), jnp.float32)
+                       for s in (shape, stats_shape, stats_shape))
+    got, grad, grad_naive, grad_normalized, grad_normalized_naive = (
+        _batch_norm_against_autodiff(axes, y, cotangents))
     mean64, var64 = y64.mean(axis=axes, keepdims=True), y64.var(axis=axes, keepdims=True)
     values64 = ((y64 - mean64) / np.sqrt(var64 + BN_EPSILON), np.squeeze(mean64, axes),
                 np.squeeze(var64, axes))
     for a, b in zip(got, values64):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * scale**2)
-    cotangents = [jax.random.normal(k, w.shape) for k, w in zip(keys[1:], want)]
-    loss = lambda f: lambda y: sum(jnp.sum(o * c) for o, c in zip(f(y), cotangents))  # noqa: E731
-    np.testing.assert_allclose(
-        jax.grad(loss(lambda y: batch_normalize(y, axes, BN_EPSILON)))(y),
-        jax.grad(loss(lambda y: naive_batch_norm(y, axes)))(y), rtol=1e-3, atol=1e-3,
-    )
-    # Only the normalized output differentiated (the statistics feed running averages).
-    only_normalized = lambda f: lambda y: jnp.sum(f(y)[0] * cotangents[0])  # noqa: E731
-    np.testing.assert_allclose(
-        jax.grad(only_normalized(lambda y: batch_normalize(y, axes, BN_EPSILON)))(y),
-        jax.grad(only_normalized(lambda y: naive_batch_norm(y, axes)))(y), rtol=1e-3, atol=1e-3,
-    )
+    np.testing.assert_allclose(grad, grad_naive, rtol=1e-3, atol=1e-3)
+    np.testing.assert_allclose(grad_normalized, grad_normalized_naive, rtol=1e-3, atol=1e-3)
 
 
 def test_relu_has_the_gradient_of_jax_nn_relu_including_at_zero():
