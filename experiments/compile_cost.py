@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from experiments import bench_search
-from xnas_jax import cli, genotypes
+from xnas_jax import cli, genotypes, prng
 from xnas_jax.supernet import SearchNetwork
 
 
@@ -105,14 +105,15 @@ def compile_model(programs: Sequence[dict[str, Any]],
 
 
 def init_program(preset: str, batch: int, layers: int = 0) -> dict[str, Any]:
-    """The supernet's init, jitted as the search builds its state (layers 0: the preset's)."""
+    """The supernet's init, jitted as the search builds its state, from a key of the
+    runs' implementation (:mod:`xnas_jax.prng`; layers 0: the preset's)."""
     spec = bench_search.PRESETS[preset]
     layers = layers or spec["layers"]
     model = SearchNetwork(num_classes=spec["num_classes"], channels=spec["channels"],
                           layers=layers, ops=genotypes.XNAS_PRIMITIVES)
     images = jnp.zeros((batch, *spec["image_shape"]), jnp.float32)
     started = time.perf_counter()
-    lowered = jax.jit(lambda key: model.init(key, images)).lower(jax.random.key(0))
+    lowered = jax.jit(lambda key: model.init(key, images)).lower(prng.prng_key(0))
     return {"what": "init", "preset": preset, "layers": layers, "batch": batch,
             "trace_s": round(time.perf_counter() - started, 3), **timed_compile(lowered)}
 
