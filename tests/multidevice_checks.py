@@ -23,6 +23,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
+from conftest import TEST_XLA_FLAGS
 from xnas_jax import genotypes, parallel, search, search_step
 from xnas_jax.configs import SearchConfig
 
@@ -199,8 +200,8 @@ def test_two_processes_search_like_one(tmp_path):
     # device that reads both shards.
     _cli(["--optimizer", "darts", "--devices", "1", "--data-shards", "2"], tmp_path / "one")
     address = f"127.0.0.1:{_free_port()}"
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1",
-           "JAX_PLATFORMS": "cpu"}
+    env = {**os.environ, "JAX_PLATFORMS": "cpu",
+           "XLA_FLAGS": f"{TEST_XLA_FLAGS} --xla_force_host_platform_device_count=1"}
     argv = [sys.executable, "-m", "xnas_jax.search", *CLI, "--optimizer", "darts",
             "--out-dir", str(tmp_path / "two"), "--coordinator-address", address,
             "--num-processes", "2"]
