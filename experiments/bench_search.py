@@ -229,6 +229,38 @@ def _canonical(text: str, names: dict[str, str]) -> str:
                      _METADATA.sub("", text.strip()))
 
 
+def kernel_signatures(hlo_text: str) -> list[tuple[str, str, int, list[str]]]:
+    """Every compiled kernel (:func:`compiled_kernels`) with what makes it distinct.
+
+    Returns:
+      per kernel: its line, its canonical code (instructions, shapes,
+      constants and fused computation, names and metadata aside), its size
+      (the lines of its fused computation, parameters included, or 1 for an
+      unfused instruction) and the lines of its fused computations.
+    """
+    kernels, bodies = _kernel_instructions(hlo_text)
+
+    @functools.lru_cache(maxsize=None)
+    def body(name: str) -> tuple[str, int]:
+        """A computation's canonical text (called ones included) and its instruction count."""
+        names: dict[str, str] = {}
+        lines = bodies.get(name, [])
+        texts = [_canonical(line, names) for line in lines]
+        for line in lines:
+            for key in ("calls", "to_apply"):
+                texts += [body(c)[0] for c in _callees(line, key)]
+        return "\n".join(texts), len(lines)
+
+    signatures = []
+    for line in kernels:
+        callees = _callees(line, "calls")
+        called = [body(c) for c in callees]
+        key = _canonical(line.split("=", 1)[1], {}) + "".join(text for text, _ in called)
+        fused = [fused_line for c in callees for fused_line in bodies.get(c, [])]
+        signatures.append((line, key, sum(size for _, size in called) or 1, fused))
+    return signatures
+
+
 def distinct_kernels(hlo_text: str) -> tuple[int, int]:
     """Compiled kernels that differ in code, and the instructions in them.
 
@@ -245,24 +277,7 @@ def distinct_kernels(hlo_text: str) -> tuple[int, int]:
       (distinct kernels, instructions in them: a fusion counts the lines of
       its fused computation, parameters included, an unfused instruction 1).
     """
-    kernels, bodies = _kernel_instructions(hlo_text)
-
-    @functools.lru_cache(maxsize=None)
-    def body(name: str) -> tuple[str, int]:
-        """A computation's canonical text (called ones included) and its instruction count."""
-        names: dict[str, str] = {}
-        lines = bodies.get(name, [])
-        texts = [_canonical(line, names) for line in lines]
-        for line in lines:
-            for key in ("calls", "to_apply"):
-                texts += [body(c)[0] for c in _callees(line, key)]
-        return "\n".join(texts), len(lines)
-
-    sizes = {}
-    for line in kernels:
-        called = [body(c) for c in _callees(line, "calls")]
-        key = _canonical(line.split("=", 1)[1], {}) + "".join(text for text, _ in called)
-        sizes[key] = sum(size for _, size in called) or 1
+    sizes = {key: size for _, key, size, _ in kernel_signatures(hlo_text)}
     return len(sizes), sum(sizes.values())
 
 

@@ -9,7 +9,9 @@ Prints JSON lines:
 * ``init`` and ``step`` per preset (and depth): trace and compile seconds of
   the supernet's ``init`` program and of the search step, with their compiled
   kernels (:func:`experiments.bench_search.compiled_kernels`), the distinct
-  ones among them and executed instructions;
+  ones among them and executed instructions; for the step, also per part of
+  it (:func:`kernels_by_part`: the cells' input stages, node scans and
+  preprocessing, the stem and classifier, and what lies outside the network);
 * ``model``: a least-squares fit of the compile seconds to the distinct
   kernels, the instructions in them and all compiled kernels
   (:func:`experiments.bench_search.distinct_kernels`: XLA generates code for
@@ -24,6 +26,7 @@ Results: ``experiments/results/BENCHMARKS.md``, "Where the compile time goes" an
 from __future__ import annotations
 
 import json
+import re
 import resource
 import time
 from typing import Any, Callable, Sequence
@@ -42,8 +45,9 @@ def _cpu_s() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def timed_compile(lowered: Any) -> dict[str, Any]:
-    """Compiles a lowered program: wall and CPU seconds, kernels, instructions."""
+def timed_compile(lowered: Any, parts: bool = False) -> dict[str, Any]:
+    """Compiles a lowered program: wall and CPU seconds, kernels, instructions
+    (with ``parts``, also :func:`kernels_by_part`)."""
     wall, cpu = time.perf_counter(), _cpu_s()
     compiled = lowered.compile()
     text = compiled.as_text()
@@ -53,7 +57,55 @@ def timed_compile(lowered: Any) -> dict[str, Any]:
             "compiled_kernels": bench_search.compiled_kernels(text),
             "distinct_kernels": distinct,
             "distinct_kernel_instructions": distinct_instructions,
-            "executed_instructions": bench_search.executed_instructions(text)}
+            "executed_instructions": bench_search.executed_instructions(text),
+            **({"parts": kernels_by_part(text)} if parts else {})}
+
+
+_OP_NAME = re.compile(r'op_name="([^"]*)"')
+_CELL = re.compile(r"cell_\d+/(.*)")
+PARTS = ("cell input stage", "cell node scan", "cell preprocessing", "stem and classifier",
+         "outside the network", "unnamed")
+
+
+def part_of(op_name: str | None) -> str:
+    """Which part of the search step a kernel comes from, by its JAX op_name.
+
+    A cell's input stage is its vmapped ``MixedOp`` outside any loop, its node
+    scan the ``while`` inside the cell; outside the network are the
+    optimizers, the loss, the augmentation, the random draws and the rewards.
+    """
+    if op_name is None:
+        return "unnamed"
+    cell = _CELL.search(op_name)
+    if cell:
+        inside = cell.group(1)
+        if "while/" in inside:
+            return "cell node scan"
+        return "cell input stage" if "MixedOp" in inside else "cell preprocessing"
+    if "stem" in op_name or "classifier" in op_name:
+        return "stem and classifier"
+    return "outside the network"
+
+
+def kernels_by_part(hlo_text: str) -> dict[str, dict[str, int]]:
+    """Distinct kernels, the instructions in them and compiled kernels, per :data:`PARTS`.
+
+    A kernel's part is that of its own op_name, or else of the first one in
+    its fused computation.  A distinct kernel counts in the part where it
+    first appears.
+    """
+    parts = {part: {"distinct_kernels": 0, "distinct_kernel_instructions": 0,
+                    "compiled_kernels": 0} for part in PARTS}
+    seen = set()
+    for line, key, size, fused in bench_search.kernel_signatures(hlo_text):
+        named = [m.group(1) for m in map(_OP_NAME.search, [line, *fused]) if m]
+        counts = parts[part_of(named[0] if named else None)]
+        counts["compiled_kernels"] += 1
+        if key not in seen:
+            seen.add(key)
+            counts["distinct_kernels"] += 1
+            counts["distinct_kernel_instructions"] += size
+    return parts
 
 
 def per_kernel(counts: tuple[int, ...] = (25, 100, 300)) -> dict[str, Any]:
@@ -124,7 +176,8 @@ def step_program(preset: str, batch: int, layers: int = 0) -> dict[str, Any]:
                                                         layers=layers))
     return {"what": "step", "preset": preset,
             "layers": layers or bench_search.PRESETS[preset]["layers"], "batch": batch,
-            "trace_s": round(prepared.trace_s, 3), **timed_compile(prepared.lowered)}
+            "trace_s": round(prepared.trace_s, 3),
+            **timed_compile(prepared.lowered, parts=True)}
 
 
 def main(argv: list[str] | None = None) -> int:

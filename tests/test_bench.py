@@ -155,6 +155,31 @@ ENTRY %main"""
     assert bench_search.distinct_kernels(other) == (3 + 2, 3 + 3 + 1 + 1 + 1)
 
 
+def test_kernels_by_part_split_the_step_by_op_name():
+    from experiments import compile_cost
+
+    cell = "jit(seeded)/transpose(jvp(SearchNetwork))/cell_3/"
+    assert compile_cost.part_of(cell + "while/body/closed_call/vmap(MixedOp)/mul") == (
+        "cell node scan")
+    assert compile_cost.part_of(cell + "vmap(vmap(MixedOp))/MixedOp._conv_block/add") == (
+        "cell input stage")
+    assert compile_cost.part_of(cell + "preprocess0/BatchNorm_0/sub") == "cell preprocessing"
+    assert compile_cost.part_of("jit(seeded)/jvp(SearchNetwork)/stem_conv/conv") == (
+        "stem and classifier")
+    assert compile_cost.part_of("jit(seeded)/add") == "outside the network"
+    # The loop's fusion is named inside its fused computation, the negate on itself.
+    text = SYNTHETIC_HLO.replace(
+        "exponential(%p.1)", 'exponential(%p.1), metadata={op_name="' + cell + 'while/body/exp"}'
+    ).replace("negate(%out)", 'negate(%out), metadata={op_name="jit(seeded)/neg"}')
+    parts = compile_cost.kernels_by_part(text)
+    assert parts["cell node scan"] == {"distinct_kernels": 1, "distinct_kernel_instructions": 3,
+                                       "compiled_kernels": 1}
+    assert parts["outside the network"]["compiled_kernels"] == 1
+    assert parts["unnamed"]["compiled_kernels"] == 2  # the loop's add and compare
+    assert sum(p["distinct_kernels"] for p in parts.values()) == (
+        bench_search.distinct_kernels(text)[0])
+
+
 def test_executed_instructions_grow_linearly_with_the_trip_count():
     import jax
     import jax.numpy as jnp
