@@ -6,8 +6,10 @@ Prints JSON lines:
   kernels (nothing fuses them), and the slope, the compile cost of one kernel
   on this machine (wall and process CPU seconds; XLA compiles kernels on
   several threads); then the largest program again with N identical kernels;
-* ``init`` and ``step`` per preset (and depth): trace and compile seconds of
-  the supernet's ``init`` program and of the search step, with their compiled
+* ``init``, ``loss``, ``weight_gradient`` and ``step`` per preset (and
+  depth): trace and compile seconds of the supernet's ``init`` program, of
+  its loss alone and its weight gradient alone (the floor under the step,
+  :func:`gradient_programs`), and of the search step, with their compiled
   kernels (:func:`experiments.bench_search.compiled_kernels`), the distinct
   ones among them and executed instructions; for the step, also per part of
   it (:func:`kernels_by_part`: the cells' input stages, node scans and
@@ -36,7 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from experiments import bench_search
-from xnas_jax import cli, genotypes, prng
+from xnas_jax import cli, genotypes, prng, search_step
 from xnas_jax.supernet import SearchNetwork
 
 
@@ -170,6 +172,35 @@ def init_program(preset: str, batch: int, layers: int = 0) -> dict[str, Any]:
             "trace_s": round(time.perf_counter() - started, 3), **timed_compile(lowered)}
 
 
+def gradient_programs(preset: str, batch: int, layers: int = 0) -> list[dict[str, Any]]:
+    """The supernet's loss alone, and its gradient with respect to the weights alone.
+
+    The floor under the search step's trace and compile: the step holds the
+    weight pass (this gradient, Algorithm 1 line 4) and the architecture pass.
+    """
+    spec = bench_search.PRESETS[preset]
+    layers = layers or spec["layers"]
+    model = SearchNetwork(num_classes=spec["num_classes"], channels=spec["channels"],
+                          layers=layers, ops=genotypes.XNAS_PRIMITIVES)
+    images = jnp.zeros((batch, *spec["image_shape"]), jnp.float32)
+    labels = jnp.zeros((batch,), jnp.int32)
+    variables = jax.eval_shape(model.init, prng.prng_key(0), images[:2])
+
+    def loss(params, others):
+        logits, _ = model.apply({**others, "params": params}, images, mutable=["batch_stats"])
+        return search_step.cross_entropy(logits, labels)
+
+    others = {k: v for k, v in variables.items() if k != "params"}
+    rows = []
+    for what, f in (("loss", loss), ("weight_gradient", jax.grad(loss))):
+        started = time.perf_counter()
+        lowered = jax.jit(f).lower(variables["params"], others)
+        rows.append({"what": what, "preset": preset, "layers": layers, "batch": batch,
+                     "trace_s": round(time.perf_counter() - started, 3),
+                     **timed_compile(lowered)})
+    return rows
+
+
 def step_program(preset: str, batch: int, layers: int = 0) -> dict[str, Any]:
     """The search step, built exactly as the search builds it (layers 0: the preset's)."""
     prepared = bench_search.prepare(bench_search.Config(preset=preset, batch=batch,
@@ -195,13 +226,15 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps(rows[-1]), flush=True)
     for preset in args.preset:
         for layers in args.layers:
-            for build in (init_program, step_program):
-                rows.append(build(preset, args.batch, layers))
-                row = rows[-1]
+            built = [init_program(preset, args.batch, layers),
+                     *gradient_programs(preset, args.batch, layers),
+                     step_program(preset, args.batch, layers)]
+            for row in built:
                 for kind in ("compiled", "distinct"):
                     row[f"ms_per_{kind}_kernel"] = round(
                         1000 * row["compile_s"] / max(row[f"{kind}_kernels"], 1), 2)
                 print(json.dumps(row), flush=True)
+            rows += built
     if len(rows) > 3:
         rows.append(compile_model(rows[1:], [*rows[0]["rows"], rows[0]["identical"]]))
         print(json.dumps(rows[-1]), flush=True)

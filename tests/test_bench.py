@@ -224,6 +224,16 @@ def test_compile_model_recovers_known_costs():
         round(p["compile_s"], 1) for p in programs]
 
 
+def test_gradient_programs_compile_the_loss_and_its_weight_gradient():
+    from experiments import compile_cost
+
+    loss, gradient = compile_cost.gradient_programs("tiny", batch=2)
+    assert (loss["what"], gradient["what"]) == ("loss", "weight_gradient")
+    assert loss["layers"] == gradient["layers"] == 3
+    # The backward pass adds the experts' gradient kernels to the forward's.
+    assert gradient["distinct_kernels"] > loss["distinct_kernels"] > 0
+
+
 def test_compile_cost_programs_have_the_kernels_requested():
     """The per-kernel probe's kernels do not fuse: N requested, N compiled."""
     from experiments import compile_cost
