@@ -22,25 +22,34 @@ jax.config.update("jax_enable_x64", False)
 # ------------------------------------------------------------ NumPy reference
 
 
-def reference_xnas(rewards, eta, bound, horizon, zeta=1.0, u0=None):
+def reference_xnas(rewards, eta, bound, horizon, zeta=1.0, u0=None, feedback_axes=0):
     """Algorithm 1 for independent forecasters, literally, in float64.
 
+    With ``feedback_axes = k`` a round holds F feedbacks: each is clipped
+    (line 9) and they are played one after another within the round (lines
+    8-10); the wipeout (lines 12-13) comes at the end of the round, where
+    ``T - t`` counts the feedbacks still to come, ``F (T - t)``.
+
     Args:
-      rewards: (T, F, N) unclipped rewards R_t (line 8).
+      rewards: (T, *feedbacks, forecasters, N) unclipped rewards R_t (line 8).
     Returns:
-      u (T, F, N) after each round, active (T, F, N), log v (T, F, N) unshifted,
-      and Gamma_t (T, F), the paper's per-round wipeout factor.
+      u (T, forecasters, N) after each round, active (T, forecasters, N), log
+      v (T, forecasters, N) unshifted, and Gamma_t (T, forecasters), the
+      paper's per-round wipeout factor.
     """
     rewards = np.asarray(rewards, np.float64)
-    steps, forecasters, experts = rewards.shape
+    steps, experts = rewards.shape[0], rewards.shape[-1]
+    forecasters = rewards.shape[-2]
+    feedbacks = rewards.reshape(steps, -1, forecasters, experts)
     log_v = np.zeros((forecasters, experts)) if u0 is None else np.log(np.asarray(u0, np.float64))
     active = np.ones((forecasters, experts), bool)
     us, actives, log_vs, gammas = [], [], [], []
     for t in range(1, steps + 1):
-        r = np.clip(rewards[t - 1], -bound, bound)
-        log_v = np.where(active, log_v + eta * r, log_v)
+        for feedback in feedbacks[t - 1]:
+            log_v = np.where(active, log_v + eta * np.clip(feedback, -bound, bound), log_v)
         leader = np.max(np.where(active, log_v, -np.inf), axis=-1, keepdims=True)
-        log_theta = leader - 2 * eta * bound * max(horizon - t, 0) * zeta
+        remaining = feedbacks.shape[1] * max(horizon - t, 0)
+        log_theta = leader - 2 * eta * bound * remaining * zeta
         new_active = active & ~(log_v < log_theta)
         v = np.where(active, np.exp(log_v - leader), 0.0)
         wiped = np.sum(np.where(active & ~new_active, v, 0), -1)
@@ -70,6 +79,19 @@ def run_transform(tx, rewards, u0):
     return np.asarray(us), np.asarray(actives), np.asarray(log_vs), final
 
 
+def replay(update, tx, rewards, ref_u, ref_active, atol):
+    """Plays ``rewards`` round by round from a uniform u, checking u and the active set
+    against the reference after each; yields ``(t, state)``."""
+    u = jnp.full(ref_u.shape[1:], 1.0 / ref_u.shape[-1])
+    state = tx.init(u)
+    for t in range(len(rewards)):
+        updates, state = update(jnp.asarray(-rewards[t], jnp.float32), state, u)
+        u = optax.apply_updates(u, updates)
+        np.testing.assert_array_equal(np.asarray(state.active), ref_active[t])
+        np.testing.assert_allclose(np.asarray(u), ref_u[t], atol=atol)
+        yield t, state
+
+
 def quantized_rewards(seed, steps, forecasters, experts, bound=1.0):
     """Rewards on a grid of bound/8 with spread means: several wipeouts, exact in float32."""
     rng = np.random.default_rng(seed)
@@ -90,14 +112,7 @@ class ExactnessTest(chex.TestCase):
         rewards = quantized_rewards(0, steps, forecasters, experts, bound)
         ref_u, ref_active, ref_log_v, _ = reference_xnas(rewards, eta, bound, steps, zeta)
         tx = xnas_jax.xnas(eta, bound, steps, zeta)
-        u = jnp.full((forecasters, experts), 1.0 / experts)
-        state = tx.init(u)
-        update = self.variant(tx.update)
-        for t in range(steps):
-            updates, state = update(jnp.asarray(-rewards[t], jnp.float32), state, u)
-            u = optax.apply_updates(u, updates)
-            np.testing.assert_array_equal(np.asarray(state.active), ref_active[t])
-            np.testing.assert_allclose(np.asarray(u), ref_u[t], atol=1e-6)
+        for t, state in replay(self.variant(tx.update), tx, rewards, ref_u, ref_active, 1e-6):
             # log v is kept up to a per-forecaster shift (leader at 0).
             shifted = ref_log_v[t] - np.max(np.where(ref_active[t], ref_log_v[t], -np.inf), -1, keepdims=True)
             np.testing.assert_allclose(
@@ -159,6 +174,101 @@ class ExactnessTest(chex.TestCase):
             active &= log_v >= leader - 2 * eta * (20 - t)
         z = np.where(active, np.exp(log_v - log_v.max(-1, keepdims=True)), 0)
         np.testing.assert_allclose(us[-1], z / z.sum(-1, keepdims=True), atol=1e-6)
+
+
+class PerFeedbackTest(chex.TestCase):
+    """Rounds of F feedbacks, each clipped by the transform (Algorithm 1 line 9)."""
+
+    @chex.variants(with_jit=True, without_jit=True)
+    @parameterized.parameters(
+        (1, 1.0, None), (2, 1.0, None), (2, 0.3, None), (1, 0.5, 0.0625), (2, 1.0, 0.03125))
+    def test_matches_float64_algorithm(self, feedback_axes, zeta, rate):
+        steps, forecasters, experts = 40, 5, 6
+        feedback_shape = (4,) if feedback_axes == 1 else (2, 3)
+        feedbacks = math.prod(feedback_shape)
+        rng = np.random.default_rng(feedback_axes)
+        means = rng.uniform(-0.8, 0.8, size=(forecasters, experts))
+        raw = means + rng.normal(0, 1.2, size=(steps, *feedback_shape, forecasters, experts))
+        rewards = np.round(raw * 8) / 8  # a grid of 1/8: exact sums in float32
+        eta = (xnas_jax.theoretical_learning_rate(experts, steps, 1.0, feedbacks)
+               if rate is None else rate)
+        ref_u, ref_active, _, _ = reference_xnas(rewards, eta, 1.0, steps, zeta,
+                                                 feedback_axes=feedback_axes)
+        tx = xnas_jax.xnas(rate, 1.0, steps, zeta, feedback_axes=feedback_axes)
+        for _ in replay(self.variant(tx.update), tx, rewards, ref_u, ref_active, 1e-5):
+            pass
+        # The clip binds, so clipping the round's sum once would be another algorithm.
+        self.assertGreater(np.mean(np.abs(rewards) > 1), 0.1)
+        once = reference_xnas(np.clip(rewards.sum(tuple(range(1, 1 + feedback_axes))),
+                                      -1, 1)[:, None], eta, 1.0, steps, zeta, feedback_axes=1)
+        self.assertFalse(np.allclose(once[0][steps // 2], ref_u[steps // 2], atol=1e-3))
+        # Several wipeouts, before the horizon.
+        self.assertGreaterEqual(np.sum(~ref_active[steps - 2]), 5)
+
+    def test_one_transform_gives_each_leaf_its_own_rate(self):
+        """eta*_c from each leaf's F = r_c B, as the paper's per-cell-type rates."""
+        horizon, batch = 30, 4
+        u = {"normal": jnp.full((3, 5), 0.2), "reduce": jnp.full((3, 5), 0.2)}
+        replicas = {"normal": 3, "reduce": 1}
+        rng = np.random.default_rng(0)
+        grads = {k: jnp.asarray(rng.normal(0, 2, (r, batch, 3, 5)), jnp.float32)
+                 for k, r in replicas.items()}
+        for rates in (None, {"normal": None, "reduce": 0.05}):
+            tx = xnas_jax.xnas(rates, 1.0, horizon, feedback_axes=2)
+            _, state = tx.update(grads, tx.init(u), u)
+            for kind, r in replicas.items():
+                eta = (0.05 if rates and rates[kind] else
+                       xnas_jax.theoretical_learning_rate(5, horizon * r * batch, 1.0))
+                reward = np.clip(-np.asarray(grads[kind], np.float64), -1, 1).sum((0, 1))
+                want = eta * reward - (eta * reward).max(-1, keepdims=True)
+                np.testing.assert_allclose(np.asarray(state.log_weights[kind]), want, atol=1e-5)
+
+    def test_round_rewards_clip_each_feedback_then_sum(self):
+        grads = {"a": jnp.asarray([[[3.0, -0.5]], [[-2.0, -0.25]]])}  # (F=2, 1, N=2)
+        summed = xnas_jax.round_rewards(grads, 1.0, feedback_axes=1)
+        np.testing.assert_allclose(np.asarray(summed["a"]), [[-1.0 + 1.0, 0.5 + 0.25]])
+        unclipped = xnas_jax.round_rewards(grads, None, feedback_axes=1)
+        np.testing.assert_allclose(np.asarray(unclipped["a"]), [[-1.0, 0.75]])
+
+
+def late_bloomer_rounds(switch: int, horizon: int, feedbacks: int):
+    """Per-feedback rewards (T, r_c = 1, B, E = 1, N = 2) of a search's rounds: expert 0
+    earns L per feedback until ``switch``, expert 1 from then on."""
+    rewards = np.zeros((horizon, 1, feedbacks, 1, 2), np.float32)
+    rewards[:switch, ..., 0] = 1.0
+    rewards[switch:, ..., 1] = 1.0
+    return rewards
+
+
+def test_an_underflowed_expert_stays_active_and_recovers_as_a_late_bloomer():
+    """u_i is exactly 0 in float32 once expert i trails by some 90-104 nats, long before its
+    wipeout: the search must keep rewarding and computing it (section 3.2.1).  Here expert
+    1 trails by 107 nats at the switch; from then on only its rewards close the gap, which
+    the margin 2 eta L F (T - t) allows since T > 2 * switch."""
+    from xnas_jax import search_step
+
+    horizon, feedbacks, switch = 700, 64, 300
+    eta = xnas_jax.theoretical_learning_rate(2, horizon, 1.0, feedbacks)
+    tx, _ = search_step.xnas_arch_optimizer(2, {"cell": 1}, horizon, feedbacks)
+    u = {"cell": jnp.full((1, 2), 0.5)}
+    state, totals = tx.init(u), {"cell": jnp.zeros((1, 2))}
+    round_fn = jax.jit(lambda g, u, s, t: search_step.arch_round(tx, 1.0, g, u, s, t))
+    rewards = late_bloomer_rounds(switch, horizon, feedbacks)
+    underflowed = []
+    for t in range(horizon):
+        (u, state, totals), _ = round_fn({"cell": jnp.asarray(-rewards[t])}, u, state, totals)
+        active = np.asarray(xnas_jax.active_experts(state)["cell"])[0]
+        if float(u["cell"][0, 1]) == 0.0 and active[1]:
+            underflowed.append(t + 1)
+            assert search_step.computed_experts(("a", "b"), xnas_jax.active_experts(state)) == {
+                "cell": ("a", "b")}
+    # u_1 flushes to 0 past ~87 nats (float32 without denormals, as XLA computes it).
+    assert underflowed and underflowed[0] < switch and len(underflowed) > 100
+    assert 85 < feedbacks * eta * underflowed[0] < 105 < feedbacks * eta * switch
+    # Expert 1 ties at 2 * switch, leads after, and is the only expert left at the horizon.
+    np.testing.assert_array_equal(np.asarray(u["cell"]), [[0.0, 1.0]])
+    np.testing.assert_array_equal(np.asarray(totals["cell"]),
+                                  [[feedbacks * switch, feedbacks * (horizon - switch)]])
 
 
 # ------------------------------------------------------------------- theory
@@ -292,6 +402,11 @@ def test_chain_and_readers():
         (dict(learning_rate=1e-3, reward_bound=1.0, horizon=10, wipeout_factor=0.0), "wipeout_factor"),
         (dict(learning_rate=1e-3, reward_bound=1.0, horizon=10, wipeout_factor=1.5), "wipeout_factor"),
         (dict(learning_rate=float("nan"), reward_bound=1.0, horizon=10), "learning_rate"),
+        (dict(learning_rate={"normal": -1.0}, reward_bound=1.0, horizon=10), "learning_rate"),
+        (dict(learning_rate=None, reward_bound=1.0, horizon=10, feedback_axes=-1),
+         "feedback_axes"),
+        (dict(learning_rate=None, reward_bound=1.0, horizon=10, feedback_axes=1.0),
+         "feedback_axes"),
     ],
 )
 def test_bad_hyper_parameters(kwargs, name):
@@ -320,6 +435,17 @@ def test_grads_must_match_params(jit):
         update({"reduce": jnp.zeros((14, 7))}, state, u)
     with pytest.raises(ValueError, match="needs params"):
         tx.update({"normal": jnp.zeros((14, 7))}, state)
+
+
+def test_feedback_axes_must_fit_the_gradients():
+    u = {"normal": jnp.full((14, 7), 1 / 7)}
+    tx = xnas_jax.xnas(None, 1.0, 5, feedback_axes=3)
+    with pytest.raises(ValueError, match=r"feedback_axes=3.*\(4, 14, 7\).*\(14, 7\)") as error:
+        tx.update({"normal": jnp.zeros((4, 14, 7))}, tx.init(u), u)
+    assert "\n" not in str(error.value)
+    tx = xnas_jax.xnas({"reduce": 0.1}, 1.0, 5)
+    with pytest.raises(ValueError, match="learning_rate must be one rate or a pytree prefix"):
+        tx.update({"normal": jnp.zeros((14, 7))}, tx.init(u), u)
 
 
 def test_paper_learning_rates():

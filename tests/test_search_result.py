@@ -19,7 +19,8 @@ import pytest
 
 import xnas_jax
 from xnas_jax import genotypes, search_step, supernet
-from xnas_jax.search_step import feedback_rewards, per_feedback
+from xnas_jax.feedback import per_feedback
+from xnas_jax.search_step import feedback_rewards
 from xnas_jax.supernet import ARCH, SearchNetwork
 
 OPS = ("avg_pool_3x3", "skip_connect", "sep_conv_3x3", "dil_conv_3x3")
@@ -57,7 +58,7 @@ def setup():
              ARCH: copies}, images, train=True, mutable=["batch_stats"])
         return search_step.cross_entropy(logits, labels)
 
-    copies = per_feedback(arch, genotypes.cell_replicas(LAYERS), BATCH)
+    copies = per_feedback(arch, BATCH, genotypes.cell_replicas(LAYERS))
     grads = jax.jit(jax.grad(loss))(copies)
     return model, loss, arch, copies, grads
 
@@ -98,7 +99,8 @@ def test_clipped_summed_rewards_against_numpy(setup, reference, quantile):
     rewards = {k: -BATCH * g for k, g in reference.items()}
     everything = np.concatenate([np.abs(r).ravel() for r in rewards.values()])
     bound = 2 * everything.max() if quantile is None else float(np.quantile(everything, quantile))
-    summed, clipped = feedback_rewards(grads, arch, bound)
+    active = {k: np.asarray(u) > 0 for k, u in arch.items()}  # u = 0 at init: inactive
+    summed, clipped = feedback_rewards({k: BATCH * g for k, g in grads.items()}, active, bound)
     for kind, r in rewards.items():
         active = np.asarray(arch[kind]) > 0
         want = np.where(active, np.clip(r, -bound, bound).sum((0, 1)), 0.0)
@@ -118,7 +120,8 @@ def test_clipped_summed_rewards_against_numpy(setup, reference, quantile):
 def test_unclipped_sum_is_the_batch_gradient(setup):
     """Without a bound the summed rewards are -B dL/du of the shared weights."""
     model, loss, arch, _, grads = setup
-    summed, clipped = feedback_rewards(grads, arch, None)
+    active = {k: np.asarray(u) > 0 for k, u in arch.items()}
+    summed, clipped = feedback_rewards({k: BATCH * g for k, g in grads.items()}, active, None)
     shared = jax.jit(jax.grad(loss))(arch)  # (E, N) weights, as the weight pass uses them
     for kind in arch:
         active = np.asarray(arch[kind]) > 0
@@ -126,6 +129,52 @@ def test_unclipped_sum_is_the_batch_gradient(setup):
                                    np.where(active, -BATCH * np.asarray(shared[kind]), 0),
                                    rtol=1e-4, atol=1e-5)
         assert float(clipped[kind]) == 0
+
+
+@pytest.mark.parametrize("horizon", [1, 4])
+def test_the_search_round_is_algorithm_1_on_per_feedback_gradients(setup, reference, horizon):
+    """``arch_round`` equals ``xnas(None, L, T, feedback_axes=2)`` on each image's gradients,
+    and both equal one round of Algorithm 1 in float64 on the plain-autodiff gradients,
+    with eta*_c from F_c = r_c B feedbacks and the margin 2 eta L F_c (T - 1)."""
+    _, _, arch, _, grads = setup
+    replicas = genotypes.cell_replicas(LAYERS)
+    per_image = {k: BATCH * g for k, g in grads.items()}
+    bound = float(np.median(np.concatenate([np.abs(g).ravel() for g in reference.values()])))
+    bound *= BATCH  # the clip binds on about half of the feedbacks
+    tx, rates = search_step.xnas_arch_optimizer(len(OPS), replicas, horizon, BATCH, bound)
+    state = tx.init(arch)
+    totals = {k: jnp.zeros_like(u) for k, u in arch.items()}
+    (new_arch, new_state, new_totals), metrics = jax.jit(
+        lambda g, u, s, t: search_step.arch_round(tx, bound, g, u, s, t))(
+            per_image, arch, state, totals)
+    direct = xnas_jax.xnas(None, bound, horizon, feedback_axes=2)
+    updates, direct_state = direct.update(per_image, direct.init(arch), arch)
+    for kind in arch:
+        np.testing.assert_array_equal(np.asarray(new_state.active[kind]),
+                                      np.asarray(direct_state.active[kind]))
+        np.testing.assert_allclose(np.asarray(new_arch[kind]),
+                                   np.asarray(arch[kind] + updates[kind]), atol=1e-7)
+        # Algorithm 1, float64.
+        u0 = np.asarray(arch[kind], np.float64)
+        active = u0 > 0
+        feedbacks = replicas[kind] * BATCH
+        eta = np.sqrt(2 * np.log(len(OPS)) / (horizon * feedbacks * bound**2))
+        assert abs(rates[kind] - eta) < 1e-12 * eta
+        reward = np.clip(-BATCH * reference[kind], -bound, bound).sum((0, 1))
+        log_v = np.where(active, np.log(np.where(active, u0, 1)) + eta * reward, -np.inf)
+        leader = log_v.max(-1, keepdims=True)
+        survive = active & (log_v >= leader - 2 * eta * bound * feedbacks * (horizon - 1))
+        np.testing.assert_array_equal(np.asarray(new_state.active[kind]), survive)
+        z = np.where(survive, np.exp(log_v - leader), 0)
+        np.testing.assert_allclose(np.asarray(new_arch[kind]), z / z.sum(-1, keepdims=True),
+                                   atol=2e-5)
+        np.testing.assert_allclose(np.asarray(new_totals[kind]), np.where(active, reward, 0),
+                                   rtol=1e-4, atol=1e-4 * bound)
+        if horizon == 1:  # t = T: only the leaders are left
+            assert (survive.sum(-1) == 1).all()
+        else:
+            assert survive.sum() == active.sum()
+    assert 0 < float(metrics["clipped_normal"]) < 1
 
 
 def test_per_feedback_weights_of_the_wrong_shape_are_refused(setup):
@@ -154,7 +203,7 @@ def _planted_search(horizon: int = 400, seed: int = 0):
         mean = np.zeros((len(edges), 7))
         mean[np.arange(len(edges)), best] = strength
         rewards = np.clip(mean + 0.5 * rng.normal(size=mean.shape), -1, 1)
-        totals += np.where(np.asarray(u) > 0, rewards, 0.0)  # as SearchState.rewards
+        totals += np.where(np.asarray(state.active), rewards, 0.0)  # as SearchState.rewards
         updates, state = update(jnp.asarray(-rewards, jnp.float32), state, u)
         u = u + updates
     return np.asarray(u), totals, best

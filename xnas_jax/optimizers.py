@@ -36,6 +36,7 @@ __all__ = [
     "softmax_gd",
     "darts",
     "theoretical_learning_rate",
+    "round_rewards",
     "find_states",
     "expert_probabilities",
     "active_experts",
@@ -63,15 +64,19 @@ class SoftmaxGDState(NamedTuple):
     inner_state: optax.OptState  # state of the optimizer that updates alpha.
 
 
-def theoretical_learning_rate(num_experts: int, horizon: int, reward_bound: float) -> float:
+def theoretical_learning_rate(
+    num_experts: int, horizon: int, reward_bound: float, feedbacks_per_round: int = 1
+) -> float:
     """The learning rate that minimizes XNAS's worst-case regret bound.
 
     Paper eq. (4): ``eta* = sqrt(2 ln N / (T L^2))``, where T counts the
     gradient feedbacks a forecaster receives.  A forecaster whose weights are
     shared by ``r_c`` cells of type c receives ``T_c = d * E * r_c`` feedbacks
     over E epochs of d validation images (paper section 3.1, "Multiple Learning
-    Rates").  For CIFAR-10 with a 50/50 split (d = 25000), E = 50 epochs, clip
-    L = 1, 8 experts, 6 normal and 2 reduction cells::
+    Rates").  When every round of :func:`xnas` delivers F feedbacks at once,
+    ``T`` is ``horizon * feedbacks_per_round``.  For CIFAR-10 with a 50/50
+    split (d = 25000), E = 50 epochs, clip L = 1, 8 experts, 6 normal and 2
+    reduction cells::
 
       >>> round(theoretical_learning_rate(8, 25_000 * 50 * 6, 1.0), 5)
       0.00074
@@ -82,8 +87,9 @@ def theoretical_learning_rate(num_experts: int, horizon: int, reward_bound: floa
 
     Args:
       num_experts: N, the number of experts per forecaster (>= 2).
-      horizon: T, the number of rounds (gradient feedbacks), >= 1.
-      reward_bound: L, the bound the rewards are clipped to, > 0.
+      horizon: the number of rounds, >= 1.
+      reward_bound: L, the bound each feedback's reward is clipped to, > 0.
+      feedbacks_per_round: F, the feedbacks each round delivers, >= 1.
 
     Returns:
       eta* as a Python float.
@@ -91,30 +97,82 @@ def theoretical_learning_rate(num_experts: int, horizon: int, reward_bound: floa
     _check_int("num_experts", num_experts, minimum=2)
     _check_int("horizon", horizon, minimum=1)
     _check_positive("reward_bound", reward_bound)
-    return math.sqrt(2.0 * math.log(num_experts) / (horizon * reward_bound**2))
+    _check_int("feedbacks_per_round", feedbacks_per_round, minimum=1)
+    return math.sqrt(2.0 * math.log(num_experts)
+                     / (horizon * feedbacks_per_round * reward_bound**2))
+
+
+def round_rewards(
+    grads: optax.Updates, reward_bound: float | None, feedback_axes: int = 0
+) -> optax.Updates:
+    """One round's reward per expert: the F feedbacks' clipped rewards, summed.
+
+    Each slice of a leaf over its first ``feedback_axes`` axes is one
+    feedback's loss gradient ``dl/du``; its reward is ``R_i = -dl/du_i``
+    (Algorithm 1 line 8: with ``p = sum_i u_i f_i``, ``dl/du_i = grad_p l . f_i``),
+    clipped to ``[-L, L]`` (line 9).  Exponentiated-gradient steps compose by
+    adding their rewards, so the F feedbacks of a round are one EG step with
+    their sum (line 10), bounded by ``F L``.
+
+    Args:
+      grads: a pytree of per-feedback gradients, each leaf of shape
+        ``(*feedbacks, *forecasters, N)``.
+      reward_bound: L; None sums the rewards unclipped (diagnostics of an
+        optimizer without a clip).
+      feedback_axes: how many leading axes index feedbacks.
+
+    Returns:
+      The summed rewards, each leaf of shape ``(*forecasters, N)``, float32.
+    """
+    def one(grad):
+        reward = -jnp.asarray(grad).astype(jnp.float32)
+        if reward_bound is not None:
+            reward = jnp.clip(reward, -reward_bound, reward_bound)
+        return reward.sum(tuple(range(feedback_axes)))
+
+    return jax.tree.map(one, grads)
 
 
 def xnas(
-    learning_rate: optax.ScalarOrSchedule,
+    learning_rate: optax.ScalarOrSchedule | None | Any,
     reward_bound: float,
     horizon: int,
     wipeout_factor: float = 1.0,
+    *,
+    feedback_axes: int = 0,
 ) -> optax.GradientTransformation:
     """XNAS: exponentiated-gradient experts with wipeout (paper Algorithm 1).
 
     Every forecaster keeps weights ``v_i`` over its experts and predicts with
-    ``u = v / sum(v)``.  Given ``grads = dL/du``, one update is one round t:
+    ``u = v / sum(v)`` (line 5).  One ``update`` is one round t.  Each leaf of
+    its ``grads`` holds the loss gradients ``dl/du`` of F feedbacks: the first
+    ``feedback_axes`` axes index them, the rest has the shape of the params
+    leaf (F = 1 when ``feedback_axes = 0``).  Then:
 
-    * reward ``R_i = -dL/du_i``, which equals the paper's projection of the
-      loss gradient on the expert's prediction, ``-grad_p L . f_i`` (line 8),
-      clipped to ``[-L, L]`` (line 9);
-    * EG step ``v_i <- v_i exp(eta R_i)`` on the active experts (line 10);
-    * wipeout threshold ``theta_t = max_i v_i exp(-2 eta L (T - t) zeta)``
-      (line 12, with the relaxation ``zeta`` of section 3.2.1), and the
-      experts with ``v_i < theta_t`` leave the active set for good (line 13).
-      The leading expert always satisfies ``v_i >= theta_t``, so no forecaster
-      is ever left without an expert; with ``zeta = 1`` the best expert in
-      hindsight is never wiped out (Lemma 1).
+    * every feedback's reward ``R_i = -dl/du_i`` is clipped to ``[-L, L]``
+      (lines 8-9) and the F clipped rewards are summed (:func:`round_rewards`);
+    * EG step ``v_i <- v_i exp(eta R_i)`` on the active experts (line 10),
+      which is the F feedbacks' EG steps composed;
+    * wipeout threshold ``theta_t = max_i v_i exp(-2 eta L F (T - t) zeta)``
+      (line 12, counted in feedbacks: a round's reward moves a log-weight gap by
+      at most ``2 eta L F``; ``zeta`` is the relaxation of section 3.2.1), and
+      the experts with ``v_i < theta_t`` leave the active set for good
+      (line 13).  The leading expert always satisfies ``v_i >= theta_t``, so no
+      forecaster is ever left without an expert; with ``zeta = 1`` the best
+      expert in hindsight is never wiped out (Lemma 1).
+
+    ``learning_rate=None`` takes each leaf's own ``eta* = sqrt(2 ln N /
+    (T F L^2))`` (eq. 4, :func:`theoretical_learning_rate`), with N its last
+    axis and F its feedbacks per round.  One transform over
+    ``{"normal": (6, B, 14, N), "reduce": (2, B, 14, N)}`` gradients with
+    ``feedback_axes=2`` therefore gives the paper's per-cell-type rates
+    (section 3.1, "Multiple Learning Rates"; ``T_c = d E r_c``).  A pytree
+    prefix of the params with a rate (or None, or a schedule) at each leaf
+    sets the rates per group.
+
+    The active set I_t is the state's ``active`` mask, never ``u > 0``: an
+    active expert that trails by more than ~104 nats has ``u = 0`` in float32
+    yet still receives rewards, and can recover (section 3.2.1, late bloomers).
 
     The weights are kept in log space and shifted per forecaster so that the
     leading active expert sits at ``log v = 0``: dividing v by a positive
@@ -123,38 +181,38 @@ def xnas(
 
     After the horizon (t > T) the factor ``T - t`` is taken as 0: the threshold
     equals the leading weight, so each forecaster keeps only its leading
-    expert(s) (ties survive) and EG continues among them.  Already at t = T the
-    algorithm itself wipes out every expert below the leader.
+    expert(s) (ties survive).  Already at t = T the algorithm itself wipes out
+    every expert below the leader.
 
     The initial weights are the params passed to ``init`` (``v_0 = u_0``; the
     paper's uniform ``v_0 = 1`` is the uniform ``u_0``); experts whose initial
     weight is 0 start out inactive.  Wiped-out experts get weight exactly 0.
 
-    Different learning rates for normal and reduction cells (paper section
-    3.1) go through ``optax.multi_transform``::
-
-      tx = optax.multi_transform(
-          {"normal": xnas(eta_normal, 1.0, horizon_normal),
-           "reduce": xnas(eta_reduce, 1.0, horizon_reduce)},
-          {"normal": "normal", "reduce": "reduce"})
+    The returned updates move u to the new weights: ``optax.apply_updates(u,
+    updates)`` is the next u.  Transforms of the *gradients* may be chained
+    before ``xnas`` (for example one that zeroes a group's rewards); none that
+    rescales or shifts the updates may come after it, since the result would
+    leave the simplex.
 
     Args:
       learning_rate: eta > 0, a float or an optax schedule of the round count
-        (0-based, like every optax schedule). The threshold uses the current
-        rate.
-      reward_bound: L > 0, the clip on the rewards.
-      horizon: T >= 1, the number of rounds the search will run.
+        (0-based, like every optax schedule; the threshold uses the current
+        rate), None for eta*, or a pytree prefix of the params holding those.
+      reward_bound: L > 0, the clip on each feedback's reward.
+      horizon: T >= 1, the number of rounds (calls to ``update``) of the search.
       wipeout_factor: zeta in (0, 1]; 1 is the theory's safe threshold,
         smaller values wipe out sooner at the price of the regret guarantee.
+      feedback_axes: the leading axes of each gradient leaf that index
+        feedbacks (>= 0).
 
     Returns:
       An ``optax.GradientTransformation`` whose ``update`` needs ``params``
       (the current u) and whose state is an :class:`XNASState`.
     """
-    if not callable(learning_rate):
-        _check_positive("learning_rate", learning_rate)
+    _check_rates(learning_rate)
     _check_positive("reward_bound", reward_bound)
     _check_int("horizon", horizon, minimum=1)
+    _check_int("feedback_axes", feedback_axes, minimum=0)
     if (
         not isinstance(wipeout_factor, numbers.Real)
         or isinstance(wipeout_factor, bool)
@@ -177,14 +235,20 @@ def xnas(
     ) -> tuple[optax.Updates, XNASState]:
         if params is None:
             raise ValueError("xnas needs params (the current mixture weights u) in update")
-        _check_same_tree("grads", updates, "params", params)
-        eta = learning_rate(state.count) if callable(learning_rate) else learning_rate
+        _check_feedback_tree(updates, params, feedback_axes)
         t = state.count + 1
-        # Line 12 (with zeta, section 3.2.1): log theta = max log v - 2 eta L (T - t) zeta.
-        margin = 2.0 * eta * reward_bound * jnp.maximum(horizon - t, 0) * wipeout_factor
+        rewards = round_rewards(updates, reward_bound, feedback_axes)
 
-        def round_fn(grad, log_v, active):
-            reward = jnp.clip(-grad.astype(jnp.float32), -reward_bound, reward_bound)  # 8-9
+        def round_fn(rate, grad, reward, log_v, active):
+            feedbacks = math.prod(jnp.shape(grad)[:feedback_axes])
+            if rate is _THEORETICAL:
+                rate = theoretical_learning_rate(jnp.shape(log_v)[-1], horizon, reward_bound,
+                                                 feedbacks)
+            eta = rate(state.count) if callable(rate) else rate
+            # Line 12 (zeta: section 3.2.1), for F feedbacks a round:
+            # log theta = max log v - 2 eta L F (T - t) zeta.
+            margin = (2.0 * eta * (reward_bound * feedbacks) * jnp.maximum(horizon - t, 0)
+                      * wipeout_factor)
             log_v = jnp.where(active, log_v + eta * reward, log_v)  # line 10
             leader = _masked_max(log_v, active)
             # Line 13 wipes out v < theta.  An expert whose gap equals the margin
@@ -195,9 +259,10 @@ def xnas(
             active = active & (log_v >= leader - margin - slack)  # line 13
             return log_v - leader, active
 
-        per_leaf = jax.tree.map(round_fn, updates, state.log_weights, state.active)
-        log_weights = jax.tree.map(lambda _, r: r[0], updates, per_leaf)
-        active = jax.tree.map(lambda _, r: r[1], updates, per_leaf)
+        per_leaf = jax.tree.map(round_fn, _leaf_rates(learning_rate, params), updates, rewards,
+                                state.log_weights, state.active)
+        log_weights = jax.tree.map(lambda _, r: r[0], params, per_leaf)
+        active = jax.tree.map(lambda _, r: r[1], params, per_leaf)
         new_u = jax.tree.map(_normalize, log_weights, active)
         new_updates = jax.tree.map(lambda u, p: (u - p).astype(p.dtype), new_u, params)
         new_state = XNASState(
@@ -313,9 +378,27 @@ def expert_probabilities(state: XNASState) -> optax.Params:
     return jax.tree.map(_normalize, state.log_weights, state.active)
 
 
-def active_experts(state: XNASState) -> optax.Params:
-    """The boolean active masks (I_t), per forecaster; same tree as the params."""
-    return state.active
+def active_experts(opt_state: Any) -> optax.Params:
+    """The active masks I_t of an architecture optimizer's state; same tree as the params.
+
+    ``opt_state`` is the state of :func:`xnas` (its ``active`` masks: experts
+    not wiped out, Algorithm 1 line 13) or of :func:`softmax_gd` (every expert
+    with a finite logit), bare or inside ``optax.chain``.  The masks, never
+    ``u > 0``, say which experts a search computes and rewards: an active
+    expert's u can underflow to 0 in float32 long before its wipeout.
+
+    Raises:
+      ValueError: the state holds no such state, or several (``multi_transform``).
+    """
+    is_state = lambda x: isinstance(x, (XNASState, SoftmaxGDState))  # noqa: E731
+    found = [leaf for leaf in jax.tree.leaves(opt_state, is_leaf=is_state) if is_state(leaf)]
+    if len(found) != 1:
+        raise ValueError(f"expected one XNASState or SoftmaxGDState in the optimizer state, "
+                         f"found {len(found)}")
+    (state,) = found
+    if isinstance(state, XNASState):
+        return state.active
+    return jax.tree.map(jnp.isfinite, state.logits)
 
 
 def normalized_entropy(weights: Any) -> np.ndarray:
@@ -332,6 +415,55 @@ def normalized_entropy(weights: Any) -> np.ndarray:
 # ----------------------------------------------------------------------- helpers
 
 _WIPEOUT_SLACK = 1e-6  # relative float32 tolerance of the wipeout test
+
+
+class _Theoretical:
+    """Marks a leaf whose rate is eta*, computed from its shape in ``update``."""
+
+    def __repr__(self) -> str:
+        return "eta*"
+
+
+_THEORETICAL = _Theoretical()
+
+
+def _is_rate(x: Any) -> bool:
+    return x is None or callable(x) or isinstance(x, numbers.Number)
+
+
+def _check_rates(learning_rate: Any) -> None:
+    """Each rate of the (prefix) tree is None, a schedule, or a positive finite number."""
+    for rate in jax.tree.leaves(learning_rate, is_leaf=_is_rate):
+        if rate is not None and not callable(rate):
+            _check_positive("learning_rate", rate)
+
+
+def _leaf_rates(learning_rate: Any, params: optax.Params) -> Any:
+    """The rate of every params leaf (None becomes ``_THEORETICAL``), as a tree like params."""
+    prefix = jax.tree.structure(learning_rate, is_leaf=_is_rate)
+    try:
+        groups = prefix.flatten_up_to(params)
+    except (ValueError, TypeError) as error:
+        raise ValueError(
+            f"learning_rate must be one rate or a pytree prefix of the params: {prefix} "
+            f"does not prefix {jax.tree.structure(params)}") from error
+    rates = jax.tree.leaves(learning_rate, is_leaf=_is_rate)
+    return prefix.unflatten([
+        jax.tree.map(lambda _, r=rate: _THEORETICAL if r is None else r, group)
+        for rate, group in zip(rates, groups)])
+
+
+def _check_feedback_tree(grads: Any, params: Any, feedback_axes: int) -> None:
+    """grads leaves are params leaves with ``feedback_axes`` leading axes of feedbacks."""
+    tree_g, tree_p = jax.tree.structure(grads), jax.tree.structure(params)
+    if tree_g != tree_p:
+        raise ValueError(f"grads must have the tree structure of params: {tree_g} != {tree_p}")
+    for grad, param in zip(jax.tree.leaves(grads), jax.tree.leaves(params)):
+        g, p = jnp.shape(grad), jnp.shape(param)
+        if len(g) != len(p) + feedback_axes or g[feedback_axes:] != p:
+            raise ValueError(
+                f"grads must have the shapes of params after {feedback_axes} leading feedback "
+                f"axes (feedback_axes={feedback_axes}): got {g} for params of shape {p}")
 
 
 def _masked_max(log_v: jax.Array, active: jax.Array) -> jax.Array:

@@ -66,8 +66,8 @@ def plot_active_experts(history: Sequence[dict[str, Any]], path: str | os.PathLi
     fig, axes = _figure(1, 2, (10, 3.6))
     cells = list(history[0]["arch"])  # the space's cell types
     for cell in cells:
-        weights = np.array([record["arch"][cell] for record in history])
-        active = (weights > 0).sum(axis=(1, 2)) / weights[0].size
+        masks = np.array([record["active"][cell] for record in history], bool)
+        active = masks.sum(axis=(1, 2)) / masks[0].size
         axes[0][0].plot(epochs, 100 * active, marker="o", label=cell)
         computed = [len(record["computed"][cell]) for record in history]
         axes[0][1].plot(epochs, computed, marker="o", label=cell)

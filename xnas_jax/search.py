@@ -220,7 +220,8 @@ class _Steps:
 
     def __call__(self, state: SearchState, example_args):
         config = self.config
-        computed = (search_step.computed_experts(tuple(config.ops), state.arch)
+        computed = (search_step.computed_experts(
+            tuple(config.ops), optimizers.active_experts(state.arch_opt_state))
                     if config.skip_wiped_out else {kind: tuple(config.ops) for kind in state.arch})
         key = tuple(computed[kind] for kind in sorted(computed))
         if key not in self.compiled:
@@ -360,7 +361,7 @@ def _search_loop(config: SearchConfig, data: SearchData, run: runs.Run, steps: _
             finally:
                 bar.close()
             per_step = parallel.to_host(per_step)
-            host = parallel.to_host({"arch": state.arch, "rewards": state.rewards})
+            host = _host_results(state)
             seconds = time.perf_counter() - started
             record = _epoch_records(config, epoch + 1, step, host, per_step, computed, seconds,
                                     steps.compile_seconds, run.records)
@@ -387,6 +388,12 @@ def _search_loop(config: SearchConfig, data: SearchData, run: runs.Run, steps: _
     return state
 
 
+def _host_results(state: SearchState) -> dict[str, Any]:
+    """The searches' mixture weights, accumulated rewards and active masks, on the host."""
+    return parallel.to_host({"arch": state.arch, "rewards": state.rewards,
+                             "active": optimizers.active_experts(state.arch_opt_state)})
+
+
 def _per_seed(record: dict[str, Any]) -> list[dict[str, Any]]:
     """The per-search records of an epoch record (one search: the record itself)."""
     return record.get("seeds") or [record]
@@ -408,10 +415,11 @@ def _epoch_records(config, epoch, step, host, per_step, computed, seconds, compi
     for i, seed in enumerate(seeds):
         arch = {k: v[i] for k, v in host["arch"].items()}
         rewards = {k: v[i] for k, v in host["rewards"].items()}
+        active = {k: v[i] for k, v in host["active"].items()}
         metrics = [{k: np.ravel(v)[i] for k, v in m.items()} for m in per_step]
         earlier = [_per_seed(r)[i] for r in previous]
-        records.append(_epoch_record(config, epoch, step, arch, rewards, metrics, computed,
-                                     seconds, compile_seconds, earlier))
+        records.append(_epoch_record(config, epoch, step, arch, rewards, active, metrics,
+                                     computed, seconds, compile_seconds, earlier))
     if len(seeds) == 1:
         return records[0]
     means = {k: float(np.mean([r[k] for r in records]))
@@ -423,9 +431,10 @@ def _epoch_records(config, epoch, step, host, per_step, computed, seconds, compi
             "computed": {k: list(v) for k, v in computed.items()}, "seeds": records}
 
 
-def _epoch_record(config, epoch, step, arch, rewards, per_step, computed, seconds,
+def _epoch_record(config, epoch, step, arch, rewards, active, per_step, computed, seconds,
                   compile_seconds, previous):
-    """One search's record of an epoch (NumPy mixture weights, rewards and metrics)."""
+    """One search's record of an epoch (NumPy mixture weights, rewards, active masks and
+    metrics)."""
     count = len(per_step)
     # float32 means, as the step computes its metrics (a resumed epoch's saved
     # metrics come back as Python floats).
@@ -446,9 +455,9 @@ def _epoch_record(config, epoch, step, arch, rewards, per_step, computed, second
         **{k: means[k] for k in ("train_loss", "train_accuracy", "val_loss", "val_accuracy")},
         "reward_abs_max": max(float(m["reward_abs_max"]) for m in per_step),
         "clipped_fraction": {k: means[f"clipped_{k}"] for k in arch},
-        "active_experts": {k: int((v > 0).sum()) for k, v in arch.items()},
-        "active_fraction": float(sum((v > 0).sum() for v in arch.values()))
-        / sum(v.size for v in arch.values()),
+        "active_experts": {k: int(m.sum()) for k, m in active.items()},
+        "active_fraction": float(sum(m.sum() for m in active.values()))
+        / sum(m.size for m in active.values()),
         "first_wipeout_step": first_wipeout,
         "active_per_step": [[int(m[f"active_{k}"]) for k in arch] for m in per_step],
         "computed": {k: list(v) for k, v in computed.items()},
@@ -458,6 +467,7 @@ def _epoch_record(config, epoch, step, arch, rewards, per_step, computed, second
         "genotype": space.discretize(config, arch, evidence),
         "selection_rule": space.selection_rule(config, arch, evidence),
         "arch": {k: np.round(v, 6).tolist() for k, v in arch.items()},
+        "active": {k: np.asarray(m, np.int8).tolist() for k, m in active.items()},
         "rewards": {k: np.round(v, 4).tolist() for k, v in rewards.items()},
     }
 
@@ -545,7 +555,7 @@ def stability(genotype_dicts: Sequence[dict[str, Any]], nodes: int) -> dict[str,
 def _write_outputs(config: SearchConfig, run: runs.Run, state: SearchState) -> None:
     """The genotype(s) and plots; with several seeds, one folder per seed, the best seed's
     genotype at the top and ``seeds.json`` (per-seed results and their stability)."""
-    host = parallel.to_host({"arch": state.arch, "rewards": state.rewards})
+    host = _host_results(state)
     if not run.writer:
         return
     out_dir, seeds = run.directory, config.seed_list

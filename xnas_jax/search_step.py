@@ -6,11 +6,11 @@ First-order alternating optimization (XNAS paper section 4.1, Algorithm 1):
    weight half of the data (SGD with momentum, weight decay, gradient clip);
 2. lines 5-13: the supernet predicts a batch of the architecture half with
    the updated w; autodiff through the ``arch`` collection, with one copy of
-   u per image and per cell, gives every feedback's reward ``-dL_val/du``;
-   each is clipped to [-L, L], and their sum is one round of
-   :func:`xnas_jax.xnas` per cell type (the DARTS baseline takes the
-   batch's ``dL_val/du`` instead).  The state also accumulates the rewards,
-   which the genotype ranks edges by.
+   u per image and per cell, gives every feedback's loss gradient, and
+   :func:`xnas_jax.xnas` (``feedback_axes=2``) clips each reward to
+   [-L, L] and plays their sum as one round, per cell type (the DARTS
+   baseline takes the batch's ``dL_val/du`` instead).  The state also
+   accumulates the rewards, which the genotype ranks edges by.
 
 Batch norm runs in training mode in both passes (as in DARTS's search) and its
 running statistics follow both.  Everything -- batch gathering from the
@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from xnas_jax import optimizers, parallel
+from xnas_jax import feedback, optimizers, parallel
 from xnas_jax.data import augment, shards
 from xnas_jax.prng import KEY_IMPL, prng_key
 from jax.sharding import Mesh, NamedSharding
@@ -54,8 +54,9 @@ class SearchState(NamedTuple):
 
 # Version of the search state's tree, part of a search checkpoint's
 # fingerprint: 2 = with the accumulated rewards; 3 = a leading seed axis on
-# every leaf (several searches in one state, :func:`create_search_states`).
-STATE_LAYOUT = 3
+# every leaf (several searches in one state, :func:`create_search_states`); 4 = one
+# xnas state over all cell types (per-feedback rewards inside the transform).
+STATE_LAYOUT = 4
 
 
 def seed_keys(seeds) -> np.ndarray:
@@ -83,98 +84,112 @@ def xnas_arch_optimizer(
     feedbacks_per_step: int,
     reward_bound: float = 1.0,
     wipeout_factor: float = 1.0,
-    learning_rates: dict[str, float] | None = None,
+    learning_rates: dict[str, float | None] | None = None,
 ) -> tuple[optax.GradientTransformation, dict[str, float]]:
-    """One :func:`xnas` per cell type, counting rounds as the paper does.
+    """XNAS on the search's per-feedback gradients: one round per step, eta* per cell type.
 
-    The paper counts one round per image and per cell: a forecaster of cell
+    The paper counts one feedback per image and per cell: a forecaster of cell
     type c, shared by ``r_c`` cells, receives ``T_c = d * E * r_c`` feedbacks
     over E epochs of d validation images (section 3.1), each a reward in
     ``[-L, L]``, and ``eta*_c = sqrt(2 ln N / (T_c L^2))`` (eq. 4).  A search
-    step with a batch of B images delivers ``B * r_c`` feedbacks at once; the
-    step clips each to ``[-L, L]`` (Algorithm 1 line 9, see
-    :func:`feedback_rewards`), and exponentiated-gradient steps compose by
-    adding their rewards, so one step is one XNAS round whose reward is
-    their sum, bounded by ``B * r_c * L``.  With that bound the threshold
-    ``2 eta (B r_c L) (T_steps - t_steps)`` equals the paper's
-    ``2 eta L (T_c - t_c)``: the safe wipeout of Lemma 1, counted in steps.
-
-    The transform takes the negated summed rewards, as ``grads``.
+    step with a batch of B images delivers ``F_c = B * r_c`` feedbacks at once:
+    the step hands :func:`xnas_jax.xnas` the (r_c, B, E, N) gradients of
+    every image in every cell (``feedback_axes=2``), which clips each
+    feedback (Algorithm 1 line 9) and plays them as one round, with the
+    wipeout margin ``2 eta L F_c (T - t) zeta`` of Lemma 1 counted in steps.
 
     Args:
       num_experts: N, the experts searched.
       replicas: per cell type, r_c (the supernet's ``feedback_replicas()``).
-      total_steps: search steps of the run.
+      total_steps: search steps of the run (the rounds T).
       feedbacks_per_step: B, validation images per step.
       reward_bound: L, the bound of one feedback's reward.
       wipeout_factor: zeta.
       learning_rates: per cell type, a rate to use instead of eta*_c.
 
     Returns:
-      The transform (``optax.multi_transform`` over the cell types) and the
-      learning rates it uses.
+      The transform and the learning rate of each cell type.
     """
-    rates, transforms = {}, {}
-    for kind in replicas:
-        feedbacks = feedbacks_per_step * replicas[kind]
-        if learning_rates and learning_rates.get(kind) is not None:
-            rates[kind] = float(learning_rates[kind])
-        else:
-            rates[kind] = optimizers.theoretical_learning_rate(
-                num_experts, total_steps * feedbacks, reward_bound
-            )
-        transforms[kind] = optimizers.xnas(
-            rates[kind], reward_bound * feedbacks, total_steps, wipeout_factor
-        )
-    return optax.multi_transform(transforms, {kind: kind for kind in replicas}), rates
-
-
-def per_feedback(arch: dict[str, jax.Array], replicas: dict[str, int], batch_size: int
-                 ) -> dict[str, jax.Array]:
-    """One copy of each cell type's (E, N) table per feedback: (r_c, B, E, N).
-
-    The supernet's output is unchanged; the gradient of copy ``[cell, b]`` is
-    the feedback of image b through that cell (see :class:`SearchNetwork`).
-    """
-    return {kind: jnp.broadcast_to(u, (replicas[kind], batch_size, *u.shape))
-            for kind, u in arch.items()}
+    given = {kind: (learning_rates or {}).get(kind) for kind in replicas}
+    rates = {kind: float(given[kind]) if given[kind] is not None
+             else optimizers.theoretical_learning_rate(
+                 num_experts, total_steps, reward_bound, feedbacks_per_step * replicas[kind])
+             for kind in replicas}
+    return optimizers.xnas(given, reward_bound, total_steps, wipeout_factor,
+                           feedback_axes=2), rates
 
 
 def feedback_rewards(
-    grads: dict[str, jax.Array], arch: dict[str, jax.Array], reward_bound: float | None
+    grads: dict[str, jax.Array], active: dict[str, jax.Array], reward_bound: float | None
 ) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
-    """Each feedback's reward, clipped, summed into one round per cell type.
+    """The round's summed rewards of the active experts, and how often the clip bound.
 
-    ``grads`` are ``dL/du`` of the per-feedback copies (r_c, B, E, N) for the
-    batch-mean validation loss L, so ``-B * grads[c, b]`` is image b's own
-    reward in cell c: ``R_i = -<d l_b / d p, f_i>`` (Algorithm 1 line 8; in
-    training-mode batch norm ``l_b`` includes its effect through the batch
-    statistics).  Each is clipped to ``[-L, L]`` (line 9) and the B * r_c
-    clipped rewards are summed.  Experts that are no longer active (u = 0)
-    get no reward.
+    ``grads`` are each feedback's own loss gradient ``dl_b/du`` in cell c,
+    (r_c, B, E, N): ``-grads[c, b]`` is the reward ``R_i = -<dl_b/dp, f_i>``
+    (Algorithm 1 line 8; in training-mode batch norm ``l_b`` includes its
+    effect through the batch statistics).  The sum of the clipped rewards
+    (line 9) is :func:`xnas_jax.round_rewards`, the code :func:`xnas_jax.xnas`
+    runs.  Experts that are no longer active get no reward.
 
     Args:
-      grads: per cell type, (r_c, B, E, N) gradients of the per-feedback copies.
-      arch: per cell type, the (E, N) mixture weights u of this round.
+      grads: per cell type, (r_c, B, E, N) per-feedback gradients.
+      active: per cell type, the (E, N) active masks of this round.
       reward_bound: L; None sums the rewards unclipped.
 
     Returns:
       ``(summed, clipped)``: per cell type, the (E, N) summed rewards, and the
       fraction of the active experts' feedbacks that the clip changed.
     """
-    summed, clipped = {}, {}
+    rewards = optimizers.round_rewards(grads, reward_bound, feedback_axes=2)
+    summed = {kind: jnp.where(active[kind], r, 0.0) for kind, r in rewards.items()}
+    clipped = {}
     for kind, g in grads.items():
-        active = arch[kind] > 0
-        rewards = -g.shape[1] * g.astype(jnp.float32)
-        if reward_bound is None:
-            bounded, over = rewards, jnp.zeros(rewards.shape, bool)
-        else:
-            bounded = jnp.clip(rewards, -reward_bound, reward_bound)
-            over = jnp.abs(rewards) > reward_bound
-        summed[kind] = jnp.where(active, bounded.sum((0, 1)), 0.0)
-        count = jnp.maximum(active.sum() * g.shape[0] * g.shape[1], 1)
-        clipped[kind] = jnp.sum(over & active) / count
+        over = (jnp.abs(g) > reward_bound if reward_bound is not None
+                else jnp.zeros(g.shape, bool))
+        count = jnp.maximum(active[kind].sum() * g.shape[0] * g.shape[1], 1)
+        clipped[kind] = jnp.sum(over & active[kind]) / count
     return summed, clipped
+
+
+def arch_round(
+    arch_tx: optax.GradientTransformation,
+    feedback_clip: float | None,
+    feedback_grads: dict[str, jax.Array],
+    arch: dict[str, jax.Array],
+    opt_state: optax.OptState,
+    totals: dict[str, jax.Array],
+) -> tuple[tuple[Any, optax.OptState, Any], dict[str, jax.Array]]:
+    """One architecture round (Algorithm 1 lines 8-13) of the search step.
+
+    ``feedback_grads`` are each image's own validation-loss gradient
+    ``dl_b/du`` in each cell, (r_c, B, E, N)
+    (:func:`xnas_jax.feedback.feedback_value_and_grad`).  With a
+    ``feedback_clip`` L, ``arch_tx`` (:func:`xnas_arch_optimizer`) receives
+    them and clips each reward itself; without, it receives the batch's
+    ``dL/du``, their mean (the softmax baseline).  The
+    active experts come from ``opt_state``, never from ``u > 0``.
+
+    Returns:
+      ``((arch, opt_state, totals), metrics)``: the new mixture weights, the
+      optimizer state, the rewards accumulated over the search, and the
+      round's metrics (largest reward, clipped fraction and active experts
+      per cell type).
+    """
+    active = optimizers.active_experts(opt_state)
+    summed, clipped = feedback_rewards(feedback_grads, active, feedback_clip)
+    if feedback_clip is None:
+        grads = {k: g.sum((0, 1)) / g.shape[1] for k, g in feedback_grads.items()}
+    else:
+        grads = feedback_grads
+    updates, opt_state = arch_tx.update(grads, opt_state, arch)
+    arch = optax.apply_updates(arch, updates)
+    totals = jax.tree.map(jnp.add, totals, summed)
+    reward_max = jnp.max(jnp.stack([jnp.max(jnp.abs(g)) for g in feedback_grads.values()]))
+    metrics = {"reward_abs_max": reward_max,
+               **{f"clipped_{k}": v for k, v in clipped.items()},
+               **{f"active_{k}": jnp.sum(m)
+                  for k, m in optimizers.active_experts(opt_state).items()}}
+    return (arch, opt_state, totals), metrics
 
 
 def create_search_state(
@@ -270,8 +285,8 @@ def make_search_step(
     The state is donated.
 
     The architecture pass differentiates the validation loss with respect to
-    one copy of u per feedback (:func:`per_feedback`), so every image's
-    reward in every cell is known (:func:`feedback_rewards`).
+    one copy of u per feedback (:func:`xnas_jax.feedback.per_feedback`), so
+    every image's reward in every cell is known (:func:`feedback_rewards`).
 
     Args:
       model: the supernet (with the experts to compute).
@@ -309,25 +324,7 @@ def make_search_step(
         return optax.apply_updates(params, updates), opt_state
 
     def arch_update(feedback_grads, state_parts):
-        """Lines 8-13 from the per-feedback gradients; also the round's rewards."""
-        arch, opt_state, totals = state_parts
-        summed, clipped = feedback_rewards(feedback_grads, arch, feedback_clip)
-        if feedback_clip is None:
-            grads = {k: g.sum((0, 1)) for k, g in feedback_grads.items()}
-        else:
-            grads = {k: -r for k, r in summed.items()}
-        updates, opt_state = arch_tx.update(grads, opt_state, arch)
-        arch = optax.apply_updates(arch, updates)
-        totals = jax.tree.map(jnp.add, totals, summed)
-        reward_max = jnp.max(jnp.stack(
-            [g.shape[1] * jnp.max(jnp.abs(g)) for g in feedback_grads.values()]))
-        metrics = {"reward_abs_max": reward_max,
-                   **{f"clipped_{k}": v for k, v in clipped.items()},
-                   **{f"active_{k}": jnp.sum(u > 0) for k, u in arch.items()}}
-        return (arch, opt_state, totals), metrics
-
-    def expand(arch, images):
-        return per_feedback(arch, model.feedback_replicas(), images.shape[0])
+        return arch_round(arch_tx, feedback_clip, feedback_grads, *state_parts)
 
     def two_passes(state: SearchState, train, val):
         # Algorithm 1 line 4: update w on the training loss.
@@ -336,9 +333,9 @@ def make_search_step(
         )(state.params, state.arch, state.batch_stats, *train)
         params, weight_opt_state = weight_update(grads, (state.params, state.weight_opt_state))
         # Lines 5-13: predict the validation batch, per-feedback rewards, EG + wipeout.
-        (val_loss, (val_acc, batch_stats)), arch_grads = jax.value_and_grad(
-            loss_fn, argnums=1, has_aux=True
-        )(params, expand(state.arch, val[0]), batch_stats, *val)
+        (val_loss, (val_acc, batch_stats)), arch_grads = feedback.feedback_value_and_grad(
+            lambda copies: loss_fn(params, copies, batch_stats, *val), state.arch,
+            val[0].shape[0], model.feedback_replicas(), has_aux=True)
         arch_parts, arch_metrics = arch_update(
             arch_grads, (state.arch, state.arch_opt_state, state.rewards))
         metrics = dict(train_loss=train_loss, train_accuracy=train_acc, val_loss=val_loss,
@@ -350,9 +347,12 @@ def make_search_step(
         def body(carry, xs):
             weights, batch_stats, archs = carry
             is_arch, images, labels = xs
+            batch = images.shape[0]
+            copies = feedback.per_feedback(archs[0], batch, model.feedback_replicas())
             (loss, (accuracy, batch_stats)), (grads, arch_grads) = jax.value_and_grad(
                 loss_fn, argnums=(0, 1), has_aux=True
-            )(weights[0], expand(archs[0], images), batch_stats, images, labels)
+            )(weights[0], copies, batch_stats, images, labels)
+            arch_grads = jax.tree.map(lambda g: batch * g, arch_grads)  # each image's dl_b/du
             pick = lambda old, new: jax.tree.map(  # noqa: E731
                 lambda a, b: jnp.where(is_arch, a, b), old, new
             )
@@ -438,18 +438,20 @@ def make_search_step(
 
 
 def computed_experts(
-    ops: tuple[str, ...], arch: dict[str, Any]
+    ops: tuple[str, ...], active: dict[str, Any]
 ) -> dict[str, tuple[str, ...]]:
-    """Per cell type, the experts with a non-zero weight on at least one edge (of any seed).
+    """Per cell type, the experts active on at least one edge (of any seed).
 
-    The others have u = 0 on every edge (wiped out everywhere) and can be left
-    out of the supernet without changing its outputs or gradients.  ``arch``
-    holds (E, N) or (S, E, N) tables, as NumPy or device arrays.
+    The others are wiped out on every edge and can be left out of the supernet
+    without changing its outputs or gradients.  ``active`` holds the (E, N) or
+    (S, E, N) masks of the optimizer's state (:func:`xnas_jax.active_experts`),
+    as NumPy or device arrays: an active expert whose u underflowed to 0 is
+    still computed, so that it keeps its rewards.
     """
     result = {}
-    for kind in arch:
-        table = np.asarray(parallel.to_host(arch[kind]))
-        alive = table.reshape(-1, table.shape[-1]).max(axis=0) > 0
+    for kind in active:
+        table = np.asarray(parallel.to_host(active[kind]))
+        alive = table.reshape(-1, table.shape[-1]).any(axis=0)
         result[kind] = tuple(name for name, keep in zip(ops, alive) if keep)
     return result
 
