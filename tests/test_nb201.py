@@ -185,3 +185,35 @@ def test_per_feedback_copies_give_the_same_output_and_split_the_gradient():
     assert not np.allclose(copy_grads[:, 0], copy_grads[:, 1])
     with pytest.raises(nb201.SpaceError, match=r"must have shape \(3, 5\) or"):
         jax.eval_shape(lambda: loss(jnp.zeros((2, 4, 3, 5))))
+
+
+def test_normalized_rewards_change_only_the_gradient_to_the_weights():
+    """--normalized-rewards: same outputs and weight gradients; each expert's reward is
+    taken on its output over its per-image RMS."""
+    images = jax.random.normal(jax.random.key(1), (4, 8, 8, 3))
+    plain, normalized = _tiny(), _tiny().clone(normalized_rewards=True)
+    variables = plain.init(jax.random.key(0), images, train=False)
+    table = jax.nn.softmax(jax.random.normal(jax.random.key(2), (3, 5)), -1)
+    copies = jnp.broadcast_to(table, (plain.num_cells, 4, 3, 5))
+
+    def loss(model, params, arch):
+        logits, _ = model.apply({**variables, "params": params, ARCH: {"cell": arch}}, images,
+                                train=True, mutable=["batch_stats"])
+        return jnp.sum(jnp.sin(logits))
+
+    grad = jax.jit(jax.value_and_grad(loss, argnums=(1, 2)), static_argnums=0)
+    value, (params_grad, arch_grad) = grad(plain, variables["params"], copies)
+    value_n, (params_grad_n, arch_grad_n) = grad(normalized, variables["params"], copies)
+    np.testing.assert_allclose(value_n, value, rtol=1e-6)
+    for a, b in zip(jax.tree.leaves(params_grad_n), jax.tree.leaves(params_grad)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(arch_grad_n, arch_grad, rtol=1e-2)
+    # The term itself: d/dw of w * f is <., f / rms(f)> per image; d/df is unchanged.
+    f = jax.random.normal(jax.random.key(3), (4, 2, 2, 3)) * jnp.arange(1.0, 5.0)[:, None, None, None]
+    g = jax.random.normal(jax.random.key(4), f.shape)
+    w = jnp.full((4,), 0.3)
+    dw, df = jax.grad(lambda w, f: jnp.sum(g * nb201._weighted(w, f, True)), (0, 1))(w, f)
+    rms = np.sqrt(np.mean(np.square(np.asarray(f)), axis=(1, 2, 3)))
+    np.testing.assert_allclose(dw, np.sum(np.asarray(g * f), axis=(1, 2, 3)) / rms, rtol=1e-4)
+    np.testing.assert_allclose(df, 0.3 * g, rtol=1e-6)
+    np.testing.assert_allclose(nb201._weighted(w, f, True), 0.3 * f, rtol=1e-6)

@@ -246,6 +246,10 @@ def _odd_image_folder(root: Path) -> Path:
         (["--wipeout-factor", "1.5"], ["--wipeout-factor", "1.5"]),
         (["--wipeout-factor", "0"], ["--wipeout-factor", "0"]),
         (["--reward-bound", "-1"], ["--reward-bound", "-1"]),
+        (["--epochs", "2", "--warmup-epochs", "2"], ["--warmup-epochs", "--epochs"]),
+        (["--warmup-epochs", "-1"], ["--warmup-epochs", "-1"]),
+        (["--skip-cap", "1"], ["--skip-cap", "nb201"]),
+        (["--normalized-rewards"], ["--normalized-rewards", "nb201"]),
         (["--downsample", "3"], ["8x8", "by 3"]),
         (["--ops", "sep_conv_3x3,conv_9x9"], ["conv_9x9"]),
         (["--dataset", "cifar10", "--layers", "8", "--data-dir", "/nonexistent/dir"],
@@ -324,3 +328,17 @@ def test_arch_optimizer_counts_rounds_as_the_paper():
         expected = rates[kind] * summed
         np.testing.assert_allclose(np.asarray(state.log_weights[kind]),
                                    expected - expected.max(-1, keepdims=True), atol=1e-5)
+
+def test_warmup_keeps_u_uniform_then_plays_the_rounds(compilation_cache, tmp_path):
+    """--warmup-epochs 1 of 2: u, the rewards and the active set stay as they began for the
+    first epoch; the rounds of the second epoch are XNAS with the horizon of that epoch."""
+    out = search_into(tmp_path / "run", TINY + compilation_cache + ["--warmup-epochs", "1"])
+    first, last = read_log(out)
+    for kind in ("normal", "reduce"):
+        np.testing.assert_array_equal(np.array(first["arch"][kind]), 0.25)
+        np.testing.assert_array_equal(np.array(first["rewards"][kind]), 0.0)
+        assert first["active_experts"][kind] == 56
+        assert np.abs(np.array(last["rewards"][kind])).sum() > 0
+    # The horizon T is the 3 steps after the warm-up: at t = T one expert per edge is left.
+    assert last["active_experts"] == {"normal": 14, "reduce": 14}
+    assert first["first_wipeout_step"] is None and last["first_wipeout_step"] > 3

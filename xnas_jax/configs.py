@@ -92,6 +92,9 @@ class SearchConfig:
     arch_learning_rate_reduce: float | None = None
     darts_learning_rate: float = 3e-4
     darts_weight_decay: float = 1e-3
+    warmup_epochs: int = 0
+    skip_cap: int | None = None
+    normalized_rewards: bool = False
     skip_wiped_out: bool = True
     single_trace: bool = False
     # Run.
@@ -416,6 +419,15 @@ FLAGS: dict[str, Flag] = {
                                 "darts", cli.positive_float),
     "darts_weight_decay": Flag("architecture weights", "L2 decay on the softmax logits of "
                                "--optimizer darts", cli.non_negative_float),
+    "warmup_epochs": Flag("architecture weights", "epochs in which only the network weights "
+                          "train: u stays uniform and no reward counts; the horizon T is the "
+                          "steps after them (0: the paper's algorithm)", cli.non_negative_int),
+    "skip_cap": Flag("architecture weights", "at most this many skip_connect edges in the "
+                     "genotype: the weakest skips, by the selection's evidence, take their "
+                     "edge's next op (--space nb201)", cli.non_negative_int, default="no cap"),
+    "normalized_rewards": Flag("architecture weights", "rewards on each expert's output divided "
+                               "by its per-image RMS, so that an expert's scale does not "
+                               "weigh in (--space nb201; the outputs are unchanged)"),
     "skip_wiped_out": Flag("architecture weights", "leave out experts wiped out on every edge "
                            "(the same results, less work)"),
     "single_trace": Flag("architecture weights", "both passes as one loop: half the compile "

@@ -86,10 +86,23 @@ def check_ops(names: Sequence[str], space: Sequence[str] = NB201_OPS) -> tuple[s
     return tuple(names)
 
 
-def _weighted(weight: jax.Array, y: jax.Array) -> jax.Array:
-    """``w * y`` for one weight, or one per image ((B,) for per-feedback copies)."""
+def _weighted(weight: jax.Array, y: jax.Array, normalized: bool = False) -> jax.Array:
+    """``w * y`` for one weight, or one per image ((B,) for per-feedback copies).
+
+    ``normalized``: the same output and the same gradient to ``y``, but the
+    gradient to ``w`` -- the expert's reward, ``-<dL/dp, f>`` (XNAS Algorithm
+    1 line 8) -- is taken on ``f / rms(f)`` per image, so that an expert's
+    output scale (a skip's input is not normalized; convolutions end in batch
+    norm) does not weigh in its reward.
+    """
     weight = weight.astype(y.dtype)
-    return weight.reshape(weight.shape + (1,) * (y.ndim - weight.ndim)) * y
+    weight = weight.reshape(weight.shape + (1,) * (y.ndim - weight.ndim))
+    if not normalized:
+        return weight * y
+    rms = jnp.sqrt(jnp.mean(jnp.square(y), axis=tuple(range(1, y.ndim)), keepdims=True))
+    direction = jax.lax.stop_gradient(y / (rms + 1e-6))
+    fixed = jax.lax.stop_gradient(weight)
+    return fixed * y + (weight - fixed) * direction
 
 
 class _Edge(nn.Module):
@@ -99,6 +112,7 @@ class _Edge(nn.Module):
     experts: tuple[str, ...]
     affine: bool
     dtype: Dtype
+    normalized_rewards: bool = False
 
     def _expert(self, name: str, x: jax.Array, train: bool) -> jax.Array:
         if name == "skip_connect":
@@ -115,7 +129,11 @@ class _Edge(nn.Module):
         for name in self.experts:
             if name == "none":
                 continue  # 0 * f: no output, and no gradient to its weight either
-            y = _weighted(weights[..., NB201_OPS.index(name)], self._expert(name, x, train))
+            f = self._expert(name, x, train)
+            # The expert's output scale, read by diagnostics (mutable "intermediates").
+            self.sow("intermediates", f"rms_{name}",
+                     jnp.sqrt(jnp.mean(jnp.square(f.astype(jnp.float32)))))
+            y = _weighted(weights[..., NB201_OPS.index(name)], f, self.normalized_rewards)
             total = y if total is None else total + y
         return jnp.zeros_like(x) if total is None else total
 
@@ -126,6 +144,7 @@ class _Cell(nn.Module):
     nodes: int
     affine: bool
     dtype: Dtype
+    normalized_rewards: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array, weights: jax.Array, train: bool) -> jax.Array:
@@ -144,7 +163,7 @@ class _Cell(nn.Module):
                     continue
                 source = jnp.zeros_like(x) if states[i] is None else states[i]
                 y = _Edge(self.channels, experts, self.affine, self.dtype,
-                          name=f"edge_{i}_{j}")(source, weights[..., e, :], train)
+                          self.normalized_rewards, name=f"edge_{i}_{j}")(source, weights[..., e, :], train)
                 node = y if node is None else node + y
             states.append(node)
         return jnp.zeros_like(x) if states[-1] is None else states[-1]
@@ -181,6 +200,9 @@ class NB201Network(nn.Module):
         networks) or not (a DARTS-style supernet).
       computed: the experts the supernet computes (default all); an expert
         left out behaves as if its weight were 0.
+      normalized_rewards: the gradients to the mixture weights (the rewards)
+        are taken on each expert's output divided by its per-image RMS; the
+        outputs and the weights' gradients are unchanged.
 
     A caller may pass per-feedback copies of the ``arch`` table, shape
     (cells, B, E, 5), one per cell (in depth order) and per image, as for
@@ -196,6 +218,7 @@ class NB201Network(nn.Module):
     affine: bool = True
     computed: tuple[str, ...] = NB201_OPS
     dtype: Dtype = jnp.float32
+    normalized_rewards: bool = False
 
     @property
     def num_edges(self) -> int:
@@ -242,7 +265,7 @@ class NB201Network(nn.Module):
                 x = _ResidualBlock(channels, self.dtype, name=f"reduce_{stage}")(x, train)
             for _ in range(self.cells_per_stage):
                 x = _Cell(channels, experts, self.nodes, self.affine, self.dtype,
-                          name=f"cell_{cell}")(x, weights[cell] if weights.ndim == 4 else weights,
+                          self.normalized_rewards, name=f"cell_{cell}")(x, weights[cell] if weights.ndim == 4 else weights,
                                                train)
                 cell += 1
         x = nn.relu(ops_lib.batch_norm(train, True, self.dtype, name="last_bn")(x))
@@ -267,13 +290,31 @@ def one_hot(genotype: Sequence[str]) -> np.ndarray:
     return table
 
 
-def discretize(weights: np.ndarray) -> tuple[str, ...]:
-    """The strongest op of each edge (the benchmark's discretization)."""
-    weights = np.asarray(weights)
+def discretize(weights: np.ndarray, evidence: np.ndarray | None = None,
+               skip_cap: int | None = None, exclude: Sequence[str] = ()) -> tuple[str, ...]:
+    """The strongest op of each edge (the benchmark's discretization).
+
+    ``exclude`` ops are never picked (DARTS's own rule leaves out ``none``).
+    With ``skip_cap`` M, at most M edges keep ``skip_connect`` (a remedy of
+    DARTS+ and P-DARTS against skip-heavy cells): the skips with the
+    strongest ``evidence`` (by default the weights) stay, and each other
+    edge takes its strongest remaining op by that evidence.
+    """
+    weights = np.asarray(weights, np.float64)
     if weights.ndim != 2 or weights.shape[1] != len(NB201_OPS):
         raise SpaceError(f"expected (edges, {len(NB201_OPS)}) mixture weights, got shape "
                          f"{weights.shape}")
-    return tuple(NB201_OPS[k] for k in np.argmax(weights, axis=1))
+    evidence = weights if evidence is None else np.asarray(evidence, np.float64)
+    allowed = np.array([name not in exclude for name in NB201_OPS])
+    chosen = np.argmax(np.where(allowed, weights, -np.inf), axis=1)
+    skip = NB201_OPS.index("skip_connect")
+    skips = np.flatnonzero(chosen == skip)
+    if skip_cap is not None and len(skips) > skip_cap:
+        weakest = skips[np.argsort(-evidence[skips, skip], kind="stable")][skip_cap:]
+        others = allowed & (np.arange(len(NB201_OPS)) != skip)
+        for e in weakest:
+            chosen[e] = int(np.argmax(np.where(others, evidence[e], -np.inf)))
+    return tuple(NB201_OPS[k] for k in chosen)
 
 
 def all_genotypes(nodes: int) -> list[tuple[str, ...]]:

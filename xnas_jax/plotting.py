@@ -53,11 +53,8 @@ def plot_arch_trajectories(
         ax.set_title(f"edge {edge}", fontsize=8)
         ax.set_ylim(-0.02, 1.02)
         ax.tick_params(labelsize=7)
-    axes[0][0].set_ylabel("u")
-    handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=len(ops), fontsize=8, frameon=False)
-    fig.suptitle(f"Mixture weights of the {cell} cell against the epoch")
-    fig.savefig(path, dpi=110)
+    _finish_op_panels(fig, axes, "u", f"Mixture weights of the {cell} cell against the epoch",
+                      path)
 
 
 def plot_active_experts(history: Sequence[dict[str, Any]], path: str | os.PathLike) -> None:
@@ -438,4 +435,58 @@ def plot_search_quality(table_accuracies: Sequence[float],
     bottom.set_xlim(top.get_xlim())
     for ax in (top, bottom):
         ax.grid(alpha=0.3)
+    fig.savefig(path, dpi=110)
+
+
+def plot_percentile_by_length(results: dict[str, dict[int, Sequence[float]]],
+                              path: str | os.PathLike) -> None:
+    """Each method's table percentile against the search length: mean and standard error.
+
+    ``results[method][epochs]`` holds the percentiles of its seeds; lengths
+    without runs are left out.
+    """
+    fig, axes = _figure(1, 1, (6.4, 4))
+    ax = axes[0][0]
+    for method, by_length in results.items():
+        lengths = [e for e, values in sorted(by_length.items()) if len(values)]
+        if not lengths:
+            continue
+        means = [np.mean(by_length[e]) for e in lengths]
+        errors = [np.std(by_length[e], ddof=1) / np.sqrt(len(by_length[e]))
+                  if len(by_length[e]) > 1 else 0.0 for e in lengths]
+        ax.errorbar(lengths, means, yerr=errors, marker="o", capsize=3, label=method)
+    ax.axhline(50.0, color="0.5", lw=0.8, ls="--")
+    ax.set(xlabel="search length (proxy epochs)", ylabel="table percentile of the pick",
+           ylim=(0, 100), title="Search quality against search length (mean +- s.e.)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.savefig(path, dpi=110)
+
+
+def plot_cumulative_rewards(cumulative: Sequence[Any], ops: Sequence[str],
+                            edges: Sequence[str], path: str | os.PathLike,
+                            title: str = "") -> None:
+    """Each op's cumulative reward on each edge against the epoch: which op leads when.
+
+    ``cumulative[epoch]`` is the (edges, ops) table of rewards summed since
+    the search began, at the end of that epoch.
+    """
+    table = np.asarray(cumulative, np.float64)  # (epochs, E, N)
+    epochs = np.arange(1, len(table) + 1)
+    fig, axes = _figure(1, len(edges), (3.6 * len(edges), 3.4))
+    for e, ax in enumerate(axes[0]):
+        for k, op in enumerate(ops):
+            ax.plot(epochs, table[:, e, k], label=op)
+        ax.set(title=f"edge {edges[e]}", xlabel="epoch")
+        ax.grid(alpha=0.3)
+    _finish_op_panels(fig, axes, "cumulative reward",
+                      f"Cumulative reward per op and edge{': ' + title if title else ''}", path)
+
+
+def _finish_op_panels(fig, axes, ylabel: str, title: str, path: str | os.PathLike) -> None:
+    """Panels of one curve per op: the y label, one legend of the ops below, the title."""
+    axes[0][0].set_ylabel(ylabel)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8, frameon=False)
+    fig.suptitle(title)
     fig.savefig(path, dpi=110)

@@ -57,7 +57,11 @@ def weight_optimizer(config: SearchConfig, total_steps: int) -> optax.GradientTr
 
 
 def arch_optimizer(config: SearchConfig, total_steps: int):
-    """The architecture optimizer and the per-cell-type learning rates used."""
+    """The architecture optimizer and the per-cell-type learning rates used.
+
+    ``total_steps`` are the steps that play architecture rounds (those after
+    the warm-up): XNAS's horizon T.
+    """
     space = spaces.get_space(config.space)
     if config.optimizer == "darts":
         tx = optimizers.darts(config.darts_learning_rate, config.darts_weight_decay)
@@ -71,6 +75,21 @@ def arch_optimizer(config: SearchConfig, total_steps: int):
                         "reduce": config.arch_learning_rate_reduce,
                         "cell": config.arch_learning_rate_normal},
     )
+
+
+def check_arch_settings(config: SearchConfig) -> None:
+    """The warm-up leaves rounds to play, and the skip remedies have a space that has them.
+
+    Raises:
+      ValueError: one line naming the setting.
+    """
+    if config.warmup_epochs >= config.epochs:
+        raise ValueError(f"--warmup-epochs {config.warmup_epochs} leaves no architecture round "
+                         f"in {config.epochs} epochs: it must be less than --epochs")
+    for name in ("skip_cap", "normalized_rewards"):
+        if getattr(config, name) not in (None, False) and config.space != "nb201":
+            raise ValueError(f"--{name.replace('_', '-')} is implemented for --space nb201, "
+                             f"not {config.space}")
 
 
 def summary(config: SearchConfig) -> dict[str, Any]:
@@ -203,7 +222,8 @@ def create_train_state(config: SearchConfig, data: SearchData, mesh):
     total_steps = data.steps_per_epoch * config.epochs
     model = build_model(config, data.num_classes)
     weight_tx = weight_optimizer(config, total_steps)
-    arch_tx, arch_rates = arch_optimizer(config, total_steps)
+    arch_tx, arch_rates = arch_optimizer(
+        config, total_steps - config.warmup_epochs * data.steps_per_epoch)
     state = search_step.create_search_states(search_step.seed_keys(config.seed_list), model,
                                              data.image_shape, weight_tx, arch_tx, mesh)
     return model, state, weight_tx, arch_tx, arch_rates
@@ -212,8 +232,10 @@ def create_train_state(config: SearchConfig, data: SearchData, mesh):
 class _Steps:
     """The compiled search step for each set of surviving experts (compiled once per set)."""
 
-    def __init__(self, config: SearchConfig, model, weight_tx, arch_tx, preprocess, mesh, log):
+    def __init__(self, config: SearchConfig, model, weight_tx, arch_tx, preprocess, mesh, log,
+                 warmup_steps: int = 0):
         self.config, self.model, self.log, self.mesh = config, model, log, mesh
+        self.warmup_steps = warmup_steps
         self.weight_tx, self.arch_tx, self.preprocess = weight_tx, arch_tx, preprocess
         self.compiled: dict[Any, Any] = {}
         self.compile_seconds = 0.0
@@ -234,6 +256,7 @@ class _Steps:
                 self.preprocess,
                 feedback_clip=config.reward_bound if config.optimizer == "xnas" else None,
                 single_trace=config.single_trace, mesh=self.mesh,
+                warmup_steps=self.warmup_steps,
             )
             self.compiled[key] = jitted.lower(state, *example_args).compile()
             seconds = time.perf_counter() - started
@@ -262,6 +285,7 @@ def train_and_evaluate(config: SearchConfig) -> dict[str, Any]:
     config = config.resolved()
     space = spaces.get_space(config.space)
     space.validate_ops(config.ops)
+    check_arch_settings(config)
     mesh = make_mesh(config)
     directory = runs.locate_run(config.out_dir, config.runs_root, config.resume)
     config, data = load_data(config, mesh, log=print if parallel.is_writer() else _quiet)
@@ -274,7 +298,8 @@ def train_and_evaluate(config: SearchConfig) -> dict[str, Any]:
                   resolved={"mesh": parallel.describe(mesh)}) as run:
         model, state, weight_tx, arch_tx, arch_rates = create_train_state(config, data, mesh)
         state, step = run.restore(state)
-        steps = _Steps(config, model, weight_tx, arch_tx, data.preprocess, mesh, run.print)
+        steps = _Steps(config, model, weight_tx, arch_tx, data.preprocess, mesh, run.print,
+                       warmup_steps=config.warmup_epochs * data.steps_per_epoch)
         seeds = config.seed_list
         run.print(
             f"search in {run.directory}: {config.dataset} "

@@ -266,6 +266,7 @@ def make_search_step(
     feedback_clip: float | None = None,
     single_trace: bool = False,
     mesh: Mesh | None = None,
+    warmup_steps: int = 0,
 ) -> Callable[..., tuple[SearchState, dict[str, jax.Array]]]:
     """Builds the jitted ``step(states, data, weight_idx, arch_idx, keys)`` of S searches.
 
@@ -302,6 +303,9 @@ def make_search_step(
         instead of twice.  Each iteration then differentiates with respect to
         both w and u and keeps the gradient it needs, so a step does the
         unused gradient's work as well.  Same results either way.
+      warmup_steps: the first steps train the network weights only: the
+        architecture state (u, its optimizer's state and the accumulated
+        rewards) is kept as it was, so u stays at its initial weights.
 
     Returns:
       The jitted step, returning the new state and a dict of metrics.
@@ -323,8 +327,12 @@ def make_search_step(
         updates, opt_state = weight_tx.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state
 
-    def arch_update(feedback_grads, state_parts):
-        return arch_round(arch_tx, feedback_clip, feedback_grads, *state_parts)
+    def arch_update(feedback_grads, state_parts, step):
+        new_parts, metrics = arch_round(arch_tx, feedback_clip, feedback_grads, *state_parts)
+        if warmup_steps:  # no round is played during the warm-up
+            new_parts = jax.tree.map(lambda old, new: jnp.where(step < warmup_steps, old, new),
+                                     state_parts, new_parts)
+        return new_parts, metrics
 
     def two_passes(state: SearchState, train, val):
         # Algorithm 1 line 4: update w on the training loss.
@@ -337,7 +345,7 @@ def make_search_step(
             lambda copies: loss_fn(params, copies, batch_stats, *val), state.arch,
             val[0].shape[0], model.feedback_replicas(), has_aux=True)
         arch_parts, arch_metrics = arch_update(
-            arch_grads, (state.arch, state.arch_opt_state, state.rewards))
+            arch_grads, (state.arch, state.arch_opt_state, state.rewards), state.step)
         metrics = dict(train_loss=train_loss, train_accuracy=train_acc, val_loss=val_loss,
                        val_accuracy=val_acc, **arch_metrics)
         return (params, batch_stats, weight_opt_state) + arch_parts, metrics
@@ -357,7 +365,7 @@ def make_search_step(
                 lambda a, b: jnp.where(is_arch, a, b), old, new
             )
             weights = pick(weights, weight_update(grads, weights))
-            new_archs, arch_metrics = arch_update(arch_grads, archs)
+            new_archs, arch_metrics = arch_update(arch_grads, archs, state.step)
             archs = pick(new_archs, archs)
             return (weights, batch_stats, archs), (loss, accuracy, arch_metrics)
 

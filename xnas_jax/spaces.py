@@ -113,7 +113,9 @@ class NB201Space:
         supernet)."""
         return nb201.NB201Network(num_classes, channels=config.channels,
                                   cells_per_stage=config.layers, nodes=config.nodes,
-                                  affine=False, dtype=kernels.dtype_from_name(config.dtype))
+                                  affine=False, dtype=kernels.dtype_from_name(config.dtype),
+                                  normalized_rewards=bool(getattr(config, "normalized_rewards",
+                                                                  False)))
 
     def edges(self, nodes: int) -> tuple[tuple[int, int], ...]:
         """The (source, node) of every edge of a cell (node 0: the cell's input)."""
@@ -136,9 +138,14 @@ class NB201Space:
 
     def discretize(self, config: Any, arch: Mapping[str, np.ndarray],
                    rewards: Mapping[str, np.ndarray] | None) -> dict[str, Any]:
-        """The strongest op of each edge (largest u; XNAS's u ranks as its evidence)."""
-        del rewards
-        ops = nb201.discretize(np.asarray(arch["cell"]))
+        """The strongest op of each edge (largest u; XNAS's u ranks as its evidence).
+
+        With ``config.skip_cap`` the weakest skips by the evidence (XNAS's
+        accumulated rewards, else u) take their edge's next op.
+        """
+        ops = nb201.discretize(np.asarray(arch["cell"]),
+                               None if rewards is None else np.asarray(rewards["cell"]),
+                               getattr(config, "skip_cap", None))
         return {"space": self.name, "nodes": config.nodes,
                 "genotype": nb201.genotype_string(ops, config.nodes), "ops": list(ops)}
 

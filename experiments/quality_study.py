@@ -1,0 +1,303 @@
+"""The search-quality study: when does XNAS pick good NB201 cells?
+
+Every run searches the NB201 space on the table's own data
+(:mod:`experiments.search_quality`) and is scored by the table: the returned
+cell's accuracy and rank percentile.  The study's groups, each with
+``--seeds`` seeds:
+
+* ``length``: XNAS (zeta = 1), DARTS, random-1 and random-k at each of
+  ``--lengths`` proxy epochs (random search trains 1 or k cells on as many
+  images as the XNAS search of that length used);
+* ``remedies``: at the longest length, rewards on scale-normalized expert
+  outputs (``--normalized-rewards``), and a cap of ``--skip-cap`` skips at
+  discretization, read from the XNAS runs' own evidence (no new search);
+* ``warmup``: XNAS with ``--warmup-epochs`` = ``warmup_fraction`` of the
+  search;
+* ``zeta``: XNAS with the wipeout factors that put the first wipeout at
+  ``wipeout_fractions`` of the search.  No expert can be wiped out before
+  ``t/T = 2 zeta / (2 zeta + g)``, where g is the leader's mean reward gap
+  per feedback in units of L, so ``zeta = g f / (2 (1 - f))`` for a fraction
+  f; g is measured on the longest XNAS runs.
+
+Each finished run is a line of ``<out stem>.runs.jsonl`` (kept in the
+repository), so the study resumes where it stopped, in a new checkout too;
+run it niced.  It writes ``<out>`` (a list
+``runs``, and a summary per variant) and ``<out stem>_length.png``
+(percentile against search length, mean and standard error per method),
+and ``<out stem>_rewards_<variant>.png`` (each op's cumulative reward per
+edge over the search, seed 0).
+
+Run: ``nice python -m experiments.search_quality --study``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import io
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from experiments import search_quality as quality_lib
+from xnas_jax import nb201, plotting, runs, search
+
+LOG = Path("log.jsonl")
+
+
+@dataclasses.dataclass(frozen=True)
+class StudyConfig:
+    """The study's plan (the data and network follow the table's config)."""
+
+    seeds: int = 8
+    lengths: tuple[int, ...] = (10, 50, 25)  # in the order they run
+    batch_size: int = 64
+    random_cells: int = 4
+    warmup_fraction: float = 0.25
+    wipeout_fractions: tuple[float, ...] = (0.25, 0.5, 0.75)
+    skip_cap: int = 1
+    groups: tuple[str, ...] = ("length", "remedies", "warmup", "zeta")
+    work_dir: str = "runs/quality_study"
+
+    @property
+    def longest(self) -> int:
+        return max(self.lengths)
+
+
+def variant(spec: dict[str, Any]) -> str:
+    """A run's variant name, e.g. ``xnas/50`` or ``xnas/50/zeta=0.01``."""
+    name = f"{spec['method']}/{spec['epochs']}"
+    if spec.get("zeta", 1.0) != 1.0:
+        name += f"/zeta={spec['zeta']:.3g}"
+    if spec.get("warmup_epochs"):
+        name += f"/warmup={spec['warmup_epochs']}"
+    if spec.get("remedy"):
+        name += f"/{spec['remedy']}"
+    return name
+
+
+def leader_gap(result: dict[str, Any], feedbacks_per_step: int) -> float:
+    """g: the leading expert's reward lead over the second, per feedback, mean over edges."""
+    totals = np.sort(np.asarray(result["rewards"]["cell"], np.float64), axis=-1)
+    return float(np.mean(totals[:, -1] - totals[:, -2])
+                 / (result["steps"] * feedbacks_per_step))
+
+
+def zeta_for(fraction: float, gap: float) -> float:
+    """The zeta whose earliest possible wipeout falls at ``fraction`` of the search."""
+    return min(1.0, gap * fraction / (2 * (1 - fraction)))
+
+
+def plan(study: StudyConfig, gap: float | None) -> Iterator[dict[str, Any]]:
+    """The runs in the order they run; the zeta group waits for a measured ``gap``."""
+    seeds = range(study.seeds)
+    base = {"zeta": 1.0, "warmup_epochs": 0, "remedy": None}
+    if "length" in study.groups:
+        for epochs in study.lengths:
+            for method in ("xnas", "darts", "random-1", "random-k"):
+                for seed in seeds:
+                    yield {**base, "method": method, "epochs": epochs, "seed": seed}
+    long = study.longest
+    if "remedies" in study.groups:
+        for seed in seeds:
+            yield {**base, "method": "xnas", "epochs": long, "seed": seed,
+                   "remedy": f"skip_cap={study.skip_cap}"}
+        for seed in seeds:
+            yield {**base, "method": "xnas", "epochs": long, "seed": seed,
+                   "remedy": "normalized_rewards"}
+    if "warmup" in study.groups:
+        for seed in seeds:
+            yield {**base, "method": "xnas", "epochs": long, "seed": seed,
+                   "warmup_epochs": round(study.warmup_fraction * long)}
+    if "zeta" in study.groups and gap is not None:
+        for fraction in study.wipeout_fractions:
+            for seed in seeds:
+                yield {**base, "method": "xnas", "epochs": long, "seed": seed,
+                       "zeta": zeta_for(fraction, gap), "target_wipeout_fraction": fraction}
+
+
+def _search(proxy, study: StudyConfig, spec: dict[str, Any]) -> dict[str, Any]:
+    """One supernet search of ``spec``: its pick, costs, wipeouts and final evidence."""
+    out_dir = Path(study.work_dir) / variant(spec).replace("/", "_") / f"seed_{spec['seed']}"
+    settings = quality_lib.QualityConfig(epochs=spec["epochs"], batch_size=study.batch_size,
+                                         work_dir=study.work_dir)
+    config = quality_lib.search_config(proxy, settings, "darts" if spec["method"] == "darts"
+                                       else "xnas", spec["seed"], out_dir)
+    config = dataclasses.replace(
+        config, wipeout_factor=spec["zeta"], warmup_epochs=spec["warmup_epochs"],
+        normalized_rewards=spec["remedy"] == "normalized_rewards",
+        keep_checkpoints=1)
+    state = runs.run_state(out_dir) if out_dir.exists() else None
+    seconds = None
+    if state != "finished":  # a search stopped midway resumes
+        config = dataclasses.replace(config, resume=state is not None)
+        started = time.perf_counter()
+        with contextlib.redirect_stdout(io.StringIO()):
+            search.train_and_evaluate(config)
+        seconds = time.perf_counter() - started
+    records = runs.read_log(out_dir)
+    record = records[-1]
+    if seconds is None or state is not None:  # the epochs' own times, compile included
+        seconds = sum(r["seconds"] for r in records) + record["compile_seconds_total"]
+    steps = record["step"]
+    active = np.array([sum(a) for r in records for a in r["active_per_step"]], np.float64)
+    total = np.asarray(record["arch"]["cell"]).size
+    first = record["first_wipeout_step"]
+    return {
+        "ops": json.loads((out_dir / "genotype.json").read_text())["ops"],
+        "seconds": round(seconds, 1),
+        "compile_seconds": round(record["compile_seconds_total"], 1),
+        "steps": steps,
+        "images": 2 * steps * study.batch_size,
+        "first_wipeout_fraction": None if first is None else first / steps,
+        # Expert evaluations (edge x op) the wipeout removed, over the search's steps.
+        "evaluations_saved": float(1 - active.mean() / total),
+        "arch": record["arch"], "rewards": record["rewards"],
+        "cumulative_rewards": [r["rewards"]["cell"] for r in records],
+    }
+
+
+def _random(proxy, study: StudyConfig, spec: dict[str, Any], images: int) -> dict[str, Any]:
+    cells = 1 if spec["method"] == "random-1" else study.random_cells
+    settings = quality_lib.QualityConfig(batch_size=study.batch_size, random_cells=cells)
+    result = quality_lib.run_random(proxy, settings, spec["seed"], images)
+    return {"ops": result["ops"], "seconds": result["seconds"], "images": result["images"],
+            "first_wipeout_fraction": None, "evaluations_saved": 0.0}
+
+
+def _post_hoc(base: dict[str, Any], spec: dict[str, Any]) -> dict[str, Any]:
+    """A discretization remedy, read from a finished search's final weights and evidence."""
+    cap = int(spec["remedy"].split("=")[1])
+    ops = nb201.discretize(np.asarray(base["arch"]["cell"]), np.asarray(base["rewards"]["cell"]),
+                           skip_cap=cap)
+    return {**{k: base[k] for k in ("seconds", "compile_seconds", "steps", "images",
+                                    "first_wipeout_fraction", "evaluations_saved")},
+            "ops": list(ops)}
+
+
+def _scored(table, spec: dict[str, Any], result: dict[str, Any]) -> dict[str, Any]:
+    """The JSON run: the spec, the pick's score and skip count, and the costs."""
+    score = quality_lib.score(table, result["ops"])
+    run = {"method": spec["method"], "epochs": spec["epochs"], "zeta": spec["zeta"],
+           "warmup_epochs": spec["warmup_epochs"], "remedy": spec["remedy"],
+           "seed": spec["seed"], "variant": variant(spec), "ops": result["ops"],
+           "skip_count": result["ops"].count("skip_connect"),
+           "percentile": score["percentile"], "accuracy": score["accuracy"],
+           **{k: result.get(k) for k in ("first_wipeout_fraction", "evaluations_saved",
+                                         "seconds", "compile_seconds", "steps", "images")}}
+    if "target_wipeout_fraction" in spec:
+        run["target_wipeout_fraction"] = spec["target_wipeout_fraction"]
+    if spec["method"] == "darts":  # DARTS's own discretization leaves 'none' out
+        ops = nb201.discretize(np.asarray(result["arch"]["cell"]), exclude=("none",))
+        run["without_none"] = {"ops": list(ops), **quality_lib.score(table, ops)}
+    return run
+
+
+def summarize(runs_: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per variant: seeds, mean and standard error of the percentile, and the costs."""
+    by_variant: dict[str, list[dict[str, Any]]] = {}
+    for run in runs_:
+        by_variant.setdefault(run["variant"], []).append(run)
+    summary = {}
+    for name, group in by_variant.items():
+        percentiles = np.array([r["percentile"] for r in group])
+        firsts = [r["first_wipeout_fraction"] for r in group
+                  if r["first_wipeout_fraction"] is not None]
+        summary[name] = {
+            "seeds": len(group),
+            "percentile_mean": float(percentiles.mean()),
+            "percentile_sem": float(percentiles.std(ddof=1) / math.sqrt(len(group)))
+            if len(group) > 1 else None,
+            "accuracy_mean": float(np.mean([r["accuracy"] for r in group])),
+            "skip_count_mean": float(np.mean([r["skip_count"] for r in group])),
+            "first_wipeout_fraction_mean": float(np.mean(firsts)) if firsts else None,
+            "evaluations_saved_mean": float(np.mean([r["evaluations_saved"] or 0
+                                                     for r in group])),
+            "seconds_mean": float(np.mean([r["seconds"] for r in group])),
+        }
+        if "without_none" in group[0]:
+            summary[name]["without_none_percentile_mean"] = float(
+                np.mean([r["without_none"]["percentile"] for r in group]))
+    return summary
+
+
+def run_study(study: StudyConfig, table_path: Path, out: Path) -> dict[str, Any]:
+    """Runs every planned run not done yet (resumable), then writes the JSON and plots."""
+    table = quality_lib.load_table(table_path)
+    proxy = table["config"]
+    partial = out.with_suffix(".runs.jsonl")  # tracked: the study resumes in a new checkout
+    partial.parent.mkdir(parents=True, exist_ok=True)
+    fingerprint = json.loads(json.dumps({**dataclasses.asdict(study), "table": proxy}))
+    for key in ("work_dir", "groups", "seeds", "lengths"):
+        fingerprint.pop(key)
+    done: dict[str, dict[str, Any]] = {}
+    if partial.exists():
+        for line in partial.read_text().splitlines():
+            record = json.loads(line)
+            if record["config"] == fingerprint:
+                done[_key(record["spec"])] = record
+    feedbacks = study.batch_size * 3 * proxy["cells_per_stage"]  # B r_c: every cell shares u
+
+    def gap() -> float | None:
+        long = [r["result"] for r in done.values()
+                if variant(r["spec"]) == f"xnas/{study.longest}"]
+        return float(np.mean([leader_gap(r, feedbacks) for r in long])) if long else None
+
+    specs = list(plan(study, None))
+    if "zeta" in study.groups:
+        specs.append(None)  # the zeta runs, once the gap is known
+    position = 0
+    while position < len(specs):
+        spec = specs[position]
+        position += 1
+        if spec is None:
+            specs.extend(plan(dataclasses.replace(study, groups=("zeta",)), gap()))
+            continue
+        if _key(spec) in done:
+            continue
+        if spec["remedy"] and spec["remedy"].startswith("skip_cap"):
+            base = done.get(_key({**spec, "remedy": None}))
+            if base is None:
+                continue  # its XNAS search is not done
+            result = _post_hoc(base["result"], spec)
+        elif spec["method"].startswith("random"):
+            search_run = done.get(_key({**spec, "method": "xnas"}))
+            if search_run is None:
+                continue
+            result = _random(proxy, study, spec, search_run["result"]["images"])
+        else:
+            result = _search(proxy, study, spec)
+        done[_key(spec)] = {"config": fingerprint, "spec": spec, "result": result}
+        with partial.open("a") as f:
+            f.write(json.dumps(done[_key(spec)]) + "\n")
+        run = _scored(table, spec, result)
+        print(f"{run['variant']} seed {spec['seed']}: "
+              f"{nb201.genotype_string(run['ops'], proxy['nodes'])} percentile "
+              f"{run['percentile']:.0f}, {result['seconds']:.0f} s", flush=True)
+    scored = [_scored(table, r["spec"], r["result"]) for r in done.values()
+              if r["spec"]["epochs"] in study.lengths]
+    report = {"table": table_path.name, "config": fingerprint, "leader_gap": gap(),
+              "summary": summarize(scored), "runs": scored}
+    out.write_text(json.dumps(report, indent=1) + "\n")
+    plotting.plot_percentile_by_length(
+        {method: {e: [r["percentile"] for r in scored if r["variant"] == f"{method}/{e}"]
+                  for e in sorted(study.lengths)}
+         for method in ("xnas", "darts", "random-1", "random-k")},
+        out.with_name(out.stem + "_length.png"))
+    for record in done.values():
+        spec = record["spec"]
+        if spec["seed"] == 0 and "cumulative_rewards" in record["result"]:
+            name = variant(spec).replace("/", "_")
+            plotting.plot_cumulative_rewards(
+                record["result"]["cumulative_rewards"], nb201.NB201_OPS,
+                [f"{i}->{j}" for i, j in nb201.cell_edges(proxy["nodes"])],
+                out.with_name(f"{out.stem}_rewards_{name}.png"), title=variant(spec))
+    return report
+
+
+def _key(spec: dict[str, Any]) -> str:
+    return f"{variant(spec)}#{spec['seed']}"

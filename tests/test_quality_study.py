@@ -1,0 +1,86 @@
+"""The search-quality study at a reduced size: every group runs, resumes, and writes the
+JSON fields and plots that the docs read.  The table is a made-up one on digits (the
+study's own table needs ../shared/data)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from experiments import quality_study, search_quality
+from xnas_jax import nb201
+
+RUN_FIELDS = {"method", "epochs", "zeta", "warmup_epochs", "remedy", "seed", "ops",
+              "skip_count", "percentile", "accuracy", "first_wipeout_fraction",
+              "evaluations_saved", "seconds"}
+
+
+def fake_table(path):
+    """A table of the 125 cells of 3 nodes, on digits at 8x8, with made-up accuracies."""
+    rng = np.random.default_rng(0)
+    config = {"dataset": "digits", "train_per_class": 16, "test_per_class": 4, "downsample": 1,
+              "channels": 2, "cells_per_stage": 1, "nodes": 3, "epochs": 1, "batch_size": 16,
+              "learning_rate": 0.1, "momentum": 0.9, "weight_decay": 5e-4, "crop_padding": 0,
+              "seeds": [0], "cells": []}
+    cells = [{"ops": list(ops), "mean_accuracy": float(rng.uniform(0.3, 0.6))}
+             for ops in nb201.all_genotypes(3)]
+    path.write_text(json.dumps({"space": "nb201", "dataset": "digits", "nodes": 3,
+                                "config": config, "cells": cells,
+                                "best_accuracy": max(c["mean_accuracy"] for c in cells),
+                                "median_accuracy": 0.45}))
+    return path
+
+
+@pytest.mark.slow
+def test_a_reduced_study_runs_every_group_and_resumes(tmp_path, capsys):
+    table = fake_table(tmp_path / "table.json")
+    out = tmp_path / "study.json"
+    argv = ["--study", "--seeds", "1", "--lengths", "4", "--batch-size", "16",
+            "--random-cells", "2", "--work-dir", str(tmp_path / "runs"), "--table", str(table),
+            "--out", str(out)]
+    assert search_quality.main(argv) == 0
+    report = json.loads(out.read_text())
+    variants = {run["variant"] for run in report["runs"]}
+    assert {"xnas/4", "darts/4", "random-1/4", "random-k/4", "xnas/4/skip_cap=1",
+            "xnas/4/normalized_rewards", "xnas/4/warmup=1"} <= variants
+    zetas = [run for run in report["runs"] if "target_wipeout_fraction" in run]
+    assert len(zetas) == 3 and all(0 < run["zeta"] < 1 for run in zetas)
+    assert report["leader_gap"] > 0
+    for run in report["runs"]:
+        assert RUN_FIELDS <= set(run), RUN_FIELDS - set(run)
+        assert run["skip_count"] == run["ops"].count("skip_connect")
+        assert 0 < run["percentile"] <= 100
+        assert 0 <= run["evaluations_saved"] < 1
+    darts = next(run for run in report["runs"] if run["variant"] == "darts/4")
+    assert "none" not in darts["without_none"]["ops"]
+    assert (tmp_path / "study_length.png").exists()
+    assert (tmp_path / "study_rewards_xnas_4.png").exists()
+    # Resumed, it runs nothing again and writes the same runs.
+    capsys.readouterr()
+    assert search_quality.main(argv) == 0
+    assert " s\n" not in capsys.readouterr().out  # no run line
+    assert json.loads(out.read_text())["runs"] == report["runs"]
+
+
+def test_zeta_puts_the_earliest_wipeout_at_the_fraction():
+    gap = 0.02
+    for fraction in (0.25, 0.5, 0.75):
+        zeta = quality_study.zeta_for(fraction, gap)
+        assert abs(2 * zeta / (2 * zeta + gap) - fraction) < 1e-12
+
+
+def test_skip_cap_keeps_the_strongest_skips():
+    skip, conv = nb201.NB201_OPS.index("skip_connect"), nb201.NB201_OPS.index("nor_conv_3x3")
+    weights = np.zeros((3, 5))
+    weights[:, skip] = 1.0  # three skips
+    evidence = np.zeros((3, 5))
+    evidence[:, skip] = [3.0, 1.0, 2.0]
+    evidence[:, conv] = 0.5
+    assert nb201.discretize(weights) == ("skip_connect",) * 3
+    assert nb201.discretize(weights, evidence, skip_cap=1) == (
+        "skip_connect", "nor_conv_3x3", "nor_conv_3x3")
+    assert nb201.discretize(weights, evidence, skip_cap=2) == (
+        "skip_connect", "nor_conv_3x3", "skip_connect")
+    assert "none" not in nb201.discretize(np.eye(3, 5), exclude=("none",))
