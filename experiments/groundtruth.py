@@ -1,11 +1,12 @@
 """An exhaustive, locally computed table of NAS-Bench-201 cells on a CIFAR-10 proxy.
 
 Every cell of the NB201 space with ``nodes`` nodes (3 nodes: 3 edges, 5^3 =
-125 cells) is trained from scratch on a class-balanced subset of
-``../shared/data/cifar10_jpeg`` and scored on held-out test images, with
-several seeds.  A seed fixes the initial weights (the same for every cell:
-common random numbers sharpen the comparison), the data order and the
-augmentation.
+125 cells) is trained from scratch on a class-balanced subset of CIFAR-10
+(``train.zip`` and ``test.zip`` in ``--data-dir``: by default
+``$XNAS_DATA_DIR``, else ``data/cifar10_jpeg`` in the current directory) and
+scored on held-out test images, with several seeds.  A seed fixes the initial
+weights (the same for every cell: common random numbers sharpen the
+comparison), the data order and the augmentation.
 
 Each cell trains as its own network (only its ops' weights), which computes
 what the supernet computes with one-hot mixture weights: the NB201 tests
@@ -17,7 +18,7 @@ several times slower than the cell's own.
 The table's own noise is Kendall's tau between the seeds' accuracies: a
 search can only be scored against a table that ranks cells consistently.
 
-Run: ``python -m experiments.groundtruth [--data DIR] [--epochs N] ...``; it
+Run: ``python -m experiments.groundtruth [--data-dir DIR] [--epochs N] ...``; it
 prints a progress bar, and an interrupted run resumes from the cells it
 finished (one line per cell in ``<out>.partial.jsonl``).  Writes
 ``experiments/results/groundtruth_nb201_cifar10.json``.
@@ -25,7 +26,6 @@ finished (one line per cell in ``<out>.partial.jsonl``).  Writes
 
 from __future__ import annotations
 
-import argparse
 import concurrent.futures
 import dataclasses
 import functools
@@ -41,19 +41,19 @@ import numpy as np
 import optax
 from tqdm import tqdm
 
-from xnas_jax import nb201
+import experiments
+from xnas_jax import cli, nb201
 from xnas_jax.data import augment, datasets, order, specs
 from xnas_jax.supernet import ARCH, count_params
 
-RESULTS = Path(__file__).resolve().parent / "results"
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10_jpeg"
+RESULTS = experiments.RESULTS
 
 
 @dataclasses.dataclass(frozen=True)
 class TableConfig:
     """The proxy: data, network and training recipe of every cell."""
 
-    data_dir: str = str(DATA)
+    data_dir: str | None = dataclasses.field(default_factory=experiments.default_data_dir)
     dataset: str = "cifar10"
     train_per_class: int = 400
     test_per_class: int = 200
@@ -322,20 +322,27 @@ def run(config: TableConfig, out: Path, progress: bool = True) -> dict[str, Any]
 
 
 def parse_args(argv: Sequence[str] | None) -> tuple[TableConfig, Path, bool]:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    """The table's config, its output file and whether to show progress, from ``argv``."""
+    parser = experiments.argument_parser(__spec__.name, __doc__)
     defaults = TableConfig()
     for field in dataclasses.fields(TableConfig):
         value = getattr(defaults, field.name)
-        if field.name == "seeds":
-            parser.add_argument("--seeds", default=",".join(map(str, value)))
+        flag = "--" + field.name.replace("_", "-")
+        if field.name == "data_dir":
+            experiments.add_data_dir(parser)
+        elif field.name == "seeds":
+            parser.add_argument("--seeds", default=",".join(map(str, value)),
+                                help="comma-separated (default: %(default)s)")
         elif field.name == "cells":
-            parser.add_argument("--cells", nargs="*", default=(), help="genotype strings")
-        elif field.name in ("data_dir", "dataset", "cache_dir"):
-            parser.add_argument("--" + field.name.replace("_", "-"), default=value)
+            parser.add_argument("--cells", nargs="*", default=(),
+                                help="genotype strings (default: every cell)")
+        elif field.name in ("dataset", "cache_dir"):
+            parser.add_argument(flag, default=value, help="(default: %(default)s)")
         else:
-            parser.add_argument("--" + field.name.replace("_", "-"), type=type(value),
-                                default=value)
-    parser.add_argument("--out", default=str(RESULTS / "groundtruth_nb201_cifar10.json"))
+            parser.add_argument(flag, type=type(value), default=value,
+                                help="(default: %(default)s)")
+    parser.add_argument("--out", default=str(RESULTS / "groundtruth_nb201_cifar10.json"),
+                        help="the table (default: %(default)s)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = vars(parser.parse_args(argv))
     out = Path(args.pop("out"))
@@ -346,12 +353,13 @@ def parse_args(argv: Sequence[str] | None) -> tuple[TableConfig, Path, bool]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Computes (or resumes) the table and prints its summary; 0, or exit status 2 on bad
+    input."""
     config, out, progress = parse_args(argv)
     try:
         table = run(config, out, progress)
     except (specs.DatasetError, nb201.SpaceError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        cli.fail(str(error))
     print(json.dumps({k: table[k] for k in ("best", "best_accuracy", "median_accuracy",
                                            "kendall_tau_between_seeds",
                                            "train_seconds")}))

@@ -27,7 +27,7 @@ run it niced.  It writes ``<out>`` (a list
 and ``<out stem>_rewards_<variant>.png`` (each op's cumulative reward per
 edge over the search, seed 0).
 
-Run: ``nice python -m experiments.search_quality --study``.
+Run: ``nice python -m experiments.search_quality --study [--data-dir DIR]``.
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
+import experiments
 from experiments import search_quality as quality_lib
 from xnas_jax import nb201, plotting, runs, search
 
@@ -51,7 +52,8 @@ LOG = Path("log.jsonl")
 
 @dataclasses.dataclass(frozen=True)
 class StudyConfig:
-    """The study's plan (the data and network follow the table's config)."""
+    """The study's plan (the data and network follow the table's config; ``data_dir`` says
+    where the table's dataset lies, and is not part of the runs' identity)."""
 
     seeds: int = 8
     lengths: tuple[int, ...] = (10, 50, 25)  # in the order they run
@@ -62,6 +64,7 @@ class StudyConfig:
     skip_cap: int = 1
     groups: tuple[str, ...] = ("length", "remedies", "warmup", "zeta")
     work_dir: str = "runs/quality_study"
+    data_dir: str | None = dataclasses.field(default_factory=experiments.default_data_dir)
 
     @property
     def longest(self) -> int:
@@ -124,7 +127,7 @@ def _search(proxy, study: StudyConfig, spec: dict[str, Any]) -> dict[str, Any]:
     """One supernet search of ``spec``: its pick, costs, wipeouts and final evidence."""
     out_dir = Path(study.work_dir) / variant(spec).replace("/", "_") / f"seed_{spec['seed']}"
     settings = quality_lib.QualityConfig(epochs=spec["epochs"], batch_size=study.batch_size,
-                                         work_dir=study.work_dir)
+                                         work_dir=study.work_dir, data_dir=study.data_dir)
     config = quality_lib.search_config(proxy, settings, "darts" if spec["method"] == "darts"
                                        else "xnas", spec["seed"], out_dir)
     config = dataclasses.replace(
@@ -163,7 +166,8 @@ def _search(proxy, study: StudyConfig, spec: dict[str, Any]) -> dict[str, Any]:
 
 def _random(proxy, study: StudyConfig, spec: dict[str, Any], images: int) -> dict[str, Any]:
     cells = 1 if spec["method"] == "random-1" else study.random_cells
-    settings = quality_lib.QualityConfig(batch_size=study.batch_size, random_cells=cells)
+    settings = quality_lib.QualityConfig(batch_size=study.batch_size, random_cells=cells,
+                                         data_dir=study.data_dir)
     result = quality_lib.run_random(proxy, settings, spec["seed"], images)
     return {"ops": result["ops"], "seconds": result["seconds"], "images": result["images"],
             "first_wipeout_fraction": None, "evaluations_saved": 0.0}
@@ -232,7 +236,7 @@ def run_study(study: StudyConfig, table_path: Path, out: Path) -> dict[str, Any]
     partial = out.with_suffix(".runs.jsonl")  # tracked: the study resumes in a new checkout
     partial.parent.mkdir(parents=True, exist_ok=True)
     fingerprint = json.loads(json.dumps({**dataclasses.asdict(study), "table": proxy}))
-    for key in ("work_dir", "groups", "seeds", "lengths"):
+    for key in ("work_dir", "data_dir", "groups", "seeds", "lengths"):
         fingerprint.pop(key)
     done: dict[str, dict[str, Any]] = {}
     if partial.exists():

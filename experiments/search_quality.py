@@ -25,9 +25,13 @@ each; the random search trains the cells with the table's own program
 (:func:`experiments.groundtruth.cell_programs`).  Every finished (method,
 seed) is kept in ``<out>.partial.jsonl``, so an interrupted run resumes.
 
-Run: ``python -m experiments.search_quality [--seeds 8] [--epochs 10]``;
-writes ``experiments/results/search_quality_nb201_cifar10.json`` and
-``search_quality_nb201_cifar10.png``.
+The searches read CIFAR-10 from ``--data-dir`` (``train.zip``; by default
+``$XNAS_DATA_DIR``, else ``data/cifar10_jpeg`` in the current directory),
+the data the table was computed on.
+
+Run: ``python -m experiments.search_quality [--data-dir DIR] [--seeds 8]
+[--epochs 10]``; writes ``experiments/results/search_quality_nb201_cifar10.json``
+and ``search_quality_nb201_cifar10.png``.
 """
 
 from __future__ import annotations
@@ -44,17 +48,19 @@ from typing import Any, Sequence
 
 import numpy as np
 
+import experiments
 from experiments import groundtruth
-from xnas_jax import configs, nb201, plotting, search
+from xnas_jax import cli, configs, nb201, plotting, search
 from xnas_jax.data import order
 
-RESULTS = Path(__file__).resolve().parent / "results"
+RESULTS = experiments.RESULTS
 TABLE = RESULTS / "groundtruth_nb201_cifar10.json"
 
 
 @dataclasses.dataclass(frozen=True)
 class QualityConfig:
-    """The searches' settings (the data and network follow the table's config)."""
+    """The searches' settings (the data and network follow the table's config; ``data_dir``
+    says where the table's dataset lies, and is not part of the results' identity)."""
 
     seeds: int = 8
     epochs: int = 10
@@ -63,6 +69,7 @@ class QualityConfig:
     random_cells: int = 4
     methods: tuple[str, ...] = ("xnas", "xnas_zeta", "darts", "random")
     work_dir: str = "runs/search_quality"
+    data_dir: str | None = dataclasses.field(default_factory=experiments.default_data_dir)
 
 
 def load_table(path: Path) -> dict[str, Any]:
@@ -104,7 +111,7 @@ def search_config(proxy: dict[str, Any], quality: QualityConfig, method: str, se
     table's config)."""
     optimizer = "darts" if method == "darts" else "xnas"
     return configs.SearchConfig(
-        space="nb201", dataset=proxy["dataset"], data_dir=str(groundtruth.DATA),
+        space="nb201", dataset=proxy["dataset"], data_dir=quality.data_dir,
         cache_dir=groundtruth.TableConfig().cache_dir,
         train_per_class=proxy["train_per_class"], downsample=proxy["downsample"],
         crop_padding=proxy["crop_padding"], channels=proxy["channels"],
@@ -136,7 +143,7 @@ def run_random(proxy, quality, seed, search_images: int) -> dict[str, Any]:
                                        for k, v in proxy.items()
                                        if k in {f.name for f in
                                                 dataclasses.fields(groundtruth.TableConfig)}}
-                                    | {"seeds": (seed,)})
+                                    | {"seeds": (seed,), "data_dir": quality.data_dir})
     started = time.perf_counter()
     data = groundtruth.load_proxy(proxy)
     weight_half, arch_half = order.search_split_indices(len(data.train_labels), seed)
@@ -188,7 +195,7 @@ def run(quality: QualityConfig, table_path: Path, out: Path) -> dict[str, Any]:
     partial = out.with_suffix(".partial.jsonl")
     partial.parent.mkdir(parents=True, exist_ok=True)
     fingerprint = json.loads(json.dumps({**dataclasses.asdict(quality), "table": proxy}))
-    fingerprint.pop("work_dir")
+    fingerprint.pop("work_dir"), fingerprint.pop("data_dir")
     done: dict[tuple[str, int], dict[str, Any]] = {}
     if partial.exists():
         for line in partial.read_text().splitlines():
@@ -242,16 +249,24 @@ def run(quality: QualityConfig, table_path: Path, out: Path) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    """The searches (or with ``--study`` the study) and their report; 0, or exit status 2 on
+    bad input."""
+    parser = experiments.argument_parser(__spec__.name, __doc__)
     defaults = QualityConfig()
-    parser.add_argument("--seeds", type=int, default=defaults.seeds)
-    parser.add_argument("--epochs", type=int, default=defaults.epochs)
-    parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
-    parser.add_argument("--smaller-zeta", type=float, default=defaults.smaller_zeta)
-    parser.add_argument("--random-cells", type=int, default=defaults.random_cells)
-    parser.add_argument("--methods", default=",".join(defaults.methods))
-    parser.add_argument("--work-dir", default=defaults.work_dir)
-    parser.add_argument("--table", default=str(TABLE))
+    experiments.add_data_dir(parser)
+    for flag, value in (("--seeds", defaults.seeds), ("--epochs", defaults.epochs),
+                        ("--batch-size", defaults.batch_size),
+                        ("--random-cells", defaults.random_cells)):
+        parser.add_argument(flag, type=int, default=value, help="(default: %(default)s)")
+    parser.add_argument("--smaller-zeta", type=float, default=defaults.smaller_zeta,
+                        help="(default: %(default)s)")
+    parser.add_argument("--methods", default=",".join(defaults.methods),
+                        help="comma-separated (default: %(default)s)")
+    parser.add_argument("--work-dir", default=defaults.work_dir,
+                        help="where the searches write (default: %(default)s; with --study "
+                             "the study's)")
+    parser.add_argument("--table", default=str(TABLE), help="the NB201 table (default: "
+                        "%(default)s)")
     parser.add_argument("--out", default=None, help="the report (default: "
                         "results/search_quality_nb201_cifar10.json, with --study "
                         "results/search_quality_study.json)")
@@ -272,16 +287,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
     unknown = [m for m in methods if m not in defaults.methods]
     if unknown:
-        print(f"error: unknown method {unknown[0]!r}; the methods are "
-              f"{', '.join(defaults.methods)}", file=sys.stderr)
-        return 2
+        cli.fail(f"unknown method {unknown[0]!r}; the methods are {', '.join(defaults.methods)}")
     quality = QualityConfig(args.seeds, args.epochs, args.batch_size, args.smaller_zeta,
-                            args.random_cells, methods, args.work_dir)
+                            args.random_cells, methods, args.work_dir, args.data_dir)
     try:
         report = run(quality, Path(args.table), Path(args.out))
     except (ValueError, nb201.SpaceError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        cli.fail(str(error))
     print(json.dumps(report["summary"], indent=1))
     return 0
 
@@ -302,13 +314,12 @@ def _study(args: argparse.Namespace, defaults: Any) -> int:
                     else defaults.work_dir)
         study = dataclasses.replace(defaults, seeds=args.seeds, lengths=lengths, groups=groups,
                                     batch_size=args.batch_size, random_cells=args.random_cells,
-                                    work_dir=work_dir)
+                                    work_dir=work_dir, data_dir=args.data_dir)
         report = quality_study.run_study(
             study, Path(args.table),
             Path(args.out or RESULTS / "search_quality_study.json"))
     except (ValueError, nb201.SpaceError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        cli.fail(str(error))
     print(json.dumps(report["summary"], indent=1))
     return 0
 

@@ -95,6 +95,21 @@ def assert_usage_error(code: int, err: str, *fragments: str) -> None:
         assert fragment in lines[0], (fragment, lines[0])
 
 
+def assert_script_command_line(module, capsys) -> None:
+    """An experiment's or benchmark's command line: ``python -m <module>`` in its usage,
+    described by its docstring's first line; a bad flag is a usage error."""
+    with pytest.raises(SystemExit) as exit_:
+        module.main(["--help"])
+    assert exit_.value.code == 0
+    usage = capsys.readouterr().out
+    assert usage.startswith(f"usage: python -m {module.__name__} ")
+    # argparse wraps lines (also at hyphens): compare without whitespace.
+    assert "".join(module.__doc__.splitlines()[0].split()) in "".join(usage.split())
+    with pytest.raises(SystemExit) as exit_:
+        module.main(["--no-such-flag"])
+    assert_usage_error(exit_.value.code, capsys.readouterr().err, "--no-such-flag")
+
+
 _RUN_FIXTURES = {"tiny_search", "tiny_train", "darts_search", "search_run", "train_run"}
 
 
@@ -104,7 +119,7 @@ _RUN_FIXTURES = {"tiny_search", "tiny_train", "darts_search", "search_run", "tra
 # the number of tests in a file, which put the 8-device process, half the
 # suite's time, among the last).
 _LONGEST_FIRST = ("test_parallel.py", "test_search.py", "test_runs.py", "test_supernet.py",
-                  "test_train.py", "test_bench.py", "test_search_result.py",
+                  "test_train.py", "test_benchmarks.py", "test_search_result.py",
                   "test_autoaugment.py", "test_spaces.py", "test_nb201.py", "test_ops.py")
 _FIRST_TEST = "test_checks_on_eight_devices_in_their_own_process"
 

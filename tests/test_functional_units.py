@@ -1,4 +1,5 @@
-"""The paper's functional-unit claims (section 3.2), checked on reduced runs of the experiments.
+"""The paper's experiments (experiments/paper/): the functional-unit claims (section 3.2),
+checked on reduced runs, and the command line the experiments share.
 
 Each experiment's ``run`` is called once per module at a reduced size; the
 tests assert its qualitative claim.  The first tests check the harness itself
@@ -7,6 +8,7 @@ against hand-computed values.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 
@@ -14,13 +16,16 @@ import numpy as np
 import optax
 import pytest
 
-from experiments import (
+from conftest import assert_script_command_line, assert_usage_error
+from experiments.paper import (
+    autoaugment_draws,
     entropy_vs_weight_decay,
     init_robustness,
     late_bloomers,
     pea,
     regret,
     wipeout,
+    wipeout_search,
 )
 from xnas_jax.optimizers import softmax_gd, xnas
 
@@ -186,14 +191,14 @@ def test_smaller_wipeout_factor_saves_more_and_zeta_one_keeps_the_best_expert(wi
         assert curve[-1] == pytest.approx(1.0)
 
 
-def test_main_writes_json_and_png(tmp_path):
-    result = init_robustness.main(
-        ["--out", str(tmp_path), "--seed", "3"],
-        num_rounds=200,
-        num_seeds=8,
-        best_initial_weights=(1e-2, 1e-3),
-        optimizers=_XNAS_AND_SGD,
-    )
+def test_main_writes_json_and_png(tmp_path, monkeypatch, capsys):
+    small = dict(num_rounds=200, num_seeds=8, best_initial_weights=(1e-2, 1e-3),
+                 optimizers=_XNAS_AND_SGD)
+    result = init_robustness.run(seed=3, **small)
+    # main runs at full size: here, the module's run at the reduced one.
+    monkeypatch.setattr(init_robustness, "run", functools.partial(init_robustness.run, **small))
+    assert init_robustness.main(["--out", str(tmp_path), "--seed", "3"]) == 0
+    assert "wrote" in capsys.readouterr().out
     with open(tmp_path / "init_robustness.json") as f:
         written = json.load(f)
     assert written == json.loads(json.dumps(result))
@@ -201,3 +206,23 @@ def test_main_writes_json_and_png(tmp_path):
     assert written["setup"]["num_rounds"] == 200
     png = (tmp_path / "init_robustness.png").read_bytes()
     assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 10_000
+
+
+@pytest.mark.parametrize("module", [regret, late_bloomers, init_robustness,
+                                    entropy_vs_weight_decay, wipeout, wipeout_search,
+                                    autoaugment_draws])
+def test_every_experiment_has_the_same_command_line(module, capsys):
+    assert_script_command_line(module, capsys)
+
+
+@pytest.mark.parametrize("module", [wipeout_search, autoaugment_draws])
+def test_the_data_dir_is_a_flag_defaulting_to_xnas_data_dir(module, tmp_path, monkeypatch,
+                                                            capsys):
+    with pytest.raises(SystemExit) as exit_:
+        module.main(["--data-dir", str(tmp_path / "flag"), "--out", str(tmp_path)])
+    assert_usage_error(exit_.value.code, capsys.readouterr().err, str(tmp_path / "flag"))
+    monkeypatch.setenv("XNAS_DATA_DIR", str(tmp_path / "env"))
+    with pytest.raises(SystemExit) as exit_:
+        module.main(["--out", str(tmp_path)])
+    assert_usage_error(exit_.value.code, capsys.readouterr().err, str(tmp_path / "env"),
+                       "XNAS_DATA_DIR")

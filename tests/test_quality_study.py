@@ -1,6 +1,6 @@
 """The search-quality study at a reduced size: every group runs, resumes, and writes the
 JSON fields and plots that the docs read.  The table is a made-up one on digits (the
-study's own table needs ../shared/data)."""
+study's own table needs CIFAR-10 in --data-dir)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import json
 import numpy as np
 import pytest
 
-from experiments import quality_study, search_quality
+from conftest import assert_script_command_line
+from experiments import groundtruth, quality_study, search_quality
 from xnas_jax import nb201
 
 RUN_FIELDS = {"method", "epochs", "zeta", "warmup_epochs", "remedy", "seed", "ops",
@@ -62,6 +63,23 @@ def test_a_reduced_study_runs_every_group_and_resumes(tmp_path, capsys):
     assert search_quality.main(argv) == 0
     assert " s\n" not in capsys.readouterr().out  # no run line
     assert json.loads(out.read_text())["runs"] == report["runs"]
+
+
+def test_the_searches_read_the_data_dir_of_the_flag_or_xnas_data_dir(tmp_path, monkeypatch):
+    proxy = json.loads(fake_table(tmp_path / "table.json").read_text())["config"]
+    quality = search_quality.QualityConfig(data_dir="cifar")
+    config = search_quality.search_config(proxy, quality, "xnas", 0, tmp_path / "run")
+    assert config.data_dir == "cifar"
+    monkeypatch.setenv("XNAS_DATA_DIR", "elsewhere")
+    assert search_quality.QualityConfig().data_dir == "elsewhere"
+    assert quality_study.StudyConfig().data_dir == "elsewhere"
+    monkeypatch.delenv("XNAS_DATA_DIR")
+    assert quality_study.StudyConfig().data_dir == "data/cifar10_jpeg"
+
+
+@pytest.mark.parametrize("module", [groundtruth, search_quality])
+def test_the_table_and_the_searches_have_the_experiments_command_line(module, capsys):
+    assert_script_command_line(module, capsys)
 
 
 def test_zeta_puts_the_earliest_wipeout_at_the_fraction():

@@ -13,20 +13,21 @@ have constant expected rewards evenly spaced in [-0.4, 0.0]; expert 7, the late
 bloomer, ramps linearly from -0.5 (the worst) to +0.5 (the best) over the first
 40% of the rounds and stays there, so it becomes the best expert in hindsight
 at about round 0.4 T.  Learning rates follow
-:func:`experiments.pea.compared_optimizers`; plain SGD on the logits is also run
+:func:`experiments.paper.pea.compared_optimizers`; plain SGD on the logits is also run
 at 1/4 and 4 times its rate.
 
-Run: ``python -m experiments.late_bloomers [--out experiments/results] [--seed 0]``.
+Run: ``python -m experiments.paper.late_bloomers [--out experiments/results] [--seed 0]``.
 """
 
 from __future__ import annotations
 
+import sys
 from typing import Any, Sequence
 
 import numpy as np
 import optax
 
-from experiments import pea
+from experiments.paper import pea
 from xnas_jax.optimizers import softmax_gd, theoretical_learning_rate
 
 NAME = "late_bloomers"
@@ -71,7 +72,7 @@ def run(
       bloomer: the late bloomer's expected reward at round 0 and after the ramp.
       ramp_fraction: the share of the rounds over which it ramps up.
       sgd_scales: extra multiples of SGD's learning rate to run (the sweep).
-      optimizers: which of :data:`experiments.pea.OPTIMIZER_NAMES` to compare.
+      optimizers: which of :data:`experiments.paper.pea.OPTIMIZER_NAMES` to compare.
 
     Returns:
       A JSON-ready dict: setup, per-optimizer summary numbers, the SGD sweep and curves.
@@ -211,10 +212,10 @@ def plot(result: dict[str, Any], path: str) -> None:
     )
 
 
-def main(argv: Sequence[str] | None = None, **run_kwargs: Any) -> dict[str, Any]:
+def main(argv: Sequence[str] | None = None) -> int:
     """Runs at full size and writes ``NAME.json`` and ``NAME.png`` into ``--out``."""
-    return pea.cli(NAME, run, plot, __doc__.splitlines()[0], argv, **run_kwargs)
+    return pea.cli(__spec__.name, __doc__, run, plot, argv)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

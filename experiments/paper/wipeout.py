@@ -16,16 +16,17 @@ experts that predict, I_{t-1}, so the saved share is
 ``sum_t (N - |I_{t-1}|) / (N T)``.  An expert once wiped out never returns, so
 "wiped out at some point" is "inactive at t = T".
 
-Run: ``python -m experiments.wipeout [--out experiments/results] [--seed 0]``.
+Run: ``python -m experiments.paper.wipeout [--out experiments/results] [--seed 0]``.
 """
 
 from __future__ import annotations
 
+import sys
 from typing import Any, Sequence
 
 import numpy as np
 
-from experiments import pea
+from experiments.paper import pea
 from xnas_jax.optimizers import theoretical_learning_rate, xnas
 
 NAME = "wipeout"
@@ -183,10 +184,10 @@ def plot(result: dict[str, Any], path: str) -> None:
     )
 
 
-def main(argv: Sequence[str] | None = None, **run_kwargs: Any) -> dict[str, Any]:
+def main(argv: Sequence[str] | None = None) -> int:
     """Runs at full size and writes ``NAME.json`` and ``NAME.png`` into ``--out``."""
-    return pea.cli(NAME, run, plot, __doc__.splitlines()[0], argv, **run_kwargs)
+    return pea.cli(__spec__.name, __doc__, run, plot, argv)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -21,17 +21,17 @@ regret nor any optimizer's update (u is normalized, softmax is shift
 invariant) as long as no reward gets clipped, so the losses need not be
 non-negative for Theorem 1 to apply.
 
-The scripts that use it (``python -m experiments.NAME``) share :func:`cli`:
+The scripts that use it (``python -m experiments.paper.NAME``) share :func:`cli`:
 each has a ``run(...)`` that returns a JSON-ready dict of numbers (and short
-curves) and a ``plot(result, path)`` that draws the figure from that dict.
+curves), a ``plot(result, path)`` that draws the figure from that dict, and a
+``main(argv) -> int`` that runs at full size and writes both (:func:`save`).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
-import os
+from pathlib import Path
 from typing import Any, Callable, NamedTuple, Sequence
 
 import jax
@@ -39,6 +39,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+import experiments
+from xnas_jax import cli as cli_lib
 from xnas_jax.optimizers import (
     darts,
     find_states,
@@ -69,10 +71,9 @@ __all__ = [
     "as_list",
     "figure",
     "save_figure",
+    "save",
     "cli",
 ]
-
-DEFAULT_OUT = os.path.join("experiments", "results")
 
 
 class Rollout(NamedTuple):
@@ -467,29 +468,50 @@ def save_figure(fig, path: str, title: str) -> None:
     plt.close(fig)
 
 
+def save(name: str, result: dict[str, Any], plot: Callable[[dict[str, Any], str], None],
+         out: str | Path) -> tuple[Path, Path]:
+    """Writes ``result`` as ``out/NAME.json`` and its figure as ``out/NAME.png``.
+
+    Returns:
+      The two paths.
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    json_path, png_path = out / f"{name}.json", out / f"{name}.png"
+    json_path.write_text(json.dumps(result, indent=1) + "\n")
+    plot(result, str(png_path))
+    return json_path, png_path
+
+
 def cli(
-    name: str,
+    module: str,
+    doc: str,
     run: Callable[..., dict[str, Any]],
     plot: Callable[[dict[str, Any], str], None],
-    description: str,
     argv: Sequence[str] | None = None,
-    **run_kwargs: Any,
-) -> dict[str, Any]:
-    """The shared ``main``: parses ``--out`` and ``--seed``, runs, writes NAME.json and NAME.png.
+) -> int:
+    """The shared ``main`` of ``python -m MODULE``: parses ``--out`` and ``--seed``, runs at
+    full size and writes NAME.json and NAME.png (NAME: the module's last part).
 
-    ``run_kwargs`` reach ``run`` unchanged (tests use them to shrink the run).
+    Args:
+      module: the module's dotted name (``__spec__.name``).
+      doc: its docstring; the first line describes it in ``--help``.
+      run: its ``run(seed=...)``.
+      plot: its ``plot(result, path)``.
+      argv: the command line (default: ``sys.argv[1:]``).
+
+    Returns:
+      0; bad input ends in one line ``error: ...`` and exit status 2.
     """
-    parser = argparse.ArgumentParser(prog=f"python -m experiments.{name}", description=description)
-    parser.add_argument("--out", default=DEFAULT_OUT, help="output folder (default: %(default)s)")
+    parser = experiments.argument_parser(module, doc)
+    parser.add_argument("--out", default=str(experiments.RESULTS),
+                        help="output folder (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="PRNG seed (default: %(default)s)")
     args = parser.parse_args(argv)
-    result = run(seed=args.seed, **run_kwargs)
-    os.makedirs(args.out, exist_ok=True)
-    json_path = os.path.join(args.out, f"{name}.json")
-    with open(json_path, "w") as f:
-        json.dump(result, f, indent=1)
-        f.write("\n")
-    png_path = os.path.join(args.out, f"{name}.png")
-    plot(result, png_path)
+    try:
+        out = cli_lib.writable_dir(args.out, "--out")
+    except ValueError as error:
+        cli_lib.fail(str(error))
+    json_path, png_path = save(module.rsplit(".", 1)[-1], run(seed=args.seed), plot, out)
     print(f"wrote {json_path} and {png_path}")
-    return result
+    return 0

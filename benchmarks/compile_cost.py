@@ -10,16 +10,16 @@ Prints JSON lines:
   depth): trace and compile seconds of the supernet's ``init`` program, of
   its loss alone and its weight gradient alone (the floor under the step,
   :func:`gradient_programs`), and of the search step, with their compiled
-  kernels (:func:`experiments.bench_search.compiled_kernels`), the distinct
+  kernels (:func:`benchmarks.bench_search.compiled_kernels`), the distinct
   ones among them and executed instructions; for the step, also per part of
   it (:func:`kernels_by_part`: the cells' input stages, node scans and
   preprocessing, the stem and classifier, and what lies outside the network);
 * ``model``: a least-squares fit of the compile seconds to the distinct
   kernels, the instructions in them and all compiled kernels
-  (:func:`experiments.bench_search.distinct_kernels`: XLA generates code for
+  (:func:`benchmarks.bench_search.distinct_kernels`: XLA generates code for
   identical kernels once, but every kernel costs its share of the rest).
 
-Usage: ``python -m experiments.compile_cost [--preset tiny darts] [--batch 64]
+Usage: ``python -m benchmarks.compile_cost [--preset tiny darts] [--batch 64]
 [--layers 0 20]``.
 Results: ``experiments/results/BENCHMARKS.md``, "Where the compile time goes" and
 "Identical kernels compile once".
@@ -30,6 +30,7 @@ from __future__ import annotations
 import json
 import re
 import resource
+import sys
 import time
 from typing import Any, Callable, Sequence
 
@@ -37,8 +38,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments import bench_search
-from xnas_jax import cli, genotypes, prng, search_step
+import experiments
+from benchmarks import bench_search
+from xnas_jax import genotypes, prng, search_step
 from xnas_jax.supernet import SearchNetwork
 
 
@@ -211,8 +213,9 @@ def step_program(preset: str, batch: int, layers: int = 0) -> dict[str, Any]:
             **timed_compile(prepared.lowered, parts=True)}
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = cli.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: Sequence[str] | None = None) -> int:
+    """Prints (and with ``--out`` appends) the JSON lines; 0, or exit status 2 on bad input."""
+    parser = experiments.argument_parser(__spec__.name, __doc__)
     parser.add_argument("--preset", nargs="+", default=["tiny"],
                         choices=sorted(bench_search.PRESETS))
     parser.add_argument("--batch", type=int, default=64)
@@ -245,4 +248,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    sys.exit(main())

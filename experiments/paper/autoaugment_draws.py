@@ -5,15 +5,15 @@ Cubuk et al. (2018) picks one of 25 sub-policies per image and applies each of
 its two operations with its probability, so some draws come back unchanged.
 Each panel's title names the operations that were applied.  The image is read
 from the JPEG CIFAR-10 archive (``train/<class>/NNNN.jpg`` inside
-``train.zip``).
+``train.zip``) in ``--data-dir``: by default ``$XNAS_DATA_DIR``, else
+``data/cifar10_jpeg`` in the current directory.
 
-Run: ``python -m experiments.autoaugment_draws [--zip PATH] [--member NAME]
+Run: ``python -m experiments.paper.autoaugment_draws [--data-dir DIR] [--member NAME]
 [--seed 0] [--out experiments/results]``; writes ``autoaugment_draws.png``.
 """
 
 from __future__ import annotations
 
-import argparse
 import io
 import os
 import sys
@@ -24,13 +24,12 @@ from typing import Sequence
 import jax
 import numpy as np
 
+import experiments
+from xnas_jax import cli
 from xnas_jax.data import autoaugment as aa
 
 NAME = "autoaugment_draws"
-REPO_ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_ZIP = REPO_ROOT.parent / "shared" / "data" / "cifar10_jpeg" / "train.zip"
 DEFAULT_MEMBER = "train/horse/0004.jpg"
-DEFAULT_OUT = os.path.join("experiments", "results")
 NUM_DRAWS = 16
 
 
@@ -81,24 +80,23 @@ def plot(original: np.ndarray, augmented: np.ndarray, labels: list[str], member:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Loads the image, draws, and writes ``NAME.png`` into ``--out``; 2 if the zip is missing."""
-    parser = argparse.ArgumentParser(prog=f"python -m experiments.{NAME}",
-                                     description=__doc__.splitlines()[0])
-    parser.add_argument("--zip", default=str(DEFAULT_ZIP),
-                        help="CIFAR-10 JPEG archive (default: %(default)s)")
+    """Loads the image, draws, and writes ``NAME.png`` into ``--out``."""
+    parser = experiments.argument_parser(__spec__.name, __doc__)
+    experiments.add_data_dir(parser)
     parser.add_argument("--member", default=DEFAULT_MEMBER,
-                        help="JPEG inside the archive (default: %(default)s)")
+                        help="JPEG inside the data's train.zip (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="PRNG seed (default: %(default)s)")
-    parser.add_argument("--out", default=DEFAULT_OUT, help="output folder (default: %(default)s)")
+    parser.add_argument("--out", default=str(experiments.RESULTS),
+                        help="output folder (default: %(default)s)")
     args = parser.parse_args(argv)
-    if not os.path.isfile(args.zip):
-        print(f"error: CIFAR-10 archive not found: {args.zip}", file=sys.stderr)
-        return 2
+    archive = Path(args.data_dir) / "train.zip"
+    if not archive.is_file():
+        cli.fail(f"CIFAR-10 archive not found: {archive} (pass --data-dir or set "
+                 f"{experiments.DATA_DIR_ENV})")
     try:
-        original = load_image(args.zip, args.member)
+        original = load_image(archive, args.member)
     except KeyError:
-        print(f"error: {args.member} is not in {args.zip}", file=sys.stderr)
-        return 2
+        cli.fail(f"{args.member} is not in {archive}")
     augmented, labels = draw(original, args.seed)
     os.makedirs(args.out, exist_ok=True)
     path = os.path.join(args.out, f"{NAME}.png")

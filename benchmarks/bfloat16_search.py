@@ -9,12 +9,13 @@ per-epoch training and validation losses.  The noise is the spread between
 seeds at the same dtype; the effect is the gap between the dtypes' means.
 
 It measures learning, not speed: on a CPU bfloat16 is emulated and slower.
-Run: ``python -m experiments.bfloat16_search [--out experiments/results] [--seed 0]``.
+Run: ``python -m benchmarks.bfloat16_search [--out experiments/results] [--seed 0]``.
 """
 
 from __future__ import annotations
 
 import json
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Sequence
@@ -23,7 +24,7 @@ import jax
 import numpy as np
 from jax.experimental.compilation_cache import compilation_cache
 
-from experiments import pea
+from experiments.paper import pea
 from xnas_jax import cli, configs, search
 
 NAME = "bfloat16_search"
@@ -117,10 +118,10 @@ def plot(result: dict[str, Any], path: str) -> None:
     )
 
 
-def main(argv: Sequence[str] | None = None, **run_kwargs: Any) -> dict[str, Any]:
+def main(argv: Sequence[str] | None = None) -> int:
     """Runs at full size and writes ``NAME.json`` and ``NAME.png`` into ``--out``."""
-    return pea.cli(NAME, run, plot, __doc__.splitlines()[0], argv, **run_kwargs)
+    return pea.cli(__spec__.name, __doc__, run, plot, argv)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

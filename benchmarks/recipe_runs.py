@@ -3,23 +3,24 @@
 ``python -m xnas_jax.train --recipe xnas`` (XNAS section 4.2: power-cosine
 cycles, Nesterov, label smoothing, AutoAugment, ...) and ``--recipe darts``
 (DARTS's recipe, XNAS-Plain) train the XNAS cell at reduced width and depth
-on a subset of ``../shared/data/cifar10_jpeg`` for a few epochs; everything
+on a subset of CIFAR-10 (``train.zip`` and ``test.zip`` in ``--data-dir``: by
+default ``$XNAS_DATA_DIR``, else ``data/cifar10_jpeg``) for a few epochs; everything
 else (data, seed, network) is the same.  Then the training step of that
 network is compiled with and without AutoAugment and measured: XLA's
-executed instructions (as ``experiments.bench_search`` counts them) and the
+executed instructions (as ``benchmarks.bench_search`` counts them) and the
 median step time.
 
 A few epochs of a 1,500-epoch recipe say nothing about final accuracy; the
 runs check that each recipe trains end to end and give its images per
-second.  Run: ``python -m experiments.recipe_runs [--work-dir DIR]``.
+second.  Run: ``python -m benchmarks.recipe_runs [--data-dir DIR] [--work-dir DIR]``.
 """
 
 from __future__ import annotations
 
-import argparse
 import functools
 import json
 import statistics
+import sys
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -28,11 +29,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments.bench_search import executed_instructions
-from xnas_jax import genotypes, train
+import experiments
+from benchmarks.bench_search import executed_instructions
+from xnas_jax import cli, genotypes, train
 
 NAME = "recipe_runs"
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10_jpeg"
 RUN_FLAGS = ["--genotype", "XNAS", "--channels", "8", "--layers", "8",
              "--max-train-examples", "3000", "--max-test-examples", "1000", "--epochs", "4",
              "--seed", "0", "--no-progress"]  # fmt: skip
@@ -87,17 +88,19 @@ def step_cost(autoaugment: bool, steps: int = 5, repeats: int = 3) -> dict[str, 
             "executed_instructions": executed_instructions(compiled.as_text())}
 
 
-def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default=str(DATA),
-                        help="folder with CIFAR-10's train.zip and test.zip (image folders)")
-    parser.add_argument("--work-dir", default="runs/recipe_runs")
-    parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs (or reuses) the two recipes and measures the step; writes ``NAME.json``."""
+    parser = experiments.argument_parser(__spec__.name, __doc__)
+    experiments.add_data_dir(parser)
+    parser.add_argument("--work-dir", default="runs/recipe_runs",
+                        help="where the runs write, reused and resumed (default: %(default)s)")
+    parser.add_argument("--out", default=str(experiments.RESULTS),
+                        help="where the JSON goes (default: %(default)s)")
     args = parser.parse_args(argv)
-    data = Path(args.data)
+    data = Path(args.data_dir)
     if not (data / "train.zip").exists() or not (data / "test.zip").exists():
-        parser.error(f"{data} lacks train.zip and test.zip: pass --data (see "
-                     "../shared/data/cifar10_jpeg/README.txt)")
+        cli.fail(f"{data} lacks train.zip and test.zip: pass --data-dir or set "
+                 f"{experiments.DATA_DIR_ENV}")
     runs = {}
     for recipe in ("darts", "xnas"):
         results = run_recipe(recipe, data, Path(args.work_dir))
@@ -120,8 +123,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     for row in cost:
         print(f"step with autoaugment={row['autoaugment']}: {row['step_ms']} ms, "
               f"{row['executed_instructions']} executed instructions", flush=True)
-    return result
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -18,16 +18,17 @@ decay sees the same reward draws.  XNAS runs at the theoretical rate eta*; its
 weights are one-hot at t = T because the last round wipes out every expert
 below the leader, so its entropy is also reported at t = 0.9 T.
 
-Run: ``python -m experiments.entropy_vs_weight_decay [--out experiments/results] [--seed 0]``.
+Run: ``python -m experiments.paper.entropy_vs_weight_decay [--out experiments/results] [--seed 0]``.
 """
 
 from __future__ import annotations
 
+import sys
 from typing import Any, Sequence
 
 import numpy as np
 
-from experiments import pea
+from experiments.paper import pea
 from xnas_jax.optimizers import darts, theoretical_learning_rate, xnas
 
 NAME = "entropy_vs_weight_decay"
@@ -219,10 +220,10 @@ def plot(result: dict[str, Any], path: str) -> None:
     )
 
 
-def main(argv: Sequence[str] | None = None, **run_kwargs: Any) -> dict[str, Any]:
+def main(argv: Sequence[str] | None = None) -> int:
     """Runs at full size and writes ``NAME.json`` and ``NAME.png`` into ``--out``."""
-    return pea.cli(NAME, run, plot, __doc__.splitlines()[0], argv, **run_kwargs)
+    return pea.cli(__spec__.name, __doc__, run, plot, argv)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -3,38 +3,40 @@
 # from the H200 session's figures (per configuration of the DARTS net: ~25 s
 # to build and trace, ~85 s to compile with all 7 experts, ~30 s with 2, then
 # the steps at ~250 ms each in float32 at batch 64):
-#   bash experiments/gpu_bench.sh "$OUT" bench   # 7 configs of ~2 min; stops at 540 s
-#   bash experiments/gpu_bench.sh "$OUT" e2e     # ~5 min
-#   bash experiments/gpu_bench.sh "$OUT" conv    # ~3 min, if device time is left
-#   bash experiments/gpu_bench.sh "$OUT" graphs  # ~3 min, if device time is left
-#   bash experiments/gpu_bench.sh "$OUT" autotune  # ~3 min, if device time is left
+#   bash benchmarks/gpu_bench.sh "$OUT" bench   # 7 configs of ~2 min; stops at 540 s
+#   bash benchmarks/gpu_bench.sh "$OUT" e2e     # ~5 min
+#   bash benchmarks/gpu_bench.sh "$OUT" conv    # ~3 min, if device time is left
+#   bash benchmarks/gpu_bench.sh "$OUT" graphs  # ~3 min, if device time is left
+#   bash benchmarks/gpu_bench.sh "$OUT" autotune  # ~3 min, if device time is left
 # "bench" runs bench_search, one configuration after another, most wanted
 # first: batch 64, batch 64 with --single-trace (compile time against step
 # time), batch 256 (memory; and if its step costs little more than
 # batch 64's, the step is bound by kernel launches: compare
 # executed_instructions / step_ms), bfloat16, active fraction 0.5, batch 96;
 # finally a compilation-cache load of the first program.
-# "e2e" runs a CIFAR-10 search end to end from data/cifar10_jpeg/train.zip
-# (git-ignored, carried): data loading, compile, EPOCHS epochs of 390 steps,
-# checkpoints.  "conv" times the grouped-convolution depthwise form at batch 64;
-# "graphs" batch 64 with XLA capturing while loops too in CUDA graphs (if the
-# step is bound by launches, this is the flag-only remedy to try); "autotune"
+# "e2e" runs a CIFAR-10 search end to end from train.zip in $XNAS_DATA_DIR,
+# default data/cifar10_jpeg (git-ignored, carried): data loading, compile,
+# EPOCHS epochs of 390 steps, checkpoints.  "conv" times the
+# grouped-convolution depthwise form at batch 64; "graphs" batch 64 with XLA
+# capturing while loops too in CUDA graphs (if the step is bound by launches,
+# this is the flag-only remedy to try); "autotune"
 # batch 64 compiled without XLA's autotuning (its share of the compile time).
 # Every part has its own timeout and writes under $OUT as it goes.  A dry run
 # on a CPU:
 #   PRESET=tiny CHANNELS=4 LAYERS=3 MAX_STEPS=3 STEPS=2 SHORT_STEPS=1 REPEATS=1 \
-#     bash experiments/gpu_bench.sh /tmp/out all
+#     bash benchmarks/gpu_bench.sh /tmp/out all
 set -uo pipefail
 out=${1:-experiments/results/gpu}
 part=${2:-all}
 preset=${PRESET:-darts}
+data=${XNAS_DATA_DIR:-data/cifar10_jpeg}
 mkdir -p "$out"
 export PYTHONPATH=. PYTHONUNBUFFERED=1
 cache=/tmp/xnas_jax_cache
 s="steps=${STEPS:-30},repeats=${REPEATS:-3}"
 short="steps=${SHORT_STEPS:-10},repeats=${REPEATS:-3}"  # the slower configurations
 bench() {
-  timeout "$1" python3 -m experiments.bench_search --preset "$preset" \
+  timeout "$1" python3 -m benchmarks.bench_search --preset "$preset" \
       --compilation-cache "$cache" --out "$out/bench_gpu.jsonl" "${@:2}" 2>&1 \
       | grep -v cuda_timer | tail -n 20
 }
@@ -50,11 +52,11 @@ if [ "$part" = bench ] || [ "$part" = all ]; then
 fi
 
 if [ "$part" = e2e ] || [ "$part" = all ]; then
-  if [ -f data/cifar10_jpeg/train.zip ]; then
+  if [ -f "$data/train.zip" ]; then
     rm -rf /tmp/search_e2e
     start=$(date +%s.%N)
     timeout "${E2E_TIMEOUT:-300}" python3 -m xnas_jax.search --dataset image_folder \
-        --data-dir data/cifar10_jpeg/train.zip --flip --crop-padding 4 \
+        --data-dir "$data/train.zip" --flip --crop-padding 4 \
         --channels "${CHANNELS:-16}" --layers "${LAYERS:-8}" --epochs "${EPOCHS:-1}" \
         --batch-size 64 ${MAX_STEPS:+--max-steps-per-epoch "$MAX_STEPS"} \
         --out-dir /tmp/search_e2e --no-progress --compilation-cache "$cache" \
@@ -77,7 +79,7 @@ print(json.dumps(record))
 json.dump(record, open(f"{out}/search_e2e.json", "w"), indent=1)
 PY
   else
-    echo "data/cifar10_jpeg/train.zip not found: carry it for the end-to-end search" >&2
+    echo "$data/train.zip not found: carry it (or set XNAS_DATA_DIR) for the end-to-end search" >&2
   fi
 fi
 

@@ -1,5 +1,6 @@
-"""The search benchmarks: bench_search (records, configurations, usage errors) and
-the bfloat16-against-float32 search comparison."""
+"""The benchmarks (benchmarks/): bench_search (records, configurations, usage errors),
+compile_cost (kernels and the compile model) and the bfloat16-against-float32 search
+comparison."""
 
 from __future__ import annotations
 
@@ -8,18 +9,18 @@ import json
 import numpy as np
 import pytest
 
-from conftest import assert_usage_error
-from experiments import bench_search, bfloat16_search
+from conftest import assert_script_command_line, assert_usage_error
+from benchmarks import bench_search, bfloat16_search, compile_cost, recipe_runs
 
 
 @pytest.fixture(scope="module")
 def records(tmp_path_factory, compilation_cache):
     out = tmp_path_factory.mktemp("bench")
     # Two of the 7 experts, a batch of 4: the smallest program the benchmark builds.
-    bench_search.main([
+    assert bench_search.main([
         "--preset", "tiny", "--config", "batch=4,active_fraction=0.25,steps=2,repeats=2",
         *compilation_cache, "--cache-hit", "--out", str(out / "b.jsonl"),
-    ])
+    ]) == 0
     return [json.loads(line) for line in (out / "b.jsonl").read_text().splitlines()]
 
 
@@ -62,6 +63,22 @@ def test_bad_input_is_one_line(argv, fragment, capsys):
     with pytest.raises(SystemExit) as exit_:
         bench_search.main(argv)
     assert_usage_error(exit_.value.code, capsys.readouterr().err, fragment)
+
+
+@pytest.mark.parametrize("module", [bench_search, bfloat16_search, compile_cost, recipe_runs])
+def test_every_benchmark_has_the_same_command_line(module, capsys):
+    assert_script_command_line(module, capsys)
+
+
+def test_recipe_runs_reads_the_data_dir_flag_or_xnas_data_dir(tmp_path, monkeypatch, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        recipe_runs.main(["--data-dir", str(tmp_path / "flag"), "--out", str(tmp_path)])
+    assert_usage_error(exit_.value.code, capsys.readouterr().err,
+                       f"{tmp_path / 'flag'} lacks train.zip and test.zip")
+    monkeypatch.setenv("XNAS_DATA_DIR", str(tmp_path / "env"))
+    with pytest.raises(SystemExit) as exit_:
+        recipe_runs.main(["--out", str(tmp_path)])
+    assert_usage_error(exit_.value.code, capsys.readouterr().err, str(tmp_path / "env"))
 
 
 @pytest.mark.slow
@@ -156,8 +173,6 @@ ENTRY %main"""
 
 
 def test_kernels_by_part_split_the_step_by_op_name():
-    from experiments import compile_cost
-
     cell = "jit(seeded)/transpose(jvp(SearchNetwork))/cell_3/"
     assert compile_cost.part_of(cell + "while/body/closed_call/vmap(MixedOp)/mul") == (
         "cell node scan")
@@ -198,16 +213,12 @@ def test_executed_instructions_grow_linearly_with_the_trip_count():
 
 
 def test_compile_cost_rejects_a_bad_depth_in_one_line(capsys):
-    from experiments import compile_cost
-
     with pytest.raises(SystemExit) as exit_:
         compile_cost.main(["--layers", "2"])
     assert_usage_error(exit_.value.code, capsys.readouterr().err, "each must be 0")
 
 
 def test_compile_model_recovers_known_costs():
-    from experiments import compile_cost
-
     # Compiled at exactly 30 ms per distinct kernel, 0.5 ms per instruction in
     # them and 8 ms per kernel; the probes' identical kernels separate the last.
     def row(distinct, instructions, compiled):
@@ -225,8 +236,6 @@ def test_compile_model_recovers_known_costs():
 
 
 def test_gradient_programs_compile_the_loss_and_its_weight_gradient():
-    from experiments import compile_cost
-
     loss, gradient = compile_cost.gradient_programs("tiny", batch=2)
     assert (loss["what"], gradient["what"]) == ("loss", "weight_gradient")
     assert loss["layers"] == gradient["layers"] == 3
@@ -236,8 +245,6 @@ def test_gradient_programs_compile_the_loss_and_its_weight_gradient():
 
 def test_compile_cost_programs_have_the_kernels_requested():
     """The per-kernel probe's kernels do not fuse: N requested, N compiled."""
-    from experiments import compile_cost
-
     result = compile_cost.per_kernel((3, 6, 9))
     assert [r["compiled_kernels"] for r in result["rows"]] == [3, 6, 9]
     assert [r["distinct_kernels"] for r in result["rows"]] == [3, 6, 9]

@@ -10,34 +10,34 @@ fraction of L, so the first three values only act near the horizon; 0.02
 shows a wipeout that acts during the search.
 
 Each run is ``python -m xnas_jax.search`` on a class-balanced-by-chance
-subset of ``../shared/data/cifar10_jpeg/train.zip``, downsampled to 16x16, in
+subset of CIFAR-10's ``train.zip`` in ``--data-dir`` (by default
+``$XNAS_DATA_DIR``, else ``data/cifar10_jpeg``), downsampled to 16x16, in
 a reduced search network, with rewards clipped per feedback.  All runs share
 the seed: the same initial weights, data order and split.  The JSON gives,
 per zeta: the step of the first wipeout, the active experts, mean normalized
 entropy, validation accuracy and clipped share per epoch, and the genotype
 with the per-edge strengths that chose it.
 
-Run: ``python -m experiments.wipeout_search [--data ...] [--work-dir DIR]``.
+Run: ``python -m experiments.paper.wipeout_search [--data-dir DIR] [--work-dir DIR]``.
 Runs already complete in ``--work-dir`` are reused, an interrupted one
 resumes from its checkpoint.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
+import sys
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
-from experiments import pea
-from xnas_jax import configs, search
+import experiments
+from experiments.paper import pea
+from xnas_jax import cli, configs, search
 
 NAME = "wipeout_search"
 ZETAS = (1.0, 0.5, 0.25, 0.02)
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10_jpeg" / "train.zip"
 PROXY = dict(
     dataset="image_folder", max_train_examples=2000, downsample=2, crop_padding=2, flip=True,
     channels=8, layers=5, epochs=12, batch_size=96, seed=0, progress=False,
@@ -126,19 +126,22 @@ def plot(result: dict[str, Any], path: str) -> None:
     )
 
 
-def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default=str(DATA), help="CIFAR-10 image-folder zip")
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs (or reuses) the searches, then writes ``NAME.json`` and ``NAME.png`` into ``--out``."""
+    parser = experiments.argument_parser(__spec__.name, __doc__)
+    experiments.add_data_dir(parser)
     parser.add_argument("--work-dir", default="runs/wipeout_search",
-                        help="where the searches write (reused and resumed)")
-    parser.add_argument("--out", default=str(Path(__file__).parent / "results"),
-                        help="where the JSON and PNG go")
-    parser.add_argument("--zetas", type=float, nargs="+", default=list(ZETAS))
+                        help="where the searches write, reused and resumed (default: "
+                             "%(default)s)")
+    parser.add_argument("--out", default=str(experiments.RESULTS),
+                        help="where the JSON and PNG go (default: %(default)s)")
+    parser.add_argument("--zetas", type=float, nargs="+", default=list(ZETAS),
+                        help="wipeout factors (default: %(default)s)")
     args = parser.parse_args(argv)
-    data = Path(args.data)
+    data = Path(args.data_dir) / "train.zip"
     if not data.exists():
-        parser.error(f"{data} not found: pass --data with CIFAR-10 as an image-folder zip "
-                     "(see ../shared/data/cifar10_jpeg/README.txt)")
+        cli.fail(f"{data} not found: pass --data-dir, a folder with CIFAR-10 as JPEG archives, "
+                 f"or set {experiments.DATA_DIR_ENV}")
     work_dir = Path(args.work_dir)
     runs = []
     for zeta in args.zetas:
@@ -146,17 +149,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         genotype = json.loads((_run_dir(work_dir, zeta) / "genotype.json").read_text())
         runs.append(summarize(zeta, records, genotype))
     result = {"setup": {**PROXY, "data": data.name}, "runs": runs}
-    os.makedirs(args.out, exist_ok=True)
-    with open(Path(args.out) / f"{NAME}.json", "w") as f:
-        json.dump(result, f, indent=1)
-        f.write("\n")
-    plot(result, str(Path(args.out) / f"{NAME}.png"))
+    pea.save(NAME, result, plot, args.out)
     for run in runs:
         print(f"zeta {run['wipeout_factor']:g}: first wipeout at step "
               f"{run['first_wipeout_step']} of {run['total_steps']}, active "
               f"{[sum(a.values()) for a in run['active_experts']]}", flush=True)
-    return result
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -13,24 +13,25 @@ independent forecasters (seeds), uniform u_0, Bernoulli rewards ``R = +-1``
 (L = 1, the noisiest bounded rewards) with expected rewards evenly spaced in
 [-0.2, 0.1]; expert 7 is the best, 0.043 ahead of the runner-up.  XNAS runs at
 the theoretical rate eta* (eq. 4); the baselines' rates follow
-:func:`experiments.pea.compared_optimizers` and are also swept over 1/4 and 4
+:func:`experiments.paper.pea.compared_optimizers` and are also swept over 1/4 and 4
 times those rates.
 
 The bound is evaluated at every t with horizon t: the argument of Theorem 1
 holds at any t <= T because an expert wiped out at s trails the leader by more
 than ``2 L (T - s)`` in cumulative reward, so it is not the best expert at t.
 
-Run: ``python -m experiments.regret [--out experiments/results] [--seed 0]``.
+Run: ``python -m experiments.paper.regret [--out experiments/results] [--seed 0]``.
 """
 
 from __future__ import annotations
 
+import sys
 from typing import Any, Sequence
 
 import numpy as np
 import optax
 
-from experiments import pea
+from experiments.paper import pea
 from xnas_jax.optimizers import darts, softmax_gd, theoretical_learning_rate
 
 NAME = "regret"
@@ -56,7 +57,7 @@ def run(
       expected_rewards: the lowest and highest expected reward (evenly spaced).
       sgd_scales: extra multiples of SGD's learning rate to run (the sweep).
       adam_scales: extra multiples of Adam's learning rate to run (the sweep).
-      optimizers: which of :data:`experiments.pea.OPTIMIZER_NAMES` to compare; XNAS is
+      optimizers: which of :data:`experiments.paper.pea.OPTIMIZER_NAMES` to compare; XNAS is
         always run (the bound check needs it).
 
     Returns:
@@ -212,10 +213,10 @@ def plot(result: dict[str, Any], path: str) -> None:
     )
 
 
-def main(argv: Sequence[str] | None = None, **run_kwargs: Any) -> dict[str, Any]:
+def main(argv: Sequence[str] | None = None) -> int:
     """Runs at full size and writes ``NAME.json`` and ``NAME.png`` into ``--out``."""
-    return pea.cli(NAME, run, plot, __doc__.splitlines()[0], argv, **run_kwargs)
+    return pea.cli(__spec__.name, __doc__, run, plot, argv)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -8,7 +8,7 @@ rotating random batches (never zeros), synchronizing before reading the
 clock, and reports the median time per step.  One JSON line per
 configuration::
 
-    python -m experiments.bench_search --preset darts --batch 64 96 \\
+    python -m benchmarks.bench_search --preset darts --batch 64 96 \\
         --dtype float32 bfloat16 --active-fraction 1.0 0.5 0.25
 
 runs the cross product of the flags; ``--config`` lists configurations
@@ -38,12 +38,13 @@ import resource
 import statistics
 import sys
 import time
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+import experiments
 from xnas_jax import cli, configs, genotypes, parallel, search, search_step
 from xnas_jax.data import shards
 from xnas_jax.data.specs import ArrayDataset
@@ -514,8 +515,9 @@ def run(configs: list[Config], out: str | None, cache_hit: bool = False) -> None
               "cache_hit_compile_s": round(compile_s, 3), "jax": jax.__version__}, out)
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = cli.ArgumentParser(description=__doc__.split("\n\n")[0])
+def main(argv: Sequence[str] | None = None) -> int:
+    """Measures the configurations of the command line; 0, or exit status 2 on bad input."""
+    parser = experiments.argument_parser(__spec__.name, __doc__)
     parser.add_argument("--preset", nargs="+", default=["tiny"], choices=sorted(PRESETS))
     parser.add_argument("--batch", nargs="+", type=int, default=[64])
     parser.add_argument("--dtype", nargs="+", default=["float32"], choices=list(DTYPES))
@@ -570,6 +572,7 @@ def main(argv: list[str] | None = None) -> None:
         run(configs, args.out, args.cache_hit)
     except parallel.MeshError as error:
         parser.error(str(error))
+    return 0
 
 
 if __name__ == "__main__":

@@ -13,18 +13,19 @@ have expected rewards evenly spaced in [-0.4, 0.0]; expert 7, the best, has
 expected reward 0.2.  The best expert starts with weight w in
 {1e-1, 3e-2, 1e-2, 3e-3, 1e-3, 3e-4, 1e-4} (1e-3 is the headline case) and the others share
 1 - w equally; every w sees the same reward draws.  Learning rates follow
-:func:`experiments.pea.compared_optimizers`.
+:func:`experiments.paper.pea.compared_optimizers`.
 
-Run: ``python -m experiments.init_robustness [--out experiments/results] [--seed 0]``.
+Run: ``python -m experiments.paper.init_robustness [--out experiments/results] [--seed 0]``.
 """
 
 from __future__ import annotations
 
+import sys
 from typing import Any, Sequence
 
 import numpy as np
 
-from experiments import pea
+from experiments.paper import pea
 
 NAME = "init_robustness"
 
@@ -71,7 +72,7 @@ def run(
       best_reward: the best expert's expected reward.
       best_initial_weights: the initial weights of the best expert to try.
       headline_initial_weight: the one whose curves are plotted (must be in the list).
-      optimizers: which of :data:`experiments.pea.OPTIMIZER_NAMES` to compare.
+      optimizers: which of :data:`experiments.paper.pea.OPTIMIZER_NAMES` to compare.
 
     Returns:
       A JSON-ready dict: setup, per-optimizer and per-initial-weight numbers, curves.
@@ -199,10 +200,10 @@ def plot(result: dict[str, Any], path: str) -> None:
     )
 
 
-def main(argv: Sequence[str] | None = None, **run_kwargs: Any) -> dict[str, Any]:
+def main(argv: Sequence[str] | None = None) -> int:
     """Runs at full size and writes ``NAME.json`` and ``NAME.png`` into ``--out``."""
-    return pea.cli(NAME, run, plot, __doc__.splitlines()[0], argv, **run_kwargs)
+    return pea.cli(__spec__.name, __doc__, run, plot, argv)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
