@@ -31,7 +31,7 @@ import numpy as np
 
 import experiments
 from benchmarks.bench_search import executed_instructions
-from xnas_jax import cli, genotypes, train
+from xnas_jax import genotypes, train
 
 NAME = "recipe_runs"
 RUN_FLAGS = ["--genotype", "XNAS", "--channels", "8", "--layers", "8",
@@ -94,13 +94,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     experiments.add_data_dir(parser)
     parser.add_argument("--work-dir", default="runs/recipe_runs",
                         help="where the runs write, reused and resumed (default: %(default)s)")
-    parser.add_argument("--out", default=str(experiments.RESULTS),
-                        help="where the JSON goes (default: %(default)s)")
+    experiments.add_out(parser, "where the JSON goes")
     args = parser.parse_args(argv)
+    experiments.data_files(args.data_dir, "train.zip", "test.zip")
     data = Path(args.data_dir)
-    if not (data / "train.zip").exists() or not (data / "test.zip").exists():
-        cli.fail(f"{data} lacks train.zip and test.zip: pass --data-dir or set "
-                 f"{experiments.DATA_DIR_ENV}")
     runs = {}
     for recipe in ("darts", "xnas"):
         results = run_recipe(recipe, data, Path(args.work_dir))

@@ -23,7 +23,7 @@ from pathlib import Path
 from xnas_jax import cli
 
 __all__ = ["RESULTS", "DATA_DIR_ENV", "DEFAULT_DATA_DIR", "default_data_dir",
-           "argument_parser", "add_data_dir"]
+           "argument_parser", "add_out", "add_data_dir", "data_files"]
 
 RESULTS = Path(__file__).resolve().parent / "results"
 DATA_DIR_ENV = "XNAS_DATA_DIR"
@@ -43,6 +43,11 @@ def argument_parser(module: str, doc: str) -> cli.ArgumentParser:
     return cli.ArgumentParser(prog=f"python -m {module}", description=doc.strip().splitlines()[0])
 
 
+def add_out(parser: cli.ArgumentParser, what: str = "output folder") -> None:
+    """Adds ``--out``, by default :data:`RESULTS`."""
+    parser.add_argument("--out", default=str(RESULTS), help=f"{what} (default: %(default)s)")
+
+
 def add_data_dir(parser: cli.ArgumentParser) -> None:
     """Adds ``--data-dir``: the folder with CIFAR-10's ``train.zip`` and ``test.zip``."""
     parser.add_argument(
@@ -50,3 +55,14 @@ def add_data_dir(parser: cli.ArgumentParser) -> None:
         help=f"folder with CIFAR-10 as JPEG archives, train.zip and test.zip (default: "
              f"${DATA_DIR_ENV}, else {DEFAULT_DATA_DIR} in the current directory; now "
              f"%(default)s)")
+
+
+def data_files(data_dir: str | os.PathLike, *names: str) -> list[Path]:
+    """The files ``names`` in ``data_dir``; if one is missing, one line ``error: ...`` and
+    exit status 2."""
+    paths = [Path(data_dir) / name for name in names]
+    missing = [path.name for path in paths if not path.is_file()]
+    if missing:
+        cli.fail(f"{data_dir} lacks {' and '.join(missing)}: pass --data-dir, a folder with "
+                 f"CIFAR-10 as JPEG archives, or set {DATA_DIR_ENV}")
+    return paths

@@ -18,7 +18,6 @@ import io
 import os
 import sys
 import zipfile
-from pathlib import Path
 from typing import Sequence
 
 import jax
@@ -86,13 +85,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--member", default=DEFAULT_MEMBER,
                         help="JPEG inside the data's train.zip (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="PRNG seed (default: %(default)s)")
-    parser.add_argument("--out", default=str(experiments.RESULTS),
-                        help="output folder (default: %(default)s)")
+    experiments.add_out(parser)
     args = parser.parse_args(argv)
-    archive = Path(args.data_dir) / "train.zip"
-    if not archive.is_file():
-        cli.fail(f"CIFAR-10 archive not found: {archive} (pass --data-dir or set "
-                 f"{experiments.DATA_DIR_ENV})")
+    (archive,) = experiments.data_files(args.data_dir, "train.zip")
     try:
         original = load_image(archive, args.member)
     except KeyError:

@@ -504,8 +504,7 @@ def cli(
       0; bad input ends in one line ``error: ...`` and exit status 2.
     """
     parser = experiments.argument_parser(module, doc)
-    parser.add_argument("--out", default=str(experiments.RESULTS),
-                        help="output folder (default: %(default)s)")
+    experiments.add_out(parser)
     parser.add_argument("--seed", type=int, default=0, help="PRNG seed (default: %(default)s)")
     args = parser.parse_args(argv)
     try:

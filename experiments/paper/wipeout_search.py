@@ -34,7 +34,7 @@ import numpy as np
 
 import experiments
 from experiments.paper import pea
-from xnas_jax import cli, configs, search
+from xnas_jax import configs, search
 
 NAME = "wipeout_search"
 ZETAS = (1.0, 0.5, 0.25, 0.02)
@@ -133,15 +133,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--work-dir", default="runs/wipeout_search",
                         help="where the searches write, reused and resumed (default: "
                              "%(default)s)")
-    parser.add_argument("--out", default=str(experiments.RESULTS),
-                        help="where the JSON and PNG go (default: %(default)s)")
+    experiments.add_out(parser, "where the JSON and PNG go")
     parser.add_argument("--zetas", type=float, nargs="+", default=list(ZETAS),
                         help="wipeout factors (default: %(default)s)")
     args = parser.parse_args(argv)
-    data = Path(args.data_dir) / "train.zip"
-    if not data.exists():
-        cli.fail(f"{data} not found: pass --data-dir, a folder with CIFAR-10 as JPEG archives, "
-                 f"or set {experiments.DATA_DIR_ENV}")
+    (data,) = experiments.data_files(args.data_dir, "train.zip")
     work_dir = Path(args.work_dir)
     runs = []
     for zeta in args.zetas:
