@@ -27,25 +27,26 @@ run it niced.  It writes ``<out>`` (a list
 and ``<out stem>_rewards_<variant>.png`` (each op's cumulative reward per
 edge over the search, seed 0).
 
-Run: ``nice python -m experiments.search_quality --study [--data-dir DIR]``.
+Run: ``nice python -m experiments.quality_study [--data-dir DIR]``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import sys
 import io
 import json
 import math
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
 import experiments
 from experiments import search_quality as quality_lib
-from xnas_jax import nb201, plotting, runs, search
+from xnas_jax import cli, nb201, plotting, runs, search
 
 LOG = Path("log.jsonl")
 
@@ -305,3 +306,50 @@ def run_study(study: StudyConfig, table_path: Path, out: Path) -> dict[str, Any]
 
 def _key(spec: dict[str, Any]) -> str:
     return f"{variant(spec)}#{spec['seed']}"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The study, resumable; 0, or exit status 2 on bad input."""
+    parser = experiments.argument_parser(__spec__.name, __doc__)
+    defaults = StudyConfig()
+    experiments.add_data_dir(parser)
+    for flag, value in (("--seeds", defaults.seeds), ("--batch-size", defaults.batch_size),
+                        ("--random-cells", defaults.random_cells)):
+        parser.add_argument(flag, type=cli.positive_int, default=value,
+                            help="(default: %(default)s)")
+    parser.add_argument("--lengths", default=",".join(map(str, defaults.lengths)),
+                        help="search lengths in proxy epochs, in the order they run "
+                             "(default: %(default)s)")
+    parser.add_argument("--groups", default=",".join(defaults.groups),
+                        help="of length, remedies, warmup, zeta (default: %(default)s)")
+    parser.add_argument("--work-dir", default=defaults.work_dir,
+                        help="where the searches write (default: %(default)s)")
+    parser.add_argument("--table", default=str(quality_lib.TABLE),
+                        help="the NB201 table (default: %(default)s)")
+    parser.add_argument("--out", default=str(experiments.RESULTS / "search_quality_study.json"),
+                        help="the report; its runs go to <stem>.runs.jsonl beside it "
+                             "(default: %(default)s)")
+    args = parser.parse_args(argv)
+    try:
+        lengths = tuple(int(x) for x in args.lengths.split(","))
+    except ValueError:
+        cli.fail(f"--lengths takes positive integers separated by commas, got {args.lengths!r}")
+    groups = tuple(g.strip() for g in args.groups.split(",") if g.strip())
+    unknown = [g for g in groups if g not in defaults.groups]
+    if unknown or not groups:
+        cli.fail(f"--groups takes {', '.join(defaults.groups)}, got {args.groups!r}")
+    if min(lengths) < 1:
+        cli.fail(f"--lengths takes positive integers, got {args.lengths!r}")
+    study = dataclasses.replace(defaults, seeds=args.seeds, lengths=lengths, groups=groups,
+                                batch_size=args.batch_size, random_cells=args.random_cells,
+                                work_dir=args.work_dir, data_dir=args.data_dir)
+    try:
+        report = run_study(study, Path(args.table), Path(args.out))
+    except (ValueError, nb201.SpaceError) as error:
+        cli.fail(str(error))
+    print(json.dumps(report["summary"], indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

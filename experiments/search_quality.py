@@ -249,8 +249,7 @@ def run(quality: QualityConfig, table_path: Path, out: Path) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """The searches (or with ``--study`` the study) and their report; 0, or exit status 2 on
-    bad input."""
+    """The searches and their report; 0, or exit status 2 on bad input."""
     parser = experiments.argument_parser(__spec__.name, __doc__)
     defaults = QualityConfig()
     experiments.add_data_dir(parser)
@@ -263,27 +262,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--methods", default=",".join(defaults.methods),
                         help="comma-separated (default: %(default)s)")
     parser.add_argument("--work-dir", default=defaults.work_dir,
-                        help="where the searches write (default: %(default)s; with --study "
-                             "the study's)")
+                        help="where the searches write (default: %(default)s)")
     parser.add_argument("--table", default=str(TABLE), help="the NB201 table (default: "
                         "%(default)s)")
-    parser.add_argument("--out", default=None, help="the report (default: "
-                        "results/search_quality_nb201_cifar10.json, with --study "
-                        "results/search_quality_study.json)")
-    from experiments import quality_study  # the study builds on this module
-
-    study_defaults = quality_study.StudyConfig()
-    study = parser.add_argument_group("the study (--study)")
-    study.add_argument("--study", action="store_true",
-                       help="run the search-quality study (experiments.quality_study)")
-    study.add_argument("--lengths", default=",".join(map(str, study_defaults.lengths)),
-                       help="search lengths in proxy epochs, in the order they run")
-    study.add_argument("--groups", default=",".join(study_defaults.groups),
-                       help="of length, remedies, warmup, zeta")
+    parser.add_argument("--out", default=str(RESULTS / "search_quality_nb201_cifar10.json"),
+                        help="the report (default: %(default)s)")
     args = parser.parse_args(argv)
-    if args.study:
-        return _study(args, study_defaults)
-    args.out = args.out or str(RESULTS / "search_quality_nb201_cifar10.json")
     methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
     unknown = [m for m in methods if m not in defaults.methods]
     if unknown:
@@ -292,32 +276,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                             args.random_cells, methods, args.work_dir, args.data_dir)
     try:
         report = run(quality, Path(args.table), Path(args.out))
-    except (ValueError, nb201.SpaceError) as error:
-        cli.fail(str(error))
-    print(json.dumps(report["summary"], indent=1))
-    return 0
-
-
-def _study(args: argparse.Namespace, defaults: Any) -> int:
-    """``--study``: the groups of :mod:`experiments.quality_study` (``defaults``: its
-    StudyConfig), resumable."""
-    from experiments import quality_study
-
-    try:
-        lengths = tuple(int(x) for x in args.lengths.split(","))
-        groups = tuple(g.strip() for g in args.groups.split(",") if g.strip())
-        unknown = [g for g in groups if g not in defaults.groups]
-        if unknown or not lengths or min(lengths) < 1 or args.seeds < 1:
-            raise ValueError(f"--groups takes {', '.join(defaults.groups)}; --lengths and "
-                             f"--seeds positive integers")
-        work_dir = (args.work_dir if args.work_dir != QualityConfig().work_dir
-                    else defaults.work_dir)
-        study = dataclasses.replace(defaults, seeds=args.seeds, lengths=lengths, groups=groups,
-                                    batch_size=args.batch_size, random_cells=args.random_cells,
-                                    work_dir=work_dir, data_dir=args.data_dir)
-        report = quality_study.run_study(
-            study, Path(args.table),
-            Path(args.out or RESULTS / "search_quality_study.json"))
     except (ValueError, nb201.SpaceError) as error:
         cli.fail(str(error))
     print(json.dumps(report["summary"], indent=1))

@@ -38,10 +38,10 @@ def fake_table(path):
 def test_a_reduced_study_runs_every_group_and_resumes(tmp_path, capsys):
     table = fake_table(tmp_path / "table.json")
     out = tmp_path / "study.json"
-    argv = ["--study", "--seeds", "1", "--lengths", "4", "--batch-size", "16",
+    argv = ["--seeds", "1", "--lengths", "4", "--batch-size", "16",
             "--random-cells", "2", "--work-dir", str(tmp_path / "runs"), "--table", str(table),
             "--out", str(out)]
-    assert search_quality.main(argv) == 0
+    assert quality_study.main(argv) == 0
     report = json.loads(out.read_text())
     variants = {run["variant"] for run in report["runs"]}
     assert {"xnas/4", "darts/4", "random-1/4", "random-k/4", "xnas/4/skip_cap=1",
@@ -60,7 +60,7 @@ def test_a_reduced_study_runs_every_group_and_resumes(tmp_path, capsys):
     assert (tmp_path / "study_rewards_xnas_4.png").exists()
     # Resumed, it runs nothing again and writes the same runs.
     capsys.readouterr()
-    assert search_quality.main(argv) == 0
+    assert quality_study.main(argv) == 0
     assert " s\n" not in capsys.readouterr().out  # no run line
     assert json.loads(out.read_text())["runs"] == report["runs"]
 
@@ -77,7 +77,7 @@ def test_the_searches_read_the_data_dir_of_the_flag_or_xnas_data_dir(tmp_path, m
     assert quality_study.StudyConfig().data_dir == "data/cifar10_jpeg"
 
 
-@pytest.mark.parametrize("module", [groundtruth, search_quality])
+@pytest.mark.parametrize("module", [groundtruth, search_quality, quality_study])
 def test_the_table_and_the_searches_have_the_experiments_command_line(module, capsys):
     assert_script_command_line(module, capsys)
 
