@@ -46,7 +46,8 @@ import numpy as np
 
 import experiments
 from experiments import search_quality as quality_lib
-from xnas_jax import cli, nb201, plotting, runs, search
+from experiments import groundtruth
+from xnas_jax import cli, configs, nb201, plotting, runs, search, spaces
 
 LOG = Path("log.jsonl")
 
@@ -124,17 +125,23 @@ def plan(study: StudyConfig, gap: float | None) -> Iterator[dict[str, Any]]:
                        "zeta": zeta_for(fraction, gap), "target_wipeout_fraction": fraction}
 
 
-def _search(proxy, study: StudyConfig, spec: dict[str, Any]) -> dict[str, Any]:
-    """One supernet search of ``spec``: its pick, costs, wipeouts and final evidence."""
+def _run_config(proxy, study: StudyConfig, spec: dict[str, Any]) -> configs.SearchConfig:
+    """The search config of ``spec``, with its own run folder."""
     out_dir = Path(study.work_dir) / variant(spec).replace("/", "_") / f"seed_{spec['seed']}"
     settings = quality_lib.QualityConfig(epochs=spec["epochs"], batch_size=study.batch_size,
                                          work_dir=study.work_dir, data_dir=study.data_dir)
     config = quality_lib.search_config(proxy, settings, "darts" if spec["method"] == "darts"
                                        else "xnas", spec["seed"], out_dir)
-    config = dataclasses.replace(
+    return dataclasses.replace(
         config, wipeout_factor=spec["zeta"], warmup_epochs=spec["warmup_epochs"],
         normalized_rewards=spec["remedy"] == "normalized_rewards",
         keep_checkpoints=1)
+
+
+def _search(proxy, study: StudyConfig, spec: dict[str, Any]) -> dict[str, Any]:
+    """One supernet search of ``spec``: its pick, costs, wipeouts and final evidence."""
+    config = _run_config(proxy, study, spec)
+    out_dir = Path(config.out_dir)
     state = runs.run_state(out_dir) if out_dir.exists() else None
     seconds = None
     if state != "finished":  # a search stopped midway resumes
@@ -200,6 +207,58 @@ def _scored(table, spec: dict[str, Any], result: dict[str, Any]) -> dict[str, An
         ops = nb201.discretize(np.asarray(result["arch"]["cell"]), exclude=("none",))
         run["without_none"] = {"ops": list(ops), **quality_lib.score(table, ops)}
     return run
+
+
+def reward_statistics(result: dict[str, Any], feedbacks_per_step: int) -> dict[str, Any]:
+    """Per edge and op: the mean reward per feedback over the search, and its spread (the
+    standard deviation of the epochs' means), from the epochs' cumulative rewards."""
+    cumulative = np.asarray(result["cumulative_rewards"], np.float64)  # (epochs, E, N)
+    per_epoch = np.diff(cumulative, axis=0, prepend=0.0)
+    feedbacks = result["steps"] / len(cumulative) * feedbacks_per_step
+    return {"mean": (cumulative[-1] / (result["steps"] * feedbacks_per_step)).tolist(),
+            "spread": (per_epoch / feedbacks).std(axis=0).tolist()}
+
+
+def output_scales(proxy, study: StudyConfig, spec: dict[str, Any],
+                  images: int = 64) -> dict[str, Any]:
+    """Each expert's output RMS per edge (mean over cells), at init and at the search's end.
+
+    Skip's output is its input, not normalized, while the convolutions end in
+    batch norm: if skip's rewards lead by scale alone, its RMS is the larger.
+    Measured in training mode on ``images`` of the table's training images.
+    """
+    import jax  # noqa: PLC0415  (only the diagnosis needs it)
+    import orbax.checkpoint as ocp  # noqa: PLC0415
+
+    config = _run_config(proxy, study, spec).resolved()
+    table = groundtruth.TableConfig(**{k: (tuple(v) if isinstance(v, list) else v)
+                                       for k, v in proxy.items()
+                                       if k in {f.name for f in
+                                                dataclasses.fields(groundtruth.TableConfig)}})
+    data = groundtruth.load_proxy(dataclasses.replace(table, data_dir=study.data_dir))
+    x = (data.train_images[:images].astype(np.float32) / 255.0 - data.mean) / data.std
+    model = spaces.get_space("nb201").build(config, data.num_classes)
+    initial = model.init(jax.random.key(spec["seed"]), x, train=True)
+    folder = Path(config.out_dir) / "checkpoints"
+    last = max(int(p.name) for p in folder.iterdir() if p.name.isdigit())
+    state = ocp.StandardCheckpointer().restore(folder / str(last) / "state")
+    final = {k: jax.tree.map(lambda a: np.asarray(a)[0], state[k])
+             for k in ("params", "batch_stats", "arch")}
+
+    def scales(variables):
+        _, out = model.apply(variables, x, train=True,
+                             mutable=["batch_stats", "intermediates"])
+        table = np.zeros((len(nb201.cell_edges(config.nodes)), len(nb201.NB201_OPS)))
+        count = np.zeros_like(table)
+        for cell in out["intermediates"].values():
+            for e, (i, j) in enumerate(nb201.cell_edges(config.nodes)):
+                for name, value in cell.get(f"edge_{i}_{j}", {}).items():
+                    k = nb201.NB201_OPS.index(name.removeprefix("rms_"))
+                    table[e, k] += float(value[0])
+                    count[e, k] += 1
+        return np.where(count > 0, table / np.maximum(count, 1), np.nan).tolist()
+
+    return {"initial": scales({**initial}), "final": scales(final)}
 
 
 def summarize(runs_: list[dict[str, Any]]) -> dict[str, Any]:
@@ -285,8 +344,21 @@ def run_study(study: StudyConfig, table_path: Path, out: Path) -> dict[str, Any]
               f"{run['percentile']:.0f}, {result['seconds']:.0f} s", flush=True)
     scored = [_scored(table, r["spec"], r["result"]) for r in done.values()
               if r["spec"]["epochs"] in study.lengths]
+    # The skip bias, diagnosed on seed 0 of the longest XNAS searches: rewards per op and
+    # edge, and the experts' output scales at init and at the end.
+    diagnosis = {}
+    for record in done.values():
+        spec = record["spec"]
+        if (spec["seed"] == 0 and spec["method"] == "xnas" and spec["epochs"] == study.longest
+                and "cumulative_rewards" in record["result"]):
+            entry = {"rewards": reward_statistics(record["result"], feedbacks)}
+            if Path(_run_config(proxy, study, spec).out_dir, "checkpoints").is_dir():
+                entry["output_rms"] = output_scales(proxy, study, spec)
+            diagnosis[variant(spec)] = entry
     report = {"table": table_path.name, "config": fingerprint, "leader_gap": gap(),
-              "summary": summarize(scored), "runs": scored}
+              "ops": list(nb201.NB201_OPS),
+              "edges": [f"{i}->{j}" for i, j in nb201.cell_edges(proxy["nodes"])],
+              "summary": summarize(scored), "diagnosis": diagnosis, "runs": scored}
     out.write_text(json.dumps(report, indent=1) + "\n")
     plotting.plot_percentile_by_length(
         {method: {e: [r["percentile"] for r in scored if r["variant"] == f"{method}/{e}"]

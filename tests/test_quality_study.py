@@ -57,6 +57,13 @@ def test_a_reduced_study_runs_every_group_and_resumes(tmp_path, capsys):
     darts = next(run for run in report["runs"] if run["variant"] == "darts/4")
     assert "none" not in darts["without_none"]["ops"]
     assert (tmp_path / "study_length.png").exists()
+    # The diagnosis of the skip bias: rewards per op and edge, and the output scales.
+    diagnosis = report["diagnosis"]["xnas/4"]
+    assert np.shape(diagnosis["rewards"]["mean"]) == (3, 5) == np.shape(diagnosis["rewards"]["spread"])
+    for when in ("initial", "final"):
+        rms = np.asarray(diagnosis["output_rms"][when])
+        assert rms.shape == (3, 5) and np.isnan(rms[:, 0]).all()  # 'none' has no output
+        assert (rms[:, 1:] > 0).all()
     assert (tmp_path / "study_rewards_xnas_4.png").exists()
     # Resumed, it runs nothing again and writes the same runs.
     capsys.readouterr()
