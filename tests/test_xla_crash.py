@@ -3,24 +3,20 @@ process of its own: a segmentation fault fails the test instead of killing a wor
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
-from pathlib import Path
 
 import jax
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from conftest import ROOT, subprocess_env
 
 
 def _repro(mode: str) -> subprocess.CompletedProcess:
-    # This checkout's package, whichever one is installed.
-    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
     return subprocess.run([sys.executable, str(ROOT / "tests" / "xla_crash_repro.py"), mode],
-                          cwd=ROOT, env={**os.environ, "PYTHONPATH": path},
-                          capture_output=True, text=True, timeout=300)
+                          cwd=ROOT, env=subprocess_env(), capture_output=True, text=True,
+                          timeout=300)
 
 
 def test_one_seed_per_device_runs_the_plain_program():
