@@ -14,6 +14,8 @@ TEST_XLA_FLAGS = "--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitte
 if TEST_XLA_FLAGS not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {TEST_XLA_FLAGS}".strip()
 
+from pathlib import Path  # noqa: E402
+
 import jax  # noqa: E402
 import pytest
 from jax.experimental.compilation_cache import compilation_cache as jax_compilation_cache
@@ -56,6 +58,16 @@ TINY_TRAIN = [
     "--epochs", "3", "--batch-size", "32", "--max-steps-per-epoch", "8",
     "--learning-rate", "0.05", "--eval-batch-size", "128", "--no-progress",
 ]  # fmt: skip
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def subprocess_env(**overrides: str) -> dict[str, str]:
+    """The environment of a child process that runs this checkout's package (whichever one
+    is installed), with ``overrides``; it inherits XLA_FLAGS (TEST_XLA_FLAGS) unless told."""
+    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    return {**os.environ, "PYTHONPATH": path, **overrides}
 
 
 def _run(main, argv) -> None:
@@ -118,8 +130,10 @@ _RUN_FIXTURES = {"tiny_search", "tiny_train", "darts_search", "search_run", "tra
 # rest follow in collection order.  setup.cfg turns off xdist's own order (by
 # the number of tests in a file, which put the 8-device process, half the
 # suite's time, among the last).
-_LONGEST_FIRST = ("test_parallel.py", "test_search.py", "test_runs.py", "test_supernet.py",
+_LONGEST_FIRST = ("test_parallel.py", "test_user_commands.py", "test_default_flags.py",
+                  "test_faults.py", "test_search.py", "test_runs.py", "test_supernet.py",
                   "test_train.py", "test_benchmarks.py", "test_search_result.py",
+                  "test_quality_study.py",
                   "test_autoaugment.py", "test_spaces.py", "test_nb201.py", "test_ops.py")
 _FIRST_TEST = "test_checks_on_eight_devices_in_their_own_process"
 

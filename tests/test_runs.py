@@ -261,3 +261,37 @@ def test_config_file_with_flag_overrides(tmp_path, capsys):
     path.write_text('{"epochs": 3, "chanels": 6}')
     code = call(search.main, ["--config", str(path)])
     assert_usage_error(code, capsys.readouterr().err, "chanels")
+
+
+@pytest.mark.parametrize("main", [search.main, train.main], ids=["search", "train"])
+@pytest.mark.parametrize("text, fragments", [
+    ('{"epochs": "ten"}', ["epochs: expected a positive integer, got 'ten'"]),  # wrong type
+    ('{"epochs": 2.5}', ["epochs: expected a positive integer, got '2.5'"]),
+    ('{"batch_size": -3}', ["batch_size: expected a positive integer, got -3"]),  # out of range
+    ('{"learning_rate": 0}', ["learning_rate: expected a positive finite number"]),
+    ('{"momentum": 1.5}', ["momentum: expected a probability in [0, 1)"]),
+    ('{"progress": "yes"}', ["progress: expected true or false, got 'yes'"]),
+    ('{"seed": null}', ["seed: expected a value, got null"]),
+    ('{"dataset": "imagenette"}', ["dataset: invalid choice 'imagenette'"]),
+    ('{"out_dir": 3}', ["out_dir: expected a string, got 3"]),
+])
+def test_config_file_values_are_checked_as_their_flags(main, text, fragments, tmp_path, capsys):
+    # The values of a --config file pass their flags' checks: one line naming
+    # the file and the key, exit status 2, before anything is written.
+    path = tmp_path / "settings.json"
+    path.write_text(text)
+    code = call(main, ["--config", str(path), "--out-dir", str(tmp_path / "run")])
+    assert_usage_error(code, capsys.readouterr().err, repr(str(path)), *fragments)
+    assert not (tmp_path / "run").exists()
+
+
+def test_config_file_values_convert_as_flags_do(tmp_path):
+    path = tmp_path / "settings.yaml"
+    path.write_text("seeds: [0, 3, 7]\nops: skip_connect,max_pool_3x3\nflip: false\n"
+                    "max_train_examples: null\nlearning_rate: '0.05'\n")
+    config, _ = search.parse_args(["--config", str(path)])
+    assert (config.seeds, config.ops, config.flip) == (
+        (0, 3, 7), ("skip_connect", "max_pool_3x3"), False)
+    assert config.max_train_examples is None and config.learning_rate == 0.05
+    path.write_text("seeds: [5]\n")  # a run's config.json: a list of one seed, not 5 seeds
+    assert search.parse_args(["--config", str(path)])[0].seed_list == (5,)

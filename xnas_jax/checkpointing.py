@@ -158,6 +158,25 @@ def _summarize(lines: list[str]) -> str:
     return shown
 
 
+def _reason(error: BaseException, limit: int = 300) -> str:
+    """An exception as one line of at most about ``limit`` characters, with its type."""
+    reason = " ".join(str(error).split())
+    if len(reason) > limit:
+        reason = reason[:limit] + "..."
+    return f"{type(error).__name__}: {reason}"
+
+
+def _tree_bytes(tree: Any) -> int:
+    """About the bytes a checkpoint of ``tree`` takes: its arrays, and orbax's files per leaf."""
+    leaves = jax.tree.leaves(tree)
+    arrays = sum(int(np.prod(np.shape(leaf))) * np.dtype(getattr(leaf, "dtype", np.float64)
+                                                         ).itemsize
+                 if not (isinstance(leaf, jax.Array)
+                         and jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key))
+                 else jax.random.key_data(leaf).nbytes for leaf in leaves)
+    return arrays + 1024 * len(leaves) + 65536
+
+
 class Checkpointer:
     """The checkpoints of one run in one directory (see the module docstring).
 
@@ -248,12 +267,22 @@ class Checkpointer:
     def save(self, step: int, tree: Any, metadata: Mapping[str, Any] | None = None) -> None:
         """Writes ``tree`` and ``metadata`` as checkpoint ``step`` (blocking).
 
+        The room it needs is reserved first (:meth:`_reserve`), so that a
+        full disk is found before orbax starts writing: orbax's writes run on
+        several threads, and when one fails the others print tracebacks as
+        they end.  A write that fails all the same leaves the earlier
+        checkpoints as they were: orbax writes into a temporary folder and
+        renames it when complete, and the unfinished folder is replaced when
+        the step is saved again.
+
         Raises:
-          CheckpointError: if ``step`` is already saved (never overwritten).
+          CheckpointError: if ``step`` is already saved (never overwritten), or
+            cannot be written (naming the step that stands).
           TypeError: if ``metadata`` is not JSON-serializable.
         """
         step = int(step)
-        if step in self.steps:
+        saved_before = self.steps
+        if step in saved_before:
             raise CheckpointError(
                 f"checkpoint {str(self.step_path(step))!r} already exists; refusing to overwrite it"
             )
@@ -265,13 +294,21 @@ class Checkpointer:
             "checksums": tree_checksums(tree),
             "user": _jsonable(metadata or {}, "metadata"),
         }
-        saved = self._manager.save(
-            step,
-            args=ocp.args.Composite(
-                **{_STATE: ocp.args.StandardSave(tree), _METADATA: ocp.args.JsonSave(record)}
-            ),
-        )
-        self._manager.wait_until_finished()
+        try:
+            self._reserve(step, _tree_bytes(tree))
+            saved = self._manager.save(
+                step,
+                args=ocp.args.Composite(
+                    **{_STATE: ocp.args.StandardSave(tree), _METADATA: ocp.args.JsonSave(record)}
+                ),
+            )
+            self._manager.wait_until_finished()
+        except Exception as error:  # a full disk, a file-size limit, a lost mount...
+            kept = (f"checkpoint {saved_before[-1]} is intact: make room and continue with "
+                    f"--resume" if saved_before else "no earlier checkpoint")
+            raise CheckpointError(
+                f"cannot write checkpoint {str(self.step_path(step))!r} "
+                f"({_reason(error)}); {kept}") from None
         if not saved:  # orbax declines some saves silently; this one must happen.
             raise CheckpointError(f"orbax did not save checkpoint {str(self.step_path(step))!r}")
 
@@ -389,13 +426,26 @@ class Checkpointer:
             )
         return step
 
+    def _reserve(self, step: int, size: int) -> None:
+        """Checks that ``size`` bytes can be written here, by allocating them in a file.
+
+        Raises:
+          OSError: no space left (ENOSPC), a file-size limit (EFBIG), ...
+        """
+        probe = self.directory / f".room_for_step_{step}.process_{jax.process_index()}"
+        try:
+            with probe.open("wb") as f:
+                if hasattr(os, "posix_fallocate"):
+                    os.posix_fallocate(f.fileno(), 0, size)
+                else:  # pragma: no cover (not Linux)
+                    f.truncate(size)
+        finally:
+            probe.unlink(missing_ok=True)
+
     def _corrupt(self, step: int, error: BaseException) -> CheckpointError:
-        reason = " ".join(str(error).split())
-        if len(reason) > 300:
-            reason = reason[:300] + "..."
         return CorruptCheckpoint(
             f"checkpoint {str(self.step_path(step))!r} is corrupt or unreadable "
-            f"({type(error).__name__}: {reason})", step)
+            f"({_reason(error)})", step)
 
     def _read_metadata(self, step: int) -> dict[str, Any]:
         try:

@@ -500,10 +500,60 @@ def build_parser(config_class: type, prog: str, description: str,
             if choices.get(field.name, flag.choices) is not None:
                 kwargs["choices"] = choices.get(field.name, flag.choices)
         group.add_argument("--" + field.name.replace("_", "-"), **kwargs)
+    # The same choices check the values of a --config file (config_from_args).
+    parser.set_defaults(_choices=dict(choices))
     return parser
 
 
-def _read_config_file(path: str, config_class: type) -> dict[str, Any]:
+def _file_value(field: dataclasses.Field, value: Any, where: str,
+                choices: Sequence[str] | None) -> Any:
+    """A ``--config`` file's value of ``field``, checked and converted as its flag's text is.
+
+    Numbers and lists go through the flag's own ``type`` (as the text the
+    flag would be given: ``10``, ``0,3,7``, ``0,`` for a list of one), so a file accepts what the
+    command line accepts and refuses what it refuses; booleans must be
+    true/false; null only where the field may be None.
+
+    Raises:
+      ConfigError: naming ``where`` (the file and the key) and the problem.
+    """
+    flag = FLAGS[field.name]
+    kind = str(field.type)
+    if value is None:
+        if "None" in kind:
+            return None
+        raise ConfigError(f"{where}: expected a value, got null")
+    if kind.startswith("bool"):
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true or false, got {value!r}")
+        return value
+    scalar = isinstance(value, (str, int, float)) and not isinstance(value, bool)
+    listed = isinstance(value, (list, tuple)) and all(
+        isinstance(v, (str, int)) and not isinstance(v, bool) for v in value)
+    if flag.type is None:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+    elif not (scalar or (listed and "tuple" in kind)):
+        raise ConfigError(f"{where}: expected {'a list or ' if 'tuple' in kind else ''}"
+                          f"a single value, got {value!r}")
+    else:
+        text = str(value)
+        if listed:  # a list of one is a list: ``--seeds 0,`` (``--seeds 0`` counts seeds)
+            text = ",".join(str(v) for v in value) + ("," if len(value) == 1 else "")
+        try:
+            value = flag.type(text)
+        except (argparse.ArgumentTypeError, ValueError) as error:
+            raise ConfigError(f"{where}: {error}") from None
+    choices = choices or flag.choices
+    if choices is not None and value not in choices:
+        raise ConfigError(f"{where}: invalid choice {value!r} (choose from "
+                          f"{', '.join(map(str, choices))})")
+    return value
+
+
+def _read_config_file(path: str, config_class: type,
+                      choices: dict[str, Sequence[str]] | None = None) -> dict[str, Any]:
+    """The settings of a ``--config`` file, each checked as its flag would be."""
     try:
         text = Path(path).read_text()
     except OSError as error:
@@ -526,7 +576,10 @@ def _read_config_file(path: str, config_class: type) -> dict[str, Any]:
     unknown = sorted(set(values) - names)
     if unknown:
         raise ConfigError(f"--config {path!r}: unknown settings {', '.join(unknown)}")
-    return {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+    choices = choices or {}
+    return {f.name: _file_value(f, values[f.name], f"--config {path!r}: {f.name}",
+                                choices.get(f.name))
+            for f in dataclasses.fields(config_class) if f.name in values}
 
 
 def config_from_args(config_class: type, args: argparse.Namespace) -> Any:
@@ -534,10 +587,12 @@ def config_from_args(config_class: type, args: argparse.Namespace) -> Any:
 
     Raises:
       ConfigError: an unreadable ``--config`` file, an unknown setting in it,
-        or (training) a recipe that does not fit the network.
+        a value that its flag would refuse, or (training) a recipe that does
+        not fit the network.
     """
     names = {f.name for f in dataclasses.fields(config_class)}
-    values = _read_config_file(args.config, config_class) if getattr(args, "config", None) else {}
+    values = (_read_config_file(args.config, config_class, getattr(args, "_choices", None))
+              if getattr(args, "config", None) else {})
     values.update({k: v for k, v in vars(args).items() if k in names})
     if config_class is TrainConfig:
         return recipe_config(values.pop("recipe", TrainConfig.recipe), **{

@@ -31,6 +31,7 @@ import os
 import platform
 import signal
 import sys
+import tempfile
 import threading
 from collections.abc import Mapping
 from pathlib import Path
@@ -125,16 +126,23 @@ def locate_run(out_dir: str | os.PathLike | None, runs_root: str | os.PathLike,
 
 
 def _check_writable(directory: Path, what: str) -> None:
-    """The folder, or the nearest ancestor that exists, must be a writable folder."""
+    """The folder, or the nearest ancestor that exists, must be a folder a file can be made in.
+
+    The test file is removed again: nothing is left behind.
+    """
     existing = directory
     while not existing.exists() and existing.parent != existing:
         existing = existing.parent
     if not existing.is_dir():
         raise RunError(f"{what} {str(directory)!r} is not writable: {str(existing)!r} is not "
                        f"a directory")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise RunError(f"{what} {str(directory)!r} is not writable: no write permission on "
-                       f"{str(existing)!r}")
+    # Tried, not asked: os.access says yes to root on read-only mounts, /proc and /sys.
+    try:
+        with tempfile.NamedTemporaryFile(dir=existing, prefix=".write_test_"):
+            pass
+    except OSError as error:
+        raise RunError(f"{what} {str(directory)!r} is not writable: cannot create a file in "
+                       f"{str(existing)!r} ({error.strerror or error})") from None
 
 
 def _runs_under(root: Path) -> list[Path]:

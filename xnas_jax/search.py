@@ -402,8 +402,11 @@ def _search_loop(config: SearchConfig, data: SearchData, run: runs.Run, steps: _
                 k: np.asarray([r[k] for r in _per_seed(record)])
                 for k in ("entropy", "val_accuracy")}),
                 "epoch/images_per_second": record["images_per_second"]})
-            run.save(step, state, {"epoch": epoch + 1})
+            # The record first: a run killed between the two resumes from the
+            # checkpoint before, cutting the record away, and writes it again;
+            # the other order would lose it (the checkpoint stands, its record not).
             run.log(record)
+            run.save(step, state, {"epoch": epoch + 1})
             run.print(_epoch_line(record))
             per_step = []
     except (KeyboardInterrupt, runs.StopRequested):

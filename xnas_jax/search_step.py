@@ -258,6 +258,28 @@ def preprocess_batch(key: jax.Array, images: jax.Array, config: Preprocess,
     return augment.normalize(images, jnp.asarray(config.mean), jnp.asarray(config.std))
 
 
+def vmap_seeds(fn: Callable[..., Any], block: int) -> Callable[..., Any]:
+    """``fn`` over the leading seed axis of a block of ``block`` seeds (one device group's).
+
+    A block of several seeds is vmapped; a block of one seed runs ``fn``
+    unbatched (the seed axis taken off the arguments and put back on the
+    results), the program a one-seed search runs.  Why not vmap a block of
+    one: it gives every tensor a unit leading axis, and XLA's CPU backend
+    (jaxlib 0.10.2, its YNNPACK reduce fusion) dies with a segmentation fault
+    on a product of two rank-7 operands with a unit axis summed over one
+    middle axis -- which the cell's input edges make in the backward pass
+    (seed 1 x nodes x inputs x B x H x W x C, summed over the nodes that read
+    each input).  See docs/reliability.md and tests/test_xla_crash.py.
+    """
+    if block != 1:
+        return jax.vmap(fn)
+
+    def one(*args):
+        return jax.tree.map(lambda a: a[None], fn(*jax.tree.map(lambda a: a[0], args)))
+
+    return one
+
+
 def make_search_step(
     model: SearchNetwork,
     weight_tx: optax.GradientTransformation,
@@ -418,9 +440,8 @@ def make_search_step(
         one_seed = lambda s: [jax.lax.with_sharding_constraint(  # noqa: E731
             (images[s], labels[s]), split_batch) for images, labels in gathered]
         if weight_idx.shape[0] == 1:  # one search: the plain step, with an axis of 1
-            state = jax.tree.map(lambda a: a[0], states)
-            out = update(state, *batches(one_seed(0), keys[0], state.step))
-            return jax.tree.map(lambda a: a[None], out)
+            plain = lambda state: update(state, *batches(one_seed(0), keys[0], state.step))  # noqa: E731
+            return vmap_seeds(plain, 1)(states)
         # The random draws of each seed outside vmap: batched "rbg" keys draw
         # other numbers than the same keys one at a time, and a search must
         # not depend on the seeds it runs beside.
@@ -432,9 +453,12 @@ def make_search_step(
         # Each device group vmaps its own seeds (shard_map over ``seed``; the
         # batch stays split over ``data`` by GSPMD): left to GSPMD, the seed
         # axis that vmap folds into the convolutions' feature groups was
-        # partitioned wrongly (XLA CPU, jax 0.10.2: other losses).
+        # partitioned wrongly (XLA CPU, jax 0.10.2: other losses).  A group
+        # of one seed runs the plain step (:func:`vmap_seeds`: XLA crashes).
         by_seed = P(parallel.SEED)
-        return jax.shard_map(jax.vmap(update), mesh=mesh, in_specs=(by_seed, by_seed, by_seed),
+        block = weight_idx.shape[0] // mesh.shape[parallel.SEED]
+        return jax.shard_map(vmap_seeds(update, block), mesh=mesh,
+                             in_specs=(by_seed, by_seed, by_seed),
                              out_specs=by_seed, axis_names={parallel.SEED},
                              check_vma=False)(states, *stacked)
 

@@ -556,8 +556,8 @@ def train_and_evaluate(config: TrainConfig) -> dict[str, Any]:
                                "epoch/test_accuracy": test_metrics["accuracy"],
                                "epoch/train_loss": epoch_record["train_loss"],
                                "epoch/learning_rate": lr})
+            run.log(epoch_record)  # before the checkpoint, as in the search (nothing lost)
             run.save(step, checkpoint_tree(state), epoch_record)
-            run.log(epoch_record)
             run.print(json.dumps(epoch_record))
 
         if test_metrics is None:  # resumed a finished run: evaluate what it left.
