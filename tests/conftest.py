@@ -100,7 +100,7 @@ _RUN_FIXTURES = {"tiny_search", "tiny_train", "darts_search", "search_run", "tra
 
 # Files in the order xdist hands them to the workers: the longest first (their
 # time in the suite, measured), so that no long file is left for the end; the
-# rest follow in collection order.  setup.cfg turns off xdist's own order (by
+# rest follow in collection order.  pyproject.toml turns off xdist's own order (by
 # the number of tests in a file, which put the 8-device process, half the
 # suite's time, among the last).
 _LONGEST_FIRST = ("test_parallel.py", "test_search.py", "test_runs.py", "test_supernet.py",
