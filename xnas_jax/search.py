@@ -632,8 +632,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             return
         if spec_shape is not None:  # fail fast, before loading anything
             check_image_size(spec_shape, resolved)
-        if config.compilation_cache:
-            cli.enable_compilation_cache(config.compilation_cache)
+        cli.use_compilation_cache(config.compilation_cache)
         train_and_evaluate(config)
     except (specs.DatasetError, CheckpointError, genotypes.GenotypeError, ValueError) as error:
         cli.fail(str(error))  # MeshError, ConfigError and RunError are ValueErrors
