@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 
+import jax
 import pytest
+from jax.experimental.compilation_cache import compilation_cache as jax_compilation_cache
 
 from xnas_jax import cli, configs, genotypes, search, train
 
@@ -67,6 +69,18 @@ def test_the_default_cache_is_in_the_users_cache_folder(monkeypatch, tmp_path):
     monkeypatch.delenv("XDG_CACHE_HOME")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     assert cli.default_compilation_cache() == tmp_path / "home" / ".cache" / "xnas_jax" / "jax"
+
+
+def test_no_flag_turns_the_cache_on_in_the_users_folder(monkeypatch, tmp_path):
+    previous = jax.config.jax_compilation_cache_dir
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    try:
+        folder = cli.use_compilation_cache(search.parse_args([])[0].compilation_cache)
+        assert folder == tmp_path / "xnas_jax" / "jax" and folder.is_dir()
+        assert jax.config.jax_compilation_cache_dir == str(folder)
+    finally:
+        jax.config.update("jax_compilation_cache_dir", previous)
+        jax_compilation_cache.reset_cache()
 
 
 def test_an_unwritable_default_cache_only_warns(monkeypatch, tmp_path, capsys):
