@@ -31,6 +31,15 @@ def test_pyproject_is_the_one_source_of_metadata():
     assert extras["gpu-cuda12"][0].startswith("jax[cuda12]")
 
 
+def test_the_version_is_written_once():
+    project = _project()
+    assert "version" not in project and project["dynamic"] == ["version"]
+    attr = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"][
+        "dynamic"]["version"]["attr"]
+    module, name = attr.rsplit(".", 1)
+    assert isinstance(getattr(importlib.import_module(module), name), str)
+
+
 def test_console_scripts_are_the_commands_mains():
     scripts = _project()["scripts"]
     assert set(scripts) == {f"xnas-{name}" for name in entry.COMMANDS}
