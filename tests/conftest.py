@@ -28,19 +28,38 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 jax.config.update("jax_default_prng_impl", "rbg")
 
 
+def _session_folder(tmp_path_factory, name: str):
+    """A folder of this test session, one for all its xdist workers."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return tmp_path_factory.mktemp(name)
+    folder = tmp_path_factory.getbasetemp().parent / name
+    folder.mkdir(exist_ok=True)
+    return folder
+
+
+@pytest.fixture(scope="session", autouse=True)
+def user_cache_folder(tmp_path_factory):
+    """The commands keep a compilation cache in the user's cache folder unless told
+    otherwise: in the tests (and their subprocesses) that folder is a temporary one,
+    never the real ~/.cache."""
+    previous = os.environ.get("XDG_CACHE_HOME")
+    os.environ["XDG_CACHE_HOME"] = str(_session_folder(tmp_path_factory, "xdg_cache"))
+    yield
+    if previous is None:
+        os.environ.pop("XDG_CACHE_HOME", None)
+    else:
+        os.environ["XDG_CACHE_HOME"] = previous
+
+
 @pytest.fixture(scope="session")
 def compilation_cache(tmp_path_factory):
     """The CLIs' --compilation-cache: runs of the same network reuse the first
     run's executables, in every xdist worker; JAX's global setting is restored
     afterwards."""
     previous = jax.config.jax_compilation_cache_dir
-    if os.environ.get("PYTEST_XDIST_WORKER"):
-        # One folder for all the workers of this session: a program that two
-        # test files compile (the tiny search's step, say) compiles once.
-        folder = tmp_path_factory.getbasetemp().parent / "jax_cache"
-        folder.mkdir(exist_ok=True)
-    else:
-        folder = tmp_path_factory.mktemp("jax_cache")
+    # One folder for all the workers of this session: a program that two test
+    # files compile (the tiny search's step, say) compiles once.
+    folder = _session_folder(tmp_path_factory, "jax_cache")
     yield ["--compilation-cache", str(folder)]
     jax.config.update("jax_compilation_cache_dir", previous)
     jax_compilation_cache.reset_cache()
@@ -127,7 +146,7 @@ _RUN_FIXTURES = {"tiny_search", "tiny_train", "darts_search", "search_run", "tra
 
 # Files in the order xdist hands them to the workers: the longest first (their
 # time in the suite, measured), so that no long file is left for the end; the
-# rest follow in collection order.  setup.cfg turns off xdist's own order (by
+# rest follow in collection order.  pyproject.toml turns off xdist's own order (by
 # the number of tests in a file, which put the 8-device process, half the
 # suite's time, among the last).
 _LONGEST_FIRST = ("test_parallel.py", "test_user_commands.py", "test_default_flags.py",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import runpy
 
 import hypothesis.extra.numpy as hnp
 import jax.numpy as jnp
@@ -347,6 +348,30 @@ def test_json_round_trip(genotype):
     # The text form names every pair once, node by node.
     lines = genotypes.format_genotype(genotype).splitlines()
     assert len(lines) == 2 + len(genotype.normal)
+
+
+@settings(max_examples=60, deadline=None)
+@given(_genotypes())
+def test_python_form_round_trip(genotype):
+    namespace: dict = {}
+    exec(genotypes.genotype_python(genotype, "CELL"), namespace)
+    assert genotypes.validate_genotype(namespace["CELL"]) == genotype
+
+
+def test_python_form_is_the_darts_repositorys(tmp_path):
+    path = tmp_path / "genotype.py"
+    genotypes.save_genotype_python(DARTS_V2, path)
+    text = path.read_text()
+    assert "from collections import namedtuple\n" in text
+    assert ("Genotype = namedtuple('Genotype', 'normal normal_concat reduce reduce_concat')"
+            in text)
+    assert ("    normal=[('sep_conv_3x3', 0), ('sep_conv_3x3', 1), ('sep_conv_3x3', 0), "
+            "('sep_conv_3x3', 1), ('sep_conv_3x3', 1), ('skip_connect', 0), ('skip_connect', 0), "
+            "('dil_conv_3x3', 2)],\n    normal_concat=range(2, 6),\n") in text
+    cell = runpy.run_path(str(path))["GENOTYPE"]
+    assert cell.reduce_concat == range(2, 6) and cell.reduce[1] == ("max_pool_3x3", 1)
+    with pytest.raises(ValueError, match="identifier"):
+        genotypes.genotype_python(DARTS_V2, "not a name")
 
 
 def test_save_and_load(tmp_path):

@@ -14,6 +14,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+from PIL import Image
 
 from conftest import TINY_SEARCH as SEARCH, TINY_TRAIN as TRAIN, assert_usage_error
 from xnas_jax import configs, genotypes, runs, search, train
@@ -132,6 +133,48 @@ def test_both_runs_write_config_and_tensorboard_scalars(search_run, train_run):
     assert [s for s, _ in scalars["step/loss"]] == [8, 16, 24]
 
 
+def test_search_tensorboard_holds_edge_weights_genotype_cells_and_both_learning_rates(
+        search_run):
+    log = runs.read_log(search_run)
+    board = runs.read_tensorboard(search_run)
+    steps = [r["step"] for r in log]
+    config = json.loads((search_run / runs.CONFIG_FILE).read_text())["config"]
+    for cell in ("normal", "reduce"):
+        # u of every edge, each epoch: a histogram of the logged weights ...
+        histograms = dict(board[f"arch/u/{cell}"])
+        assert sorted(histograms) == steps
+        for record in log:
+            u = np.array(record["arch"][cell])
+            histogram = histograms[record["step"]]
+            assert histogram["count"] == u.size == 14 * 4
+            assert histogram["sum"] == pytest.approx(u.sum(), abs=1e-5)
+            assert histogram["max"] == pytest.approx(u.max(), abs=1e-5)
+        # ... and an image of the edges by experts.
+        images = dict(board[f"arch/edges/{cell}"])
+        assert sorted(images) == steps
+        assert all(image.ndim == 3 and image.shape[-1] == 3 for image in images.values())
+        assert not np.array_equal(images[steps[0]], images[steps[-1]])  # u moved
+        # The drawn cell, once, at the last step.
+        (at, drawing), = board[f"cell/{cell}"]
+        assert at == steps[-1] and drawing.shape[-1] == 3
+        np.testing.assert_array_equal(
+            drawing, np.asarray(Image.open(search_run / f"{cell}.png").convert("RGB")))
+    # The genotype as text each epoch: the last one is the written genotype.
+    texts = dict(board["genotype/text_summary"])
+    assert sorted(texts) == steps
+    final = genotypes.format_genotype(genotypes.load_genotype(search_run / "genotype.json"))
+    assert [line.strip() for line in texts[steps[-1]].splitlines()] == [
+        line.strip() for line in final.splitlines()]
+    # Both optimizers' learning rates: the weights' cosine decay, the architecture's eta.
+    scalars = runs.read_scalars(search_run)
+    weights = [value for _, value in scalars["epoch/learning_rate"]]
+    assert weights[0] == pytest.approx(config["learning_rate"])
+    assert weights[-1] < weights[0]
+    for cell in ("normal", "reduce"):
+        rates = scalars[f"epoch/arch_learning_rate/{cell}"]
+        assert [s for s, _ in rates] == steps and rates[0][1] > 0
+
+
 def test_training_stopped_by_sigterm_resumes_bit_identically(train_run, compilation_cache,
                                                             tmp_path, monkeypatch, capsys):
     out = tmp_path / "stopped"
@@ -245,7 +288,8 @@ def test_both_command_lines_share_names_help_and_defaults(capsys):
     for name in shared:
         a, b = search_flags[name], train_flags[name]
         assert a.option_strings == b.option_strings, name
-        assert a.help.split(" (default:")[0] == b.help.split(" (default:")[0], name
+        if isinstance(configs.FLAGS[name].help, str):  # else written per command
+            assert a.help.split(" (default:")[0] == b.help.split(" (default:")[0], name
     for flags in (search_flags, train_flags):
         for action in flags.values():
             if action.help and action.dest != "help":

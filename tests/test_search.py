@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import runpy
 import shutil
 import signal
 from pathlib import Path
@@ -49,8 +50,9 @@ def search_into(out_dir: Path, flags: list[str]) -> Path:
 
 
 def test_search_writes_every_output(tiny_search):
-    for name in ("genotype.json", "genotype.txt", "normal.png", "reduce.png", "log.jsonl",
-                 "arch_normal.png", "arch_reduce.png", "active_experts.png", "losses.png"):
+    for name in ("genotype.json", "genotype.txt", "genotype.py", "normal.png", "reduce.png",
+                 "log.jsonl", "arch_normal.png", "arch_reduce.png", "active_experts.png",
+                 "losses.png"):
         assert (tiny_search / name).stat().st_size > 0, name
     genotype = genotypes.load_genotype(tiny_search / "genotype.json")
     log = read_log(tiny_search)
@@ -225,6 +227,22 @@ def test_help_documents_every_flag(capsys):
             assert flag in text
         if action.option_strings and action.dest != "help":
             assert action.help, action.option_strings
+
+
+def test_genotype_py_loads_in_the_darts_reference_form(tiny_search):
+    """genotype.py, run as the DARTS code would import it, holds the written genotype:
+    (op, input) pairs node by node, and concat range(2, 2 + nodes)."""
+    module = runpy.run_path(str(tiny_search / "genotype.py"))
+    found = module["GENOTYPE"]
+    assert type(found).__name__ == "Genotype"
+    assert found._fields == ("normal", "normal_concat", "reduce", "reduce_concat")
+    expected = genotypes.load_genotype(tiny_search / "genotype.json")
+    nodes = len(expected.normal) // 2
+    for cell in ("normal", "reduce"):
+        pairs = getattr(found, cell)
+        assert pairs == [tuple(pair) for pair in getattr(expected, cell)]
+        assert all(type(op) is str and type(source) is int for op, source in pairs)
+        assert getattr(found, f"{cell}_concat") == range(2, 2 + nodes)
 
 
 def _odd_image_folder(root: Path) -> Path:

@@ -5,7 +5,9 @@ stderr and exit status 2 (argparse's own convention for usage errors), never a
 traceback.  :class:`ArgumentParser` routes argparse's errors through
 :func:`fail`; the ``*_int`` / ``*_float`` helpers are argparse ``type=``
 callables whose messages name the bad value; :func:`writable_dir` checks an
-output directory before any work starts.
+output directory before any work starts.  :func:`use_compilation_cache`
+turns on the persistent compilation cache that both commands keep, by default,
+in the user's cache folder.
 """
 
 from __future__ import annotations
@@ -28,9 +30,15 @@ __all__ = [
     "probability",
     "writable_dir",
     "enable_compilation_cache",
+    "default_compilation_cache",
+    "use_compilation_cache",
+    "DEFAULT_COMPILATION_CACHE",
 ]
 
 EXIT_USAGE = 2
+
+# How --help names the default compilation cache (default_compilation_cache()).
+DEFAULT_COMPILATION_CACHE = "$XDG_CACHE_HOME/xnas_jax/jax, else ~/.cache/xnas_jax/jax"
 
 
 def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
@@ -148,3 +156,40 @@ def enable_compilation_cache(directory: str | os.PathLike) -> Path:
     compilation_cache.set_cache_dir(str(cache))
     compilation_cache.reset_cache()
     return cache
+
+
+def default_compilation_cache() -> Path:
+    """The user's compilation cache: ``$XDG_CACHE_HOME/xnas_jax/jax``, else
+    ``~/.cache/xnas_jax/jax`` (the XDG base directory convention)."""
+    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(root) / "xnas_jax" / "jax"
+
+
+def use_compilation_cache(setting: str | os.PathLike | bool | None) -> Path | None:
+    """Turns on the persistent compilation cache that a run's config asks for.
+
+    Compiling the search step takes minutes on a CPU; with the cache a run
+    whose shapes an earlier run on this machine compiled loads the program
+    instead, so the compile is paid once per machine.
+
+    Args:
+      setting: a run's ``compilation_cache``: a folder (``--compilation-cache
+        DIR``), ``False`` for none (``--no-compilation-cache``), or ``None`` /
+        ``True`` for the user's cache folder (:func:`default_compilation_cache`).
+
+    Returns:
+      The cache folder, or None when there is none: turned off, or the default
+      folder cannot be written (the run goes on without it, saying so).
+
+    Raises:
+      ValueError: if a folder given explicitly cannot be created or written.
+    """
+    if setting is False:
+        return None
+    if setting is None or setting is True:
+        try:
+            return enable_compilation_cache(default_compilation_cache())
+        except ValueError as error:
+            print(f"warning: no compilation cache: {error}", file=sys.stderr, flush=True)
+            return None
+    return enable_compilation_cache(setting)

@@ -104,7 +104,7 @@ class SearchConfig:
     log_every: int = 10
     keep_checkpoints: int = 2
     progress: bool = True
-    compilation_cache: str | None = None
+    compilation_cache: str | bool | None = None  # None: the user's cache; False: none.
     # Devices and processes.
     devices: int | None = None
     coordinator_address: str | None = None
@@ -195,7 +195,7 @@ class TrainConfig:
     log_every: int = 50
     keep_checkpoints: int = 3
     progress: bool = True
-    compilation_cache: str | None = None
+    compilation_cache: str | bool | None = None  # None: the user's cache; False: none.
     # Devices and processes.
     devices: int | None = None
     coordinator_address: str | None = None
@@ -310,14 +310,35 @@ def _wipeout_factor(text: str) -> float:
     return value
 
 
+# The command each config is for: a :class:`Flag`'s help or default text may
+# differ between them (a dict keyed by command).
+COMMANDS: dict[type, str] = {SearchConfig: "search", TrainConfig: "train"}
+
+# The flags that change how fast a run goes and how it compiles (its numbers
+# at most by rounding): --help lists them apart, under this group.
+ADVANCED = "advanced: speed and compilation"
+
+PerCommand = str | dict[str, str]
+
+
 class Flag(NamedTuple):
-    """How a field appears on the command line."""
+    """How a field appears on the command line.
+
+    ``help`` and ``default`` are one text for both commands, or a dict of a
+    text per command (:data:`COMMANDS`), where the two commands' flags mean
+    different things (e.g. a search's batch holds images of each half).
+    """
 
     group: str
-    help: str
+    help: PerCommand
     type: Any = None  # an argparse type; None: a string (bool fields: --x/--no-x).
     choices: Sequence[str] | None = None
-    default: str | None = None  # the help's default text where the field's is None.
+    default: PerCommand | None = None  # the help's default text where the field's is None.
+
+    def text(self, command: str) -> tuple[str, str | None]:
+        """The help and default texts of this flag in ``command``."""
+        return tuple(value[command] if isinstance(value, dict) else value
+                     for value in (self.help, self.default))
 
 
 _DATASETS = tuple(sorted(specs.DATASETS))
@@ -325,9 +346,12 @@ FLAGS: dict[str, Flag] = {
     # Data.
     "dataset": Flag("data", "dataset; 'digits' is embedded (no download)", choices=_DATASETS),
     "data_dir": Flag("data", "local data: official files (CIFAR python batches, MNIST IDX), an "
-                     "image folder/zip of <split>/<class>/<image>, or a tfds data dir"),
+                     "image folder/zip of <split>/<class>/<image>, or a tfds data dir",
+                     default="none: digits is embedded, others come from tensorflow-datasets' "
+                     "own folder"),
     "test_data_dir": Flag("data", "where the test split lies", default="--data-dir"),
-    "cache_dir": Flag("data", "cache decoded arrays here (.npz): later runs skip decoding"),
+    "cache_dir": Flag("data", "cache decoded arrays here (.npz): later runs skip decoding",
+                      default="none: decode every run"),
     "max_train_examples": Flag("data", "use at most this many training images (quick runs)",
                                cli.positive_int, default="all"),
     "max_test_examples": Flag("data", "evaluate on at most this many test images",
@@ -342,20 +366,30 @@ FLAGS: dict[str, Flag] = {
     "flip": Flag("data", "random horizontal flips", default="the dataset's: natural images "
                  "only"),
     # Networks.
-    "channels": Flag("network", "initial channels C", cli.positive_int,
-                     default="search: 8 on digits, else 16; training: the network's"),
-    "layers": Flag("network", "number of cells (nb201: cells per stage)", cli.positive_int,
-                   default="search: 5 on digits, else 8; training: the network's"),
+    "channels": Flag("network", {"search": "initial channels C of the supernet",
+                                 "train": "initial channels C of the evaluation network"},
+                     cli.positive_int,
+                     default={"search": "8 on digits, else 16",
+                              "train": "--size's, else the --network's: cifar 36, imagenet 48"}),
+    "layers": Flag("network", {"search": "number of cells of the supernet (nb201: cells per "
+                               "stage)",
+                               "train": "number of cells of the evaluation network"},
+                   cli.positive_int,
+                   default={"search": "5 on digits, else 8",
+                            "train": "--size's, else the --network's: cifar 20, imagenet 14"}),
     "space": Flag("network", "the search space: DARTS's cell (the XNAS paper's) or "
                   "NAS-Bench-201's", choices=("darts", "nb201")),
     "nodes": Flag("network", "intermediate nodes per cell (nb201: all nodes, input and "
                   "output included)", cli.positive_int),
-    "ops": Flag("network", f"comma-separated experts, from: {','.join(genotypes.PRIMITIVES)} "
-                f"(nb201: its own 5)", _comma_list,
-                default="the space's: the XNAS paper's 8, or nb201's 5"),
-    "dtype": Flag("network", "computation dtype (parameters stay float32)",
-                  choices=tuple(kernels.DTYPES)),
-    "depthwise": Flag("network", "depthwise convolution as shifted slices (custom VJP) or "
+    "ops": Flag("network", f"comma-separated experts searched on every edge, from: "
+                f"{','.join(genotypes.PRIMITIVES)} (nb201: its own {len(nb201.NB201_OPS)})",
+                _comma_list,
+                default=f"the space's: darts: the XNAS paper's "
+                f"{len(genotypes.XNAS_PRIMITIVES)}, all but none; nb201: its "
+                f"{len(nb201.NB201_OPS)}"),
+    "dtype": Flag(ADVANCED, "computation dtype (parameters stay float32); bfloat16 is faster "
+                  "on GPUs and TPUs and rounds more", choices=tuple(kernels.DTYPES)),
+    "depthwise": Flag(ADVANCED, "depthwise convolution as shifted slices (custom VJP) or "
                       "XLA's grouped convolution: the same function", choices=("shifts", "conv")),
     "genotype": Flag("network", f"the cell: a published name ({', '.join(genotypes.PUBLISHED)}),"
                      " a genotype.json file, or a JSON string"),
@@ -368,21 +402,26 @@ FLAGS: dict[str, Flag] = {
                    "(DARTS's, the paper's XNAS-Plain), xnas-imagenet; each flag given "
                    "overrides one of its settings (--summary prints them)",
                    choices=tuple(sorted(RECIPES))),
-    "epochs": Flag("optimization", "epochs", cli.positive_int,
-                   default="search: 10 on digits, else 50"),
-    "batch_size": Flag("optimization", "batch size (in a search: of each half)",
-                       cli.positive_int),
+    "epochs": Flag("optimization", "epochs", cli.positive_int, default="10 on digits, else 50"),
+    "batch_size": Flag("optimization", {
+        "search": "images per step from each half of the training set: one batch for the "
+                  "weights, one for the architecture",
+        "train": "images per training step"}, cli.positive_int),
     "max_steps_per_epoch": Flag("optimization", "cap the steps of an epoch (quick runs)",
                                 cli.positive_int, default="none"),
-    "seed": Flag("optimization", "seed of the initialization, data order, split and "
-                 "augmentation", cli.non_negative_int),
+    "seed": Flag("optimization", {
+        "search": "seed of the initialization, the split into halves, the data order and "
+                  "augmentation",
+        "train": "seed of the initialization, data order, augmentation and drop-path"},
+        cli.non_negative_int),
     "seeds": Flag("optimization", "searches run at once, in one program: N (seeds --seed ... "
                   "--seed+N-1) or a list 0,3,7; each has its own initialization, split and "
                   "order", _seeds, default="1"),
     "learning_rate": Flag("optimization", "initial SGD learning rate of the network weights",
                           cli.positive_float),
-    "learning_rate_min": Flag("optimization", "final learning rate of the annealing",
-                              cli.non_negative_float),
+    "learning_rate_min": Flag("optimization", {
+        "search": "final learning rate of the weights' cosine annealing",
+        "train": "final learning rate of the annealing"}, cli.non_negative_float),
     "learning_rate_schedule": Flag("optimization", "cosine annealing, or power-cosine cycles",
                                    choices=("cosine", "power_cosine")),
     "cycles": Flag("optimization", "power_cosine: annealing cycles", cli.positive_int),
@@ -428,10 +467,10 @@ FLAGS: dict[str, Flag] = {
     "normalized_rewards": Flag("architecture weights", "rewards on each expert's output divided "
                                "by its per-image RMS, so that an expert's scale does not "
                                "weigh in (--space nb201; the outputs are unchanged)"),
-    "skip_wiped_out": Flag("architecture weights", "leave out experts wiped out on every edge "
-                           "(the same results, less work)"),
-    "single_trace": Flag("architecture weights", "both passes as one loop: half the compile "
-                         "time, more work per step"),
+    "skip_wiped_out": Flag(ADVANCED, "leave out experts wiped out on every edge (the same "
+                           "results, less work)"),
+    "single_trace": Flag(ADVANCED, "both passes as one loop: half the compile time, more work "
+                         "per step"),
     # Run.
     "eval_batch_size": Flag("run", "batch size of the test evaluation", cli.positive_int),
     "out_dir": Flag("run", "the run folder (a finished run's folder is never reused)",
@@ -457,8 +496,10 @@ FLAGS: dict[str, Flag] = {
                         "the processes whose devices hold it; it fixes the data order, so a "
                         "resume keeps it", cli.positive_int,
                         default="one per process"),
-    "compilation_cache": Flag("run", "persistent XLA compilation cache: repeated runs skip "
-                              "compiling", default="none"),
+    "compilation_cache": Flag(ADVANCED, "persistent XLA compilation cache in this folder: a "
+                              "repeated run loads its compiled programs instead of compiling "
+                              "them; --no-compilation-cache turns it off",
+                              default=f"on, in {cli.DEFAULT_COMPILATION_CACHE}"),
 }
 
 Config = TypeVar("Config", SearchConfig, TrainConfig)
@@ -473,33 +514,46 @@ def build_parser(config_class: type, prog: str, description: str,
     replaces the choices of some flags (e.g. datasets known only by shape).
     """
     choices = choices or {}
+    command = COMMANDS[config_class]
     parser = cli.ArgumentParser(prog=prog, description=description)
     parser.add_argument("--config", metavar="FILE",
                         help="a JSON or YAML file of settings; flags override it")
-    groups: dict[str, Any] = {}
-    for field in dataclasses.fields(config_class):
+    fields = dataclasses.fields(config_class)
+    # The groups in the order of their first flag, the advanced ones last.
+    names = dict.fromkeys(FLAGS[f.name].group for f in fields if FLAGS[f.name].group != ADVANCED)
+    groups = {name: parser.add_argument_group(name) for name in [*names, ADVANCED]}
+    for field in fields:
         flag = FLAGS[field.name]
-        group = groups.get(flag.group) or groups.setdefault(
-            flag.group, parser.add_argument_group(flag.group))
+        help_text, default_text = flag.text(command)
         value = field.default
-        if value is None and flag.default is not None:
-            default = flag.default
+        if value is None:
+            if default_text is None:
+                raise TypeError(f"FLAGS[{field.name!r}] needs a default text: "
+                                f"{config_class.__name__}.{field.name} defaults to None")
+            default = default_text
         elif isinstance(value, (str, tuple)):
             default = ",".join(value) if isinstance(value, tuple) else value
         else:
             default = json.dumps(value)
         if config_class is TrainConfig and field.name in RECIPE_FIELDS:
             default = f"set by --recipe; darts: {default}"
+        option = "--" + field.name.replace("_", "-")
         kwargs: dict[str, Any] = dict(default=argparse.SUPPRESS,
-                                      help=f"{flag.help} (default: {default})")
+                                      help=f"{help_text} (default: {default})")
+        group = groups[flag.group]
         if field.type in ("bool", "bool | None"):
             kwargs["action"] = argparse.BooleanOptionalAction
+        elif field.type == "str | bool | None":  # --x DIR, and --no-x for False.
+            group.add_argument(option, metavar="DIR", **kwargs)
+            kwargs = dict(dest=field.name, action="store_false", default=argparse.SUPPRESS,
+                          help=f"turn {option} off")
+            option = "--no-" + option[2:]
         else:
             if flag.type is not None:
                 kwargs["type"] = flag.type
             if choices.get(field.name, flag.choices) is not None:
                 kwargs["choices"] = choices.get(field.name, flag.choices)
-        group.add_argument("--" + field.name.replace("_", "-"), **kwargs)
+        group.add_argument(option, **kwargs)
     # The same choices check the values of a --config file (config_from_args).
     parser.set_defaults(_choices=dict(choices))
     return parser

@@ -29,7 +29,9 @@ regret (eq. 2).
 
 This module turns mixture weights into a genotype (:func:`discretize`),
 validates genotypes (:func:`validate_genotype`), reads and writes them as
-JSON, prints them and holds the published cells (:data:`PUBLISHED`).  Drawing
+JSON or as a Python file in the DARTS repository's form
+(:func:`save_genotype_python`), prints them and holds the published cells
+(:data:`PUBLISHED`).  Drawing
 a cell is :func:`xnas_jax.plotting.plot_cell`.
 """
 
@@ -60,6 +62,8 @@ __all__ = [
     "save_genotype",
     "load_genotype",
     "format_genotype",
+    "genotype_python",
+    "save_genotype_python",
     "get_genotype",
     "DARTS_V1",
     "DARTS_V2",
@@ -585,6 +589,56 @@ def format_genotype(genotype: Genotype) -> str:
             inputs = " + ".join(f"{op}({source})" for op, source in pairs[2 * node : 2 * node + 2])
             lines.append(f"  node {node + 2} <- {inputs}")
     return "\n".join(lines)
+
+
+def _python_concat(concat: Sequence[int]) -> str:
+    """``range(a, b)`` for consecutive states (the DARTS form), else a list."""
+    concat = [int(state) for state in concat]
+    if concat and concat == list(range(concat[0], concat[-1] + 1)):
+        return f"range({concat[0]}, {concat[-1] + 1})"
+    return repr(concat)
+
+
+def genotype_python(genotype: Genotype, name: str = "GENOTYPE") -> str:
+    """The text of a Python module that defines the genotype in the DARTS form.
+
+    The reference PyTorch code of DARTS and of the XNAS authors reads cells
+    as ``Genotype(normal=[('sep_conv_3x3', 0), ...], normal_concat=range(2,
+    6), reduce=[...], reduce_concat=range(2, 6))``, a ``namedtuple``.  The
+    module defines that ``Genotype`` itself (no import of this package), and
+    the cell as ``name``: it can be imported, or its line pasted into such a
+    code base's ``genotypes.py``.
+
+    Raises:
+      GenotypeError: if ``genotype`` is malformed.
+    """
+    genotype = validate_genotype(genotype)
+    if not name.isidentifier():
+        raise ValueError(f"name must be a Python identifier, got {name!r}")
+
+    def pairs(cell: str) -> str:
+        return "[" + ", ".join(f"({op!r}, {int(source)})"
+                               for op, source in getattr(genotype, cell)) + "]"
+
+    fields = [f"    {cell}={pairs(cell)},\n    {cell}_concat="
+              f"{_python_concat(getattr(genotype, f'{cell}_concat'))}," for cell in _CELLS]
+    return (
+        '"""A cell found by an xnas_jax search, in the DARTS repository\'s genotype form."""\n'
+        "\n"
+        "from collections import namedtuple\n"
+        "\n"
+        f"Genotype = namedtuple('Genotype', '{' '.join(_FIELDS)}')\n"
+        "\n"
+        f"{name} = Genotype(\n" + "\n".join(fields) + "\n)\n"
+    )
+
+
+def save_genotype_python(genotype: Genotype, path: str | os.PathLike,
+                         name: str = "GENOTYPE") -> None:
+    """Writes :func:`genotype_python` to ``path`` (e.g. ``genotype.py``)."""
+    text = genotype_python(genotype, name)
+    with open(path, "w", encoding="utf-8") as file:
+        file.write(text)
 
 
 # --------------------------------------------------------------------------

@@ -1,5 +1,5 @@
 """Plots of a search: architecture-weight trajectories, active experts, losses,
-and the picture of a discrete cell.
+the mixture weights of an epoch, and the picture of a discrete cell.
 
 :func:`plot_arch_trajectories`, :func:`plot_active_experts` and
 :func:`plot_losses` read the per-epoch records of ``log.jsonl`` (see
@@ -118,6 +118,48 @@ def plot_seed_agreement(agreement: dict[str, Any], path: str | os.PathLike) -> N
                f"({100 * agreement[cell]['op_agreement']:.0f}% op agreement)")
         fig.colorbar(image, ax=ax, label="seeds")
     fig.savefig(path, dpi=110)
+
+
+def plot_edge_weights(weights: np.ndarray, ops: Sequence[str], edges: Sequence[str],
+                      title: str):
+    """One cell type's mixture weights u as a grid: a row per edge, a column per expert.
+
+    One image shows which experts each edge still weighs and which were
+    wiped out (u = 0).  Each row is scaled to its largest weight.
+
+    Args:
+      weights: u of shape ``(len(edges), len(ops))``.
+      ops: the expert of each column.
+      edges: the label of each row, e.g. ``"0 -> 2"`` (a search space's
+        ``edge_labels``).
+      title: the figure title, e.g. ``"normal: u at epoch 3"``.
+
+    Returns:
+      The ``matplotlib.figure.Figure`` (small: it is drawn every epoch).
+    """
+    weights = np.asarray(weights, np.float64)
+    if weights.shape != (len(edges), len(ops)):
+        raise ValueError(f"weights of shape {weights.shape} do not fit {len(edges)} edges and "
+                         f"{len(ops)} ops")
+    peak = weights.max(axis=1, keepdims=True)
+    fig, axes = _figure(1, 1, (1.2 + 0.45 * len(ops), 1.3 + 0.22 * len(edges)))
+    ax = axes[0, 0]
+    image = ax.imshow(weights / np.where(peak > 0, peak, 1), cmap="viridis", vmin=0, vmax=1,
+                      aspect="auto")
+    ax.set_xticks(range(len(ops)), list(ops), rotation=60, ha="right", fontsize=7)
+    ax.set_yticks(range(len(edges)), list(edges), fontsize=7)
+    ax.set_title(title, fontsize=9)
+    fig.colorbar(image, ax=ax, label="u / max u of the edge")
+    return fig
+
+
+def figure_pixels(fig) -> np.ndarray:
+    """A matplotlib figure rendered as an (H, W, 3) uint8 array (for TensorBoard)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
 
 
 # --------------------------------------------------------------------------

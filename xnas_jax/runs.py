@@ -13,8 +13,9 @@ compute; this module decides where their outputs go and keeps them safe:
 * **What.**  ``config.json`` (the resolved configuration, the command line and
   the library versions), ``status.json`` (running, interrupted or finished),
   ``log.jsonl`` (one record per epoch, cut back to the restored checkpoint on
-  resume), ``tensorboard/`` (per-step scalars, written from values the loop
-  already read back, so no extra host syncs) and ``checkpoints/``
+  resume), ``tensorboard/`` (per-step scalars, histograms, images and text,
+  written from values the loop already read back, so no extra host syncs;
+  :func:`read_tensorboard` reads them) and ``checkpoints/``
   (:mod:`xnas_jax.checkpointing`: fingerprint check, digests of every array,
   fallback past a corrupt checkpoint).
 * **Stopping.**  The first SIGINT or SIGTERM asks the loop to stop after the
@@ -26,6 +27,7 @@ compute; this module decides where their outputs go and keeps them safe:
 from __future__ import annotations
 
 import datetime
+import io
 import json
 import os
 import platform
@@ -38,6 +40,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import jax
+import numpy as np
 
 from xnas_jax import parallel
 from xnas_jax.checkpointing import Checkpointer
@@ -45,6 +48,7 @@ from xnas_jax.data import readers
 
 __all__ = [
     "RunError", "StopRequested", "Run", "locate_run", "run_state", "read_log", "read_scalars",
+    "read_tensorboard",
     "CONFIG_FILE", "STATUS_FILE", "LOG_FILE", "TENSORBOARD_DIR", "CHECKPOINT_DIR", "LATEST",
     "EXIT_INTERRUPTED",
 ]
@@ -356,14 +360,39 @@ class Run:
         with (self.directory / LOG_FILE).open("a") as f:
             f.write(json.dumps(record) + "\n")
 
-    def scalars(self, step: int, values: Mapping[str, Any]) -> None:
-        """Writes scalars (host numbers) to TensorBoard at ``step``."""
+    def _board(self):
+        """The TensorBoard writer; None in processes other than the writer."""
         if not self.writer:
-            return
+            return None
         if self._writer is None:
             raise RuntimeError("Run.restore opens the TensorBoard writer; call it first")
+        return self._writer
+
+    def scalars(self, step: int, values: Mapping[str, Any]) -> None:
+        """Writes scalars (host numbers) to TensorBoard at ``step``."""
+        board = self._board()
+        if board is None:
+            return
         for tag, value in values.items():
-            self._writer.add_scalar(tag, float(value), int(step))
+            board.add_scalar(tag, float(value), int(step))
+
+    def histogram(self, step: int, tag: str, values: Any) -> None:
+        """Writes the distribution of ``values`` (a host array) to TensorBoard at ``step``."""
+        board = self._board()
+        if board is not None:
+            board.add_histogram(tag, np.asarray(values, np.float64).ravel(), int(step))
+
+    def image(self, step: int, tag: str, pixels: Any) -> None:
+        """Writes an (H, W, 3) uint8 image to TensorBoard at ``step``."""
+        board = self._board()
+        if board is not None:
+            board.add_image(tag, np.asarray(pixels, np.uint8), int(step), dataformats="HWC")
+
+    def text(self, step: int, tag: str, text: str) -> None:
+        """Writes text (Markdown; indent lines by 4 to keep them as typed) at ``step``."""
+        board = self._board()
+        if board is not None:
+            board.add_text(tag, text, int(step))
 
     def print(self, message: str) -> None:
         """A line on stdout that does not break a progress bar (process 0 only)."""
@@ -432,19 +461,45 @@ def read_log(directory: str | os.PathLike) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def read_scalars(directory: str | os.PathLike) -> dict[str, list[tuple[int, float]]]:
-    """``{tag: [(step, value), ...]}`` from a run's TensorBoard event files.
+def _summary_value(value: Any) -> Any:
+    """A TensorBoard summary value as Python: a float, text, an image or a histogram."""
+    if value.HasField("simple_value"):
+        return value.simple_value
+    if value.HasField("image"):
+        from PIL import Image
 
-    Later files win for a step written twice (a resumed run purges the steps
-    after its checkpoint and writes them again).
+        return np.asarray(Image.open(io.BytesIO(value.image.encoded_image_string)))
+    if value.HasField("histo"):
+        histo = value.histo
+        return {"count": histo.num, "sum": histo.sum, "min": histo.min, "max": histo.max}
+    if value.metadata.plugin_data.plugin_name == "text":
+        return value.tensor.string_val[0].decode("utf-8")
+    return None
+
+
+def read_tensorboard(directory: str | os.PathLike) -> dict[str, list[tuple[int, Any]]]:
+    """``{tag: [(step, value), ...]}`` of every summary in a run's TensorBoard files.
+
+    A value is a float (a scalar), a ``str`` (text, under TensorBoard's tag
+    ``<tag>/text_summary``), an (H, W, C) uint8 array (an image) or a dict of
+    ``count``, ``sum``, ``min`` and ``max`` (a histogram).  Later files win
+    for a step written twice (a resumed run purges the steps after its
+    checkpoint and writes them again).
     """
     from tensorboardX.proto import event_pb2
 
-    scalars: dict[str, dict[int, float]] = {}
+    found: dict[str, dict[int, Any]] = {}
     for file in sorted((Path(directory) / TENSORBOARD_DIR).glob("events.out.tfevents.*")):
         for payload in readers.read_tfrecord(file, allow_truncated=True):
             event = event_pb2.Event.FromString(payload)
             for value in event.summary.value:
-                if value.HasField("simple_value"):
-                    scalars.setdefault(value.tag, {})[int(event.step)] = value.simple_value
-    return {tag: sorted(points.items()) for tag, points in scalars.items()}
+                content = _summary_value(value)
+                if content is not None:
+                    found.setdefault(value.tag, {})[int(event.step)] = content
+    return {tag: sorted(points.items()) for tag, points in found.items()}
+
+
+def read_scalars(directory: str | os.PathLike) -> dict[str, list[tuple[int, float]]]:
+    """``{tag: [(step, value), ...]}`` of the scalars of a run's TensorBoard files."""
+    return {tag: points for tag, points in read_tensorboard(directory).items()
+            if isinstance(points[0][1], float)}

@@ -5,11 +5,14 @@ jitted search step (:mod:`xnas_jax.search_step`) -> the epoch loop here, over
 the run harness (:mod:`xnas_jax.runs`).
 
 Each run writes into its own folder (default ``runs/search/<date-time>``):
-``genotype.json`` / ``genotype.txt`` (the discretized cell), ``normal.png`` /
+``genotype.json`` / ``genotype.txt`` / ``genotype.py`` (the discretized cell;
+the last in the DARTS repository's form), ``normal.png`` /
 ``reduce.png`` (pictures of the cells), ``log.jsonl`` (one record per epoch:
 losses, accuracies, mixture weights, rewards, active experts, genotype),
 ``arch_*.png`` / ``active_experts.png`` / ``losses.png`` (plots),
-``config.json``, ``tensorboard/`` and ``checkpoints/``.  Ctrl-C or SIGTERM
+``config.json``, ``tensorboard/`` (losses, accuracies, both optimizers'
+learning rates, u per cell type as images and histograms, the genotype as
+text each epoch, the cell drawings at the end) and ``checkpoints/``.  Ctrl-C or SIGTERM
 saves the step in flight and exits with status 130; ``--resume`` continues
 to the same result as an uninterrupted run.
 """
@@ -20,12 +23,14 @@ import dataclasses
 import json
 import shutil
 import time
+from pathlib import Path
 from typing import Any, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from PIL import Image
 
 from xnas_jax import (cli, configs, genotypes, optimizers, parallel, plotting, runs, search_step,
                       spaces)
@@ -46,11 +51,16 @@ def check_image_size(image_shape: Sequence[int], config: SearchConfig) -> None:
     spaces.get_space(config.space).check_image_size(image_shape, config.layers)
 
 
-def weight_optimizer(config: SearchConfig, total_steps: int) -> optax.GradientTransformation:
-    """DARTS's search optimizer of the network weights: SGD with a cosine-annealed rate."""
-    schedule = optax.cosine_decay_schedule(
+def weight_schedule(config: SearchConfig, total_steps: int) -> optax.Schedule:
+    """The network weights' learning rate at each step: DARTS's cosine annealing."""
+    return optax.cosine_decay_schedule(
         config.learning_rate, max(total_steps, 1),
         alpha=config.learning_rate_min / config.learning_rate)
+
+
+def weight_optimizer(config: SearchConfig, total_steps: int) -> optax.GradientTransformation:
+    """DARTS's search optimizer of the network weights: SGD with a cosine-annealed rate."""
+    schedule = weight_schedule(config, total_steps)
     return optimizers.weight_optimizer(schedule, momentum=config.momentum,
                                        weight_decay=config.weight_decay,
                                        grad_clip=config.grad_clip)
@@ -314,7 +324,7 @@ def train_and_evaluate(config: SearchConfig) -> dict[str, Any]:
             + (f", seeds {','.join(map(str, seeds))}" if len(seeds) > 1 else "")
             + (f", mesh seed {mesh.shape[parallel.SEED]} x data {mesh.shape[parallel.DATA]}"
                if mesh.devices.size > 1 else ""))
-        state = _search_loop(config, data, run, steps, state, step, mesh)
+        state = _search_loop(config, data, run, steps, state, step, mesh, arch_rates)
         record = run.records[-1] if run.records else None
         if record is None:
             raise ValueError("the search ran no epoch")
@@ -348,7 +358,8 @@ def _epoch_batches(config: SearchConfig, data: SearchData, epoch: int):
 
 
 def _search_loop(config: SearchConfig, data: SearchData, run: runs.Run, steps: _Steps,
-                 state: SearchState, step: int, mesh) -> SearchState:
+                 state: SearchState, step: int, mesh,
+                 arch_rates: dict[str, float]) -> SearchState:
     """The epochs from ``step`` on.  A stop saves the epoch's per-step metrics so far
     with the checkpoint, so that a resumed epoch logs what an uninterrupted one does."""
     seeds = config.seed_list
@@ -402,6 +413,7 @@ def _search_loop(config: SearchConfig, data: SearchData, run: runs.Run, steps: _
                 k: np.asarray([r[k] for r in _per_seed(record)])
                 for k in ("entropy", "val_accuracy")}),
                 "epoch/images_per_second": record["images_per_second"]})
+            _epoch_board(config, run, epoch, steps_per_epoch, record, arch_rates)
             # The record first: a run killed between the two resumes from the
             # checkpoint before, cutting the record away, and writes it again;
             # the other order would lose it (the checkpoint stands, its record not).
@@ -420,6 +432,32 @@ def _host_results(state: SearchState) -> dict[str, Any]:
     """The searches' mixture weights, accumulated rewards and active masks, on the host."""
     return parallel.to_host({"arch": state.arch, "rewards": state.rewards,
                              "active": optimizers.active_experts(state.arch_opt_state)})
+
+
+def _epoch_board(config: SearchConfig, run: runs.Run, epoch: int, steps_per_epoch: int,
+                 record: dict[str, Any], arch_rates: dict[str, float]) -> None:
+    """TensorBoard's view of an epoch beyond its scalars: the learning rates of both
+    optimizers (at the epoch's first step), and per search the mixture weights u of
+    each cell type (an image of the edges and a histogram) and the genotype as text."""
+    if not run.writer:
+        return
+    step = record["step"]
+    schedule = weight_schedule(config, steps_per_epoch * config.epochs)
+    run.scalars(step, {"epoch/learning_rate": float(schedule(epoch * steps_per_epoch)),
+                       **{f"epoch/arch_learning_rate/{cell}": rate
+                          for cell, rate in arch_rates.items()}})
+    space = spaces.get_space(config.space)
+    labels = space.edge_labels(config.nodes)
+    for seed, seeded in zip(config.seed_list, _per_seed(record)):
+        prefix = f"seed{seed}/" if len(config.seed_list) > 1 else ""
+        for cell, weights in seeded["arch"].items():
+            run.histogram(step, f"{prefix}arch/u/{cell}", weights)
+            run.image(step, f"{prefix}arch/edges/{cell}", plotting.figure_pixels(
+                plotting.plot_edge_weights(np.asarray(weights), config.ops, labels,
+                                           f"{cell}: u at epoch {epoch + 1}")))
+        text = space.text(seeded["genotype"])
+        run.text(step, f"{prefix}genotype", "\n".join("    " + line
+                                                      for line in text.splitlines()))
 
 
 def _per_seed(record: dict[str, Any]) -> list[dict[str, Any]]:
@@ -594,13 +632,18 @@ def _write_outputs(config: SearchConfig, run: runs.Run, state: SearchState) -> N
         history = [_per_seed(r)[i] for r in run.records]
         folder = out_dir if len(seeds) == 1 else out_dir / f"seed_{seed}"
         genotype = _write_seed(config, folder, arch, rewards, history)
+        for picture in spaces.get_space(config.space).pictures():  # the cells, drawn
+            prefix = f"seed{seed}/" if len(seeds) > 1 else ""
+            with Image.open(folder / picture) as image:
+                run.image(history[-1]["step"], f"{prefix}cell/{Path(picture).stem}",
+                          np.asarray(image.convert("RGB")))
         results.append({"seed": seed, "val_accuracy": history[-1]["val_accuracy"],
                         "genotype": genotype,
                         "text": spaces.get_space(config.space).text(genotype)})
     best = max(range(len(seeds)), key=lambda i: (results[i]["val_accuracy"], -i))
     if len(seeds) > 1:
         space = spaces.get_space(config.space)
-        for name in ("genotype.json", "genotype.txt", *space.pictures()):
+        for name in space.files():
             shutil.copyfile(out_dir / f"seed_{seeds[best]}" / name, out_dir / name)
         agreement = stability([r["genotype"] for r in results], config.nodes)
         (out_dir / "seeds.json").write_text(json.dumps({
@@ -670,8 +713,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             return
         if spec_shape is not None:  # fail fast, before loading anything
             check_image_size(spec_shape, resolved)
-        if config.compilation_cache:
-            cli.enable_compilation_cache(config.compilation_cache)
+        cli.use_compilation_cache(config.compilation_cache)
         train_and_evaluate(config)
     except (specs.DatasetError, CheckpointError, genotypes.GenotypeError, ValueError) as error:
         cli.fail(str(error))  # MeshError, ConfigError and RunError are ValueErrors

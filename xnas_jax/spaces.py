@@ -25,7 +25,8 @@ __all__ = ["DartsSpace", "NB201Space", "SPACES", "get_space"]
 
 
 class DartsSpace:
-    """DARTS's cell: two cell types, 8 experts, 2 inputs kept per node (XNAS section 4)."""
+    """DARTS's cell: two cell types, 7 experts (DARTS's 8 but none), 2 inputs kept per node
+    (XNAS section 4)."""
 
     name = "darts"
     cell_types = ("normal", "reduce")
@@ -44,6 +45,10 @@ class DartsSpace:
     def edges(self, nodes: int) -> tuple[tuple[int, int], ...]:
         """The (source, node) of every edge of a cell (sources 0, 1: the cell's inputs)."""
         return tuple(genotypes.edge_list(nodes))
+
+    def edge_labels(self, nodes: int) -> tuple[str, ...]:
+        """``source -> state`` of every edge, in states (node i is state i + 2)."""
+        return tuple(f"{source} -> {node + 2}" for source, node in self.edges(nodes))
 
     def evaluation_network(self, genotype: dict[str, Any], num_classes: int,
                            **sizes: Any) -> nn.Module:
@@ -78,19 +83,25 @@ class DartsSpace:
 
     def write(self, config: Any, folder: Path, arch: Mapping[str, np.ndarray],
               rewards: Mapping[str, np.ndarray] | None) -> dict[str, Any]:
-        """``genotype.json``, ``genotype.txt`` and the cell pictures; returns the genotype."""
+        """``genotype.json``, ``genotype.txt``, ``genotype.py`` (the DARTS repository's
+        form, for its evaluation code) and the cell pictures; returns the genotype."""
         genotype = genotypes.discretize(arch["normal"], arch["reduce"], config.ops,
                                         config.nodes, rewards)
         genotypes.save_genotype(genotype, folder / "genotype.json", config.ops,
                                 selection=genotypes.selection_record(
                                     arch, config.ops, config.nodes, rewards))
         (folder / "genotype.txt").write_text(genotypes.format_genotype(genotype) + "\n")
+        genotypes.save_genotype_python(genotype, folder / "genotype.py")
         for cell in self.cell_types:
             plotting.plot_cell(genotype, cell, folder / f"{cell}.png")
         return genotypes.genotype_to_dict(genotype, config.ops)
 
     def pictures(self) -> tuple[str, ...]:
         return tuple(f"{cell}.png" for cell in self.cell_types)
+
+    def files(self) -> tuple[str, ...]:
+        """The files :meth:`write` writes."""
+        return ("genotype.json", "genotype.txt", "genotype.py", *self.pictures())
 
 
 class NB201Space:
@@ -120,6 +131,10 @@ class NB201Space:
     def edges(self, nodes: int) -> tuple[tuple[int, int], ...]:
         """The (source, node) of every edge of a cell (node 0: the cell's input)."""
         return nb201.cell_edges(nodes)
+
+    def edge_labels(self, nodes: int) -> tuple[str, ...]:
+        """``source -> node`` of every edge (node 0: the input, the last: the output)."""
+        return tuple(f"{source} -> {node}" for source, node in self.edges(nodes))
 
     def evaluation_network(self, genotype: dict[str, Any], num_classes: int,
                            **sizes: Any) -> nn.Module:
@@ -158,6 +173,8 @@ class NB201Space:
 
     def write(self, config: Any, folder: Path, arch: Mapping[str, np.ndarray],
               rewards: Mapping[str, np.ndarray] | None) -> dict[str, Any]:
+        """``genotype.json`` and ``genotype.txt``, the benchmark's arch string (the form
+        its API reads: no ``genotype.py``, which is DARTS's form); returns the genotype."""
         genotype = self.discretize(config, arch, rewards)
         (folder / "genotype.json").write_text(json.dumps(genotype, indent=2) + "\n")
         (folder / "genotype.txt").write_text(genotype["genotype"] + "\n")
@@ -165,6 +182,10 @@ class NB201Space:
 
     def pictures(self) -> tuple[str, ...]:
         return ()
+
+    def files(self) -> tuple[str, ...]:
+        """The files :meth:`write` writes."""
+        return ("genotype.json", "genotype.txt")
 
 
 SPACES: dict[str, DartsSpace | NB201Space] = {"darts": DartsSpace(), "nb201": NB201Space()}

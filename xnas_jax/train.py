@@ -684,8 +684,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         genotypes.get_genotype(config.genotype)  # fail before touching the disk.
         parallel.initialize_distributed(config.coordinator_address, config.num_processes,
                                         config.process_id)
-        if config.compilation_cache is not None:
-            cli.enable_compilation_cache(config.compilation_cache)
+        cli.use_compilation_cache(config.compilation_cache)
         results = train_and_evaluate(config)
     except (genotypes.GenotypeError, specs.DatasetError, CheckpointError, ValueError) as error:
         cli.fail(str(error))
