@@ -52,14 +52,16 @@ def assert_genotypes_per_seed(out: Path, seeds: list[int]) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("flags, seeds, axes", [
-    (["--seeds", "4"], [0, 1, 2, 3], {"seed": 4, "data": 1}),  # one seed per device
-    (["--seeds", "0,3,7", "--devices", "2"], [0, 3, 7], {"seed": 1, "data": 2}),
+@pytest.mark.parametrize("flags, devices, seeds, axes", [
+    # A node of 8 devices: each seed on a group of 2 that split its batch.
+    (["--seeds", "4"], 8, [0, 1, 2, 3], {"seed": 4, "data": 2}),
+    # Those seeds vmapped on one group of 2 devices.
+    (["--seeds", "0,3,7", "--devices", "2"], 4, [0, 3, 7], {"seed": 1, "data": 2}),
 ])
-def test_several_seeds_search_on_several_devices(flags, seeds, axes, tmp_path):
+def test_several_seeds_search_on_several_devices(flags, devices, seeds, axes, tmp_path):
     out = tmp_path / "run"
     assert_ran(run_command("xnas_jax.search", SMALL_NET + FEW_STEPS + flags
-                           + ["--out-dir", str(out)], tmp_path, devices=4))
+                           + ["--out-dir", str(out)], tmp_path, devices=devices))
     assert json.loads((out / "config.json").read_text())["resolved"]["mesh"]["axes"] == axes
     assert_genotypes_per_seed(out, seeds)
 
