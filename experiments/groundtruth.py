@@ -44,7 +44,8 @@ from tqdm import tqdm
 import experiments
 from xnas_jax import cli, nb201
 from xnas_jax.data import augment, datasets, order, specs
-from xnas_jax.supernet import ARCH, count_params
+from xnas_jax.ops import count_params
+from xnas_jax.supernet import ARCH
 
 RESULTS = experiments.RESULTS
 

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from xnas_jax import nb201
-from xnas_jax.supernet import ARCH, count_params
+from xnas_jax.ops import count_params
+from xnas_jax.supernet import ARCH
 
 RESNET_CELL = "|nor_conv_3x3~0|+|none~0|nor_conv_3x3~1|+|skip_connect~0|none~1|skip_connect~2|"
 

@@ -9,6 +9,7 @@ import json
 import jax
 import jax.numpy as jnp
 import numpy as np
+import flax.linen as nn
 import optax
 import pytest
 
@@ -183,3 +184,98 @@ def test_scores_are_rank_percentile_and_regret():
     with pytest.raises(nb201.SpaceError, match="not a cell of the table"):
         search_quality.score(table, ("none",) * 6)
     assert dataclasses.fields(search_quality.QualityConfig)
+
+
+class _ToyNet(nn.Module):
+    """One edge mixing two experts of a dense layer's output, then a classifier."""
+
+    num_classes: int
+    computed: tuple[str, ...] = ("identity", "tanh")
+
+    @nn.compact
+    def __call__(self, images, train=True):
+        u = self.variable(ARCH, "cell", lambda: jnp.full((1, 2), 0.5)).value
+        batch = images.shape[0]
+        weights = u[0, :, 0] if u.ndim == 4 else jnp.broadcast_to(u[0], (batch, 2))
+        hidden = nn.Dense(8)(images.reshape(batch, -1).astype(jnp.float32))
+        experts = {"identity": hidden, "tanh": jnp.tanh(hidden)}
+        mixed = sum(weights[:, k, None] * experts[op]
+                    for k, op in enumerate(_ToySpace.default_ops) if op in self.computed)
+        return nn.Dense(self.num_classes)(mixed)
+
+    def feedback_replicas(self):
+        return {"cell": 1}
+
+    def with_computed(self, computed):
+        return self.clone(computed=tuple(computed["cell"]))
+
+
+class _ToySpace:
+    """A space of one edge and two ops, written as a user would."""
+
+    name = "toy"
+    cell_types = ("cell",)
+    default_ops = ("identity", "tanh")
+
+    def validate_ops(self, ops):
+        if tuple(ops) != self.default_ops:
+            raise ValueError(f"the toy space searches {self.default_ops}, got {tuple(ops)}")
+        return tuple(ops)
+
+    def build(self, config, num_classes):
+        return _ToyNet(num_classes)
+
+    def edges(self, nodes):
+        return ((0, 1),)
+
+    def edge_labels(self, nodes):
+        return ("0 -> 1",)
+
+    def evaluation_network(self, genotype, num_classes, **sizes):
+        return _ToyNet(num_classes, computed=tuple(genotype["ops"]))
+
+    def check_image_size(self, image_shape, layers):
+        pass
+
+    def discretize(self, config, arch, rewards):
+        return {"space": self.name, "ops": [self.default_ops[int(np.argmax(arch["cell"][0]))]]}
+
+    def selection_rule(self, config, arch, rewards):
+        return "the largest weight u"
+
+    def text(self, genotype):
+        return genotype["ops"][0]
+
+    def write(self, config, folder, arch, rewards):
+        genotype = self.discretize(config, arch, rewards)
+        (folder / "genotype.json").write_text(json.dumps(genotype))
+        return genotype
+
+    def pictures(self):
+        return ()
+
+    def files(self):
+        return ("genotype.json",)
+
+
+def test_a_space_registered_from_user_code_searches(tmp_path, capsys, compilation_cache):
+    with pytest.raises(ValueError, match="lacks"):
+        spaces.register_space(object())
+    with pytest.raises(ValueError, match="exists already"):
+        spaces.register_space(spaces.NB201Space())
+    spaces.register_space(_ToySpace())
+    try:
+        out = tmp_path / "run"
+        code, stdout, err = run_main(search.main, [
+            "--space", "toy", "--epochs", "1", "--max-steps-per-epoch", "2", "--batch-size",
+            "16", "--max-train-examples", "200", "--no-progress", "--out-dir", str(out),
+            *compilation_cache], capsys)
+        assert code == 0, err
+        (record,) = read_log(out)
+        assert record["step"] == 2 and "toy space" in stdout
+        u = np.array(record["arch"]["cell"])
+        assert u.shape == (1, 2) and not np.allclose(u, 0.5)  # two XNAS rounds moved u
+        assert json.loads((out / "genotype.json").read_text())["ops"] == [
+            _ToySpace.default_ops[int(np.argmax(u[0]))]]
+    finally:
+        spaces.SPACES.pop("toy")

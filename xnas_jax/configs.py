@@ -20,7 +20,7 @@ import json
 from pathlib import Path
 from typing import Any, NamedTuple, Sequence, TypeVar
 
-from xnas_jax import cli, evalnet, genotypes, kernels, nb201
+from xnas_jax import cli, evalnet, genotypes, kernels, nb201, spaces
 from xnas_jax.data import specs
 
 __all__ = [
@@ -44,11 +44,6 @@ SEARCH_DEFAULTS: dict[str, dict[str, Any]] = {
     "digits": dict(channels=8, layers=5, epochs=10),
     "*": dict(channels=16, layers=8, epochs=50),
 }
-
-
-# The experts each search space searches by default (``--ops`` unset).
-SPACE_OPS: dict[str, tuple[str, ...]] = {"darts": genotypes.XNAS_PRIMITIVES,
-                                         "nb201": nb201.NB201_OPS}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,10 +124,11 @@ class SearchConfig:
         """
         defaults = dict(SEARCH_DEFAULTS.get(self.dataset, SEARCH_DEFAULTS["*"]))
         defaults["flip"] = specs.DATASETS[self.dataset].flip
-        if self.space not in SPACE_OPS:
-            raise ConfigError(f"unknown search space {self.space!r}; the spaces are "
-                              f"{', '.join(SPACE_OPS)}")
-        defaults["ops"] = SPACE_OPS[self.space]
+        try:
+            space = spaces.get_space(self.space)
+        except ValueError as error:
+            raise ConfigError(f"--space: {error}") from None
+        defaults["ops"] = space.default_ops
         filled = {k: v for k, v in defaults.items() if getattr(self, k) is None}
         seeds = self.seed_list
         return dataclasses.replace(self, **filled, seed=seeds[0], seeds=seeds)
@@ -377,8 +373,9 @@ FLAGS: dict[str, Flag] = {
                    cli.positive_int,
                    default={"search": "5 on digits, else 8",
                             "train": "--size's, else the --network's: cifar 20, imagenet 14"}),
-    "space": Flag("network", "the search space: DARTS's cell (the XNAS paper's) or "
-                  "NAS-Bench-201's", choices=("darts", "nb201")),
+    "space": Flag("network", "the search space: darts (DARTS's cell, the XNAS paper's), "
+                  "nb201 (NAS-Bench-201's), or one registered with "
+                  "xnas_jax.spaces.register_space"),
     "nodes": Flag("network", "intermediate nodes per cell (nb201: all nodes, input and "
                   "output included)", cli.positive_int),
     "ops": Flag("network", f"comma-separated experts searched on every edge, from: "

@@ -440,7 +440,7 @@ def count_params(params: Any, include_auxiliary: bool = False) -> int:
     """
     if not include_auxiliary and AUXILIARY_HEAD in params:
         params = {name: value for name, value in params.items() if name != AUXILIARY_HEAD}
-    return sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(params))
+    return ops.count_params(params)
 
 
 def network_summary(model: nn.Module, input_shape: Sequence[int]) -> dict[str, int]:

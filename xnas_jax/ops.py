@@ -22,7 +22,8 @@ reads too.  The functions these modules compute with are in
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+import math
+from typing import Any, Callable, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -283,3 +284,8 @@ def preprocess(
     if reduction_prev:
         return FactorizedReduce(features, affine, dtype, name=name)
     return ReLUConvBN(features, 1, 1, 0, affine, dtype, name=name)
+
+
+def count_params(params: Any) -> int:
+    """The number of scalars in a parameter pytree (arrays or ``ShapeDtypeStruct``)."""
+    return sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(params))

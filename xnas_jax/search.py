@@ -38,7 +38,8 @@ from xnas_jax.checkpointing import CheckpointError
 from xnas_jax.configs import SearchConfig
 from xnas_jax.data import order, shards, specs
 from xnas_jax.search_step import SearchState
-from xnas_jax.supernet import VARIABLES_LAYOUT, count_params
+from xnas_jax.ops import count_params
+from xnas_jax.supernet import VARIABLES_LAYOUT
 
 
 def build_model(config: SearchConfig, num_classes: int):

@@ -655,11 +655,6 @@ class SearchNetwork(nn.Module):
         return nn.Dense(self.num_classes, name="classifier")(x)
 
 
-def count_params(params: Any) -> int:
-    """Number of scalars in a parameter pytree."""
-    return int(sum(np.prod(np.shape(leaf)) for leaf in jax.tree.leaves(params)))
-
-
 def validate_ops(ops: Sequence[str]) -> tuple[str, ...]:
     """Checks an expert list (names from :data:`xnas_jax.ops.OPS`, no repeats)."""
     ops = tuple(ops)
