@@ -248,7 +248,8 @@ def test_compile_cost_programs_have_the_kernels_requested():
     result = compile_cost.per_kernel((3, 6, 9))
     assert [r["compiled_kernels"] for r in result["rows"]] == [3, 6, 9]
     assert [r["distinct_kernels"] for r in result["rows"]] == [3, 6, 9]
-    assert result["ms_per_kernel"] > 0
+    # A compile time's slope: reported, never asserted (under load it can come out negative).
+    assert np.isfinite(result["ms_per_kernel"])
     # The same 9 kernels on inputs of one shape: 9 compiled, 1 distinct.
     identical = result["identical"]
     assert (identical["compiled_kernels"], identical["distinct_kernels"]) == (9, 1)
