@@ -11,13 +11,12 @@ import numpy as np
 import pytest
 
 from xnas_jax import genotypes
-from xnas_jax.ops import CONV_GEOMETRY
+from xnas_jax.ops import CONV_GEOMETRY, count_params
 from xnas_jax.supernet import (
     ARCH,
     MixedOp,
     SearchCell,
     SearchNetwork,
-    count_params,
     mixture,
     node_stage_width,
 )
