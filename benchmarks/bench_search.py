@@ -45,11 +45,12 @@ import jax.numpy as jnp
 import numpy as np
 
 import experiments
-from xnas_jax import cli, configs, genotypes, parallel, search, search_step
+from xnas_jax import cli, configs, parallel, search, search_step
+from xnas_jax.spaces.darts import genotypes
 from xnas_jax.data import shards
 from xnas_jax.data.specs import ArrayDataset
-from xnas_jax.kernels import DTYPES, dtype_from_name
-from xnas_jax.supernet import SearchNetwork
+from xnas_jax.spaces.kernels import DTYPES, dtype_from_name
+from xnas_jax.spaces.darts.supernet import SearchNetwork
 
 PRESETS: dict[str, dict[str, Any]] = {
     "darts": {"channels": 16, "layers": 8, "image_shape": (32, 32, 3), "num_classes": 10,

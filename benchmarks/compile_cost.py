@@ -40,8 +40,9 @@ import numpy as np
 
 import experiments
 from benchmarks import bench_search
-from xnas_jax import genotypes, prng, search_step
-from xnas_jax.supernet import SearchNetwork
+from xnas_jax import prng, search_step
+from xnas_jax.spaces.darts import genotypes
+from xnas_jax.spaces.darts.supernet import SearchNetwork
 
 
 def _cpu_s() -> float:

@@ -31,7 +31,8 @@ import numpy as np
 
 import experiments
 from benchmarks.bench_search import executed_instructions
-from xnas_jax import genotypes, train
+from xnas_jax import train
+from xnas_jax.spaces.darts import genotypes
 
 NAME = "recipe_runs"
 RUN_FLAGS = ["--genotype", "XNAS", "--channels", "8", "--layers", "8",

@@ -42,10 +42,11 @@ import optax
 from tqdm import tqdm
 
 import experiments
-from xnas_jax import cli, nb201
+from xnas_jax import cli
+from xnas_jax.spaces.nb201 import network as nb201
 from xnas_jax.data import augment, datasets, order, specs
-from xnas_jax.ops import count_params
-from xnas_jax.supernet import ARCH
+from xnas_jax.spaces.ops import count_params
+from xnas_jax.spaces import ARCH
 
 RESULTS = experiments.RESULTS
 

@@ -47,7 +47,8 @@ import numpy as np
 import experiments
 from experiments import search_quality as quality_lib
 from experiments import groundtruth
-from xnas_jax import cli, configs, nb201, plotting, runs, search, spaces
+from xnas_jax import cli, configs, plotting, runs, search, spaces
+from xnas_jax.spaces.nb201 import network as nb201
 
 LOG = Path("log.jsonl")
 

@@ -50,7 +50,8 @@ import numpy as np
 
 import experiments
 from experiments import groundtruth
-from xnas_jax import cli, configs, nb201, plotting, search
+from xnas_jax import cli, configs, plotting, search
+from xnas_jax.spaces.nb201 import network as nb201
 from xnas_jax.data import order
 
 RESULTS = experiments.RESULTS

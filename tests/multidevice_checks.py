@@ -24,7 +24,8 @@ import orbax.checkpoint as ocp
 import pytest
 
 from conftest import TEST_XLA_FLAGS
-from xnas_jax import genotypes, parallel, search, search_step
+from xnas_jax import parallel, search, search_step
+from xnas_jax.spaces.darts import genotypes
 from xnas_jax.configs import SearchConfig
 
 pytestmark = pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 devices (XLA_FLAGS)")

@@ -8,7 +8,8 @@ import jax
 import pytest
 from jax.experimental.compilation_cache import compilation_cache as jax_compilation_cache
 
-from xnas_jax import cli, configs, genotypes, search, train
+from xnas_jax import cli, configs, search, train
+from xnas_jax.spaces.darts import genotypes
 
 
 def _help(main, capsys) -> str:

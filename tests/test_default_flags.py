@@ -13,7 +13,7 @@ import json
 import pytest
 
 from test_user_commands import assert_ran, run_command
-from xnas_jax import genotypes
+from xnas_jax.spaces.darts import genotypes
 
 
 @pytest.mark.slow

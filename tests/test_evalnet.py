@@ -1,4 +1,4 @@
-"""Tests of the evaluation networks (xnas_jax.evalnet).
+"""Tests of the evaluation networks (xnas_jax.spaces.darts.evalnet).
 
 Parameter counts and multiply-adds are checked against an independent count
 written here from the DARTS layer shapes (no Flax involved), and against the
@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from xnas_jax import evalnet, genotypes
+from xnas_jax.spaces.darts import evalnet, genotypes
 
 # "rbg" keys: threefry's initializers are slow to compile on CPU.
 RNGS = {

@@ -1,4 +1,4 @@
-"""Tests for xnas_jax.genotypes: the cell graph, discretization, I/O."""
+"""Tests for xnas_jax.spaces.darts.genotypes: the cell graph, discretization, I/O."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from xnas_jax import genotypes
-from xnas_jax.genotypes import (
+from xnas_jax.spaces.darts import genotypes
+from xnas_jax.spaces.darts.genotypes import (
     DARTS_V1,
     DARTS_V2,
     PRIMITIVES,

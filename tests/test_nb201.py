@@ -1,13 +1,13 @@
-"""NAS-Bench-201's space (xnas_jax.nb201): parameter counts, one code path, notation."""
+"""NAS-Bench-201's space (xnas_jax.spaces.nb201.network): parameter counts, one code path, notation."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from xnas_jax import nb201
-from xnas_jax.ops import count_params
-from xnas_jax.supernet import ARCH
+from xnas_jax.spaces.nb201 import network as nb201
+from xnas_jax.spaces.ops import count_params
+from xnas_jax.spaces import ARCH
 
 RESNET_CELL = "|nor_conv_3x3~0|+|none~0|nor_conv_3x3~1|+|skip_connect~0|none~1|skip_connect~2|"
 

@@ -13,8 +13,8 @@ from jax.extend import core as jax_core
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from xnas_jax import ops
-from xnas_jax.kernels import (
+from xnas_jax.spaces import ops
+from xnas_jax.spaces.kernels import (
     BN_EPSILON,
     batch_normalize,
     depthwise_conv,
@@ -287,7 +287,7 @@ def test_running_statistics_follow_the_reference_momentum():
     batch norms are checked: the evaluation network's (flax BatchNorm) and the
     supernet's grouped one (pool experts), each from mean 0 and variance 1.
     """
-    from xnas_jax.supernet import MixedOp
+    from xnas_jax.spaces.darts.supernet import MixedOp
 
     rng = np.random.default_rng(0)
     batches = [rng.normal(loc=k, scale=1 + k, size=(4, 5, 5, 3)).astype(np.float32)

@@ -11,7 +11,7 @@ import pytest
 
 from conftest import assert_script_command_line
 from experiments import groundtruth, quality_study, search_quality
-from xnas_jax import nb201
+from xnas_jax.spaces.nb201 import network as nb201
 
 RUN_FIELDS = {"method", "epochs", "zeta", "warmup_epochs", "remedy", "seed", "ops",
               "skip_count", "percentile", "accuracy", "first_wipeout_fraction",

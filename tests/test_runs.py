@@ -17,7 +17,8 @@ import pytest
 from PIL import Image
 
 from conftest import TINY_SEARCH as SEARCH, TINY_TRAIN as TRAIN, assert_usage_error
-from xnas_jax import configs, genotypes, runs, search, train
+from xnas_jax import configs, runs, search, train
+from xnas_jax.spaces.darts import genotypes
 from xnas_jax.checkpointing import CheckpointError, Checkpointer
 from xnas_jax.data import specs
 

@@ -18,10 +18,12 @@ import numpy as np
 import pytest
 
 import xnas_jax
-from xnas_jax import genotypes, search_step, supernet
+from xnas_jax import search_step
+from xnas_jax.spaces.darts import genotypes, supernet
 from xnas_jax.feedback import per_feedback
 from xnas_jax.search_step import feedback_rewards
-from xnas_jax.supernet import ARCH, SearchNetwork
+from xnas_jax.spaces import ARCH
+from xnas_jax.spaces.darts.supernet import SearchNetwork
 
 OPS = ("avg_pool_3x3", "skip_connect", "sep_conv_3x3", "dil_conv_3x3")
 LAYERS = 4  # cells 0 and 3 normal, 1 and 2 reduction: r_c = 2 for both types

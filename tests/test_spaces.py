@@ -15,10 +15,13 @@ import pytest
 
 from conftest import assert_usage_error
 from experiments import groundtruth, search_quality
-from xnas_jax import genotypes, nb201, search, spaces
+from xnas_jax import search, spaces
+from xnas_jax.spaces.darts import genotypes
+from xnas_jax.spaces.nb201 import network as nb201
 from xnas_jax.data import augment
 from xnas_jax.runs import read_log
-from xnas_jax.supernet import ARCH
+from xnas_jax.spaces import ARCH
+from xnas_jax.spaces.nb201 import NB201Space
 
 NB201_SEARCH = [
     "--space", "nb201", "--nodes", "3", "--channels", "4", "--layers", "1", "--epochs", "2",
@@ -262,7 +265,7 @@ def test_a_space_registered_from_user_code_searches(tmp_path, capsys, compilatio
     with pytest.raises(ValueError, match="lacks"):
         spaces.register_space(object())
     with pytest.raises(ValueError, match="exists already"):
-        spaces.register_space(spaces.NB201Space())
+        spaces.register_space(NB201Space())
     spaces.register_space(_ToySpace())
     try:
         out = tmp_path / "run"

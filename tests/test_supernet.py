@@ -10,9 +10,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from xnas_jax import genotypes
-from xnas_jax.ops import CONV_GEOMETRY, count_params
-from xnas_jax.supernet import (
+from xnas_jax.spaces.darts import genotypes
+from xnas_jax.spaces.ops import CONV_GEOMETRY, count_params
+from xnas_jax.spaces.darts.supernet import (
     ARCH,
     MixedOp,
     SearchCell,
@@ -83,13 +83,13 @@ def test_skipping_zero_weight_experts_changes_nothing(mixed_setup):
 
 
 def _expert_modules_reference(ops, computed, strides, params, x, u):
-    """sum_i u_i f_i(x) with every expert its own :mod:`xnas_jax.ops` module.
+    """sum_i u_i f_i(x) with every expert its own :mod:`xnas_jax.spaces.ops` module.
 
     The straightforward formulation (the evaluation network's modules, one
     flax BatchNorm per BN, train mode), fed the MixedOp's parameters.
     Returns the mixture and each expert's updated BN statistics.
     """
-    from xnas_jax import ops as ops_lib
+    from xnas_jax.spaces import ops as ops_lib
 
     def block(p, i):
         return {"depthwise": {"kernel": p[f"depthwise_{i}"][:, :, None, :]},
@@ -180,7 +180,7 @@ def _reference_cell(cell: SearchCell, variables, s0, s1, weights):
     """The cell computed edge by edge in Python with the scan's stacked parameters."""
     params, stats = variables["params"], variables["batch_stats"]
     pre0 = cell.reduction_prev
-    from xnas_jax import ops as ops_lib
+    from xnas_jax.spaces import ops as ops_lib
 
     p0 = ops_lib.preprocess(cell.channels, pre0, False)
     p1 = ops_lib.preprocess(cell.channels, False, False)
@@ -270,7 +270,7 @@ def test_cell_stages_compute_the_dag_in_edge_order(steps):
     variables = cell.init(jax.random.key(3), s0, s1, weights)
     out, _ = jax.jit(lambda v: cell.apply(v, s0, s1, weights, mutable=["batch_stats"]))(variables)
 
-    from xnas_jax import ops as ops_lib
+    from xnas_jax.spaces import ops as ops_lib
     params, stats = variables["params"], variables["batch_stats"]
     states = [
         np.asarray(ops_lib.preprocess(4, False, False).apply(

@@ -21,7 +21,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from xnas_jax import checkpointing, configs, genotypes, optimizers, runs, train
+from xnas_jax import checkpointing, configs, optimizers, runs, train
+from xnas_jax.spaces.darts import genotypes
 from xnas_jax.data import datasets
 from xnas_jax.checkpointing import CheckpointError, Checkpointer
 from conftest import TINY_TRAIN as TINY_FLAGS, assert_usage_error

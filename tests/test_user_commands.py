@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from conftest import TEST_XLA_FLAGS, subprocess_env
-from xnas_jax import genotypes
+from xnas_jax.spaces.darts import genotypes
 
 # The default cell in a small network, for a few steps.
 SMALL_NET = ["--layers", "3", "--channels", "4"]

@@ -20,7 +20,10 @@ import json
 from pathlib import Path
 from typing import Any, NamedTuple, Sequence, TypeVar
 
-from xnas_jax import cli, evalnet, genotypes, kernels, nb201, spaces
+from xnas_jax import cli, spaces
+from xnas_jax.spaces.darts import evalnet, genotypes
+from xnas_jax.spaces import kernels
+from xnas_jax.spaces.nb201 import network as nb201
 from xnas_jax.data import specs
 
 __all__ = [

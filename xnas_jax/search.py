@@ -32,14 +32,14 @@ import numpy as np
 import optax
 from PIL import Image
 
-from xnas_jax import (cli, configs, genotypes, optimizers, parallel, plotting, runs, search_step,
-                      spaces)
+from xnas_jax import cli, configs, optimizers, parallel, plotting, runs, search_step, spaces
+from xnas_jax.spaces.darts import genotypes
 from xnas_jax.checkpointing import CheckpointError
 from xnas_jax.configs import SearchConfig
 from xnas_jax.data import order, shards, specs
 from xnas_jax.search_step import SearchState
-from xnas_jax.ops import count_params
-from xnas_jax.supernet import VARIABLES_LAYOUT
+from xnas_jax.spaces.ops import count_params
+from xnas_jax.spaces.darts.supernet import VARIABLES_LAYOUT
 
 
 def build_model(config: SearchConfig, num_classes: int):

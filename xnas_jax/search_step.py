@@ -34,7 +34,8 @@ from xnas_jax.prng import KEY_IMPL, prng_key
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from xnas_jax.supernet import ARCH, SearchNetwork
+from xnas_jax.spaces import ARCH
+from xnas_jax.spaces.darts.supernet import SearchNetwork
 
 
 class SearchState(NamedTuple):

@@ -39,7 +39,9 @@ import numpy as np
 import optax
 from flax.training import train_state
 
-from xnas_jax import cli, configs, evalnet, genotypes, kernels, optimizers, parallel, runs
+from xnas_jax import cli, configs, optimizers, parallel, runs
+from xnas_jax.spaces.darts import evalnet, genotypes
+from xnas_jax.spaces import kernels
 from xnas_jax.checkpointing import CheckpointError
 from xnas_jax.configs import ConfigError, TrainConfig
 from xnas_jax.data import augment, autoaugment, order, shards, specs

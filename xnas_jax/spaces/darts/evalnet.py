@@ -11,7 +11,7 @@ and trained from scratch (XNAS, Nayman et al., NeurIPS 2019, sections 4.2 and
 * :class:`NetworkImageNet` -- the mobile setting: two strided stems
   (224 -> 28), 14 cells, the first one reading a reduced input.
 
-Every operation is built by :func:`xnas_jax.ops.make_op` with affine batch
+Every operation is built by :func:`xnas_jax.spaces.ops.make_op` with affine batch
 norm, so the parameter count equals the reference DARTS implementation's for
 the same genotype (e.g. 3,349,342 for DARTS_V2 at 36 channels and 20 layers,
 auxiliary head excluded).  Inputs are NHWC; any number of input channels and
@@ -37,9 +37,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from xnas_jax import ops
-from xnas_jax.genotypes import Genotype, reduction_layers, validate_genotype
-from xnas_jax.kernels import Dtype
+from xnas_jax.spaces import ops
+from xnas_jax.spaces.darts.genotypes import Genotype, reduction_layers, validate_genotype
+from xnas_jax.spaces.kernels import Dtype
 
 __all__ = [
     "DROP_PATH_RNG",
@@ -449,7 +449,7 @@ def network_summary(model: nn.Module, input_shape: Sequence[int]) -> dict[str, i
     Multiply-adds are counted analytically from shapes: every module that owns
     a convolution kernel ``(kh, kw, in / groups, out)`` contributes ``output
     height * output width * kh * kw * in / groups * out`` (this covers
-    ``nn.Conv`` and the depthwise convolutions of :mod:`xnas_jax.ops`,
+    ``nn.Conv`` and the depthwise convolutions of :mod:`xnas_jax.spaces.ops`,
     whatever their implementation), and every dense kernel ``(in, out)``
     contributes ``in * out``; pooling, batch norm, activations and additions
     are not counted (the "mult-adds" of NASNet, DARTS and XNAS).  The

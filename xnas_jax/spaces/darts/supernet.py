@@ -9,7 +9,7 @@ search step hands those gradients to :func:`xnas_jax.xnas` unchanged.
 
 Structure (the DARTS search network, Liu et al. 2019): a 3x3 stem with 3C
 channels and BN; ``layers`` cells, reduction cells at 1/3 and 2/3 of the
-depth (:func:`xnas_jax.genotypes.reduction_layers`) where the channels
+depth (:func:`xnas_jax.spaces.darts.genotypes.reduction_layers`) where the channels
 double; each cell preprocesses its two inputs (1x1 ReLU-conv-BN, or a
 factorized reduce after a reduction cell), builds ``steps`` nodes from all
 previous states and outputs their concatenation; global average pooling and a
@@ -29,12 +29,12 @@ operations (on a GPU, fewer kernel launches).
 
 Backward pass: inside a scan, every value the backward pass keeps is a
 residual stacked per iteration (one more buffer, one more write per edge).
-The grouped operations (:mod:`xnas_jax.kernels` and :func:`mixture`)
+The grouped operations (:mod:`xnas_jax.spaces.kernels` and :func:`mixture`)
 therefore have their own VJPs that keep only what they need, and take the
 parameters as they are, so that the scan forwards them instead of stacking
 copies.  Sibling reductions (the kernel gradients of all taps, BN's two sums,
 the experts' rewards) run as one variadic reduction each
-(:func:`xnas_jax.kernels.sum_many`).
+(:func:`xnas_jax.spaces.kernels.sum_many`).
 
 Initialization: ``init`` declares every variable but computes no expert (an
 edge outputs zeros then), and an edge's convolution weights come from one
@@ -57,9 +57,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from xnas_jax import genotypes
-from xnas_jax import ops as ops_lib
-from xnas_jax.kernels import (
+from xnas_jax.spaces import ARCH
+from xnas_jax.spaces.darts import genotypes
+from xnas_jax.spaces import ops as ops_lib
+from xnas_jax.spaces.kernels import (
     BN_EPSILON,
     BN_MOMENTUM,
     Dtype,
@@ -72,7 +73,6 @@ from xnas_jax.kernels import (
     sum_many,
 )
 
-ARCH = "arch"  # the variable collection of the mixture weights
 # Version of the supernet's variable trees, part of a search's checkpoint
 # fingerprint: 2 = experts grouped by kind (per-expert parameter dicts,
 # batch-norm statistics with one row per expert); 3 = every cell's edges in two
@@ -227,12 +227,12 @@ class MixedOp(nn.Module):
 
     The experts are computed by kind, several at once, which keeps the traced
     program (and the number of GPU kernels) small; the function is the DARTS
-    one, expert by expert (see :mod:`xnas_jax.ops`), computed with the
-    grouped functions of :mod:`xnas_jax.kernels`:
+    one, expert by expert (see :mod:`xnas_jax.spaces.ops`), computed with the
+    grouped functions of :mod:`xnas_jax.spaces.kernels`:
 
     * the convolutional experts all start from ReLU(x): their first depthwise
       convolutions (3x3, 5x5, dilated 3x3 and 5x5) run as one
-      :func:`~xnas_jax.kernels.depthwise_taps` (each kernel with its own taps,
+      :func:`~xnas_jax.spaces.kernels.depthwise_taps` (each kernel with its own taps,
       centred in one padding; the groups lead, (G, B, H, W, C)), their
       pointwise convolutions as one batched matmul, their batch norms as one;
       the second blocks of the sep convs the same way;
@@ -553,7 +553,7 @@ class SearchNetwork(nn.Module):
       num_classes: classifier outputs.
       channels: C, the channels of the first cells (the stem has 3C).
       layers: number of cells; reductions at
-        :func:`xnas_jax.genotypes.reduction_layers`.
+        :func:`xnas_jax.spaces.darts.genotypes.reduction_layers`.
       ops: the experts of every forecaster (mixture-row order).
       steps: intermediate nodes per cell.
       normal_ops / reduce_ops: the experts evaluated in normal / reduction
@@ -561,7 +561,7 @@ class SearchNetwork(nn.Module):
         changes nothing but the cost.
       dtype: computation dtype (parameters and BN statistics stay float32).
       depthwise: "shifts" or "conv", the depthwise-convolution form (same
-        function; see :class:`xnas_jax.ops.DepthwiseConv`).
+        function; see :class:`xnas_jax.spaces.ops.DepthwiseConv`).
 
     The ``arch`` collection holds one (num_edges, N) table per cell type,
     shared by its cells.  A caller may pass instead one copy per feedback,
@@ -589,7 +589,7 @@ class SearchNetwork(nn.Module):
     def reduction_layers(self) -> tuple[int, ...]:
         return genotypes.reduction_layers(self.layers)
 
-    # The search step's view of a supernet (shared with xnas_jax.nb201):
+    # The search step's view of a supernet (shared with xnas_jax.spaces.nb201.network):
     def feedback_replicas(self) -> dict[str, int]:
         """Per cell type (a table of the ``arch`` collection), its cells r_c."""
         return genotypes.cell_replicas(self.layers)
@@ -656,7 +656,7 @@ class SearchNetwork(nn.Module):
 
 
 def validate_ops(ops: Sequence[str]) -> tuple[str, ...]:
-    """Checks an expert list (names from :data:`xnas_jax.ops.OPS`, no repeats)."""
+    """Checks an expert list (names from :data:`xnas_jax.spaces.ops.OPS`, no repeats)."""
     ops = tuple(ops)
     unknown = [name for name in ops if name not in ops_lib.OPS]
     if unknown:

@@ -17,7 +17,7 @@ are reproduced with explicit symmetric padding, and BN uses PyTorch's
 defaults (momentum 0.1 -> Flax 0.9, epsilon 1e-5).  The geometry of the
 convolutional experts is one table, :data:`CONV_GEOMETRY`, which the supernet
 reads too.  The functions these modules compute with are in
-:mod:`xnas_jax.kernels`.
+:mod:`xnas_jax.spaces.kernels`.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from xnas_jax.kernels import (
+from xnas_jax.spaces.kernels import (
     BN_EPSILON,
     BN_MOMENTUM,
     Dtype,
@@ -83,7 +83,7 @@ DEPTHWISE_IMPLS = ("shifts", "conv")
 class DepthwiseConv(nn.Module):
     """Depthwise kxk convolution without bias; parameter ``kernel`` of shape (k, k, 1, C).
 
-    ``impl``: "shifts" (:func:`xnas_jax.kernels.depthwise_conv`, shifted
+    ``impl``: "shifts" (:func:`xnas_jax.spaces.kernels.depthwise_conv`, shifted
     slices with their own VJP) or "conv" (XLA's grouped convolution); the
     same function.
     """

@@ -38,9 +38,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from xnas_jax import ops as ops_lib
-from xnas_jax.kernels import Dtype
-from xnas_jax.supernet import ARCH
+from xnas_jax.spaces import ops as ops_lib
+from xnas_jax.spaces.kernels import Dtype
+from xnas_jax.spaces import ARCH
 
 __all__ = [
     "NB201_OPS",
@@ -228,7 +228,7 @@ class NB201Network(nn.Module):
     def num_cells(self) -> int:
         return 3 * self.cells_per_stage
 
-    # The search step's view of a supernet (as xnas_jax.supernet.SearchNetwork):
+    # The search step's view of a supernet (as xnas_jax.spaces.darts.supernet.SearchNetwork):
     def feedback_replicas(self) -> dict[str, int]:
         """The one cell type's cells r_c: every cell shares the ``"cell"`` table."""
         return {"cell": self.num_cells}

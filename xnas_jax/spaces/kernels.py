@@ -14,7 +14,7 @@ primitives of their own, so that a supernet's trace holds one equation per
 convolution rather than a few per tap.
 
 The Flax modules of the individual experts, built on these, are in
-:mod:`xnas_jax.ops`.
+:mod:`xnas_jax.spaces.ops`.
 """
 
 from __future__ import annotations
