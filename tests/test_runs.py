@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 
 from conftest import TINY_SEARCH as SEARCH, TINY_TRAIN as TRAIN, assert_usage_error
-from xnas_jax import configs, runs, search, train
+from xnas_jax import configs, loop, runs, search, train
 from xnas_jax.spaces.darts import genotypes
 from xnas_jax.checkpointing import CheckpointError, Checkpointer
 from xnas_jax.data import specs
@@ -180,23 +180,28 @@ def test_training_stopped_by_sigterm_resumes_bit_identically(train_run, compilat
                                                             tmp_path, monkeypatch, capsys):
     out = tmp_path / "stopped"
     calls = {"n": 0}
-    original = train._train_epoch
+    original = loop.run_epochs
 
-    def stepping_epoch(p_train_step, *args, **kwargs):
-        def step(state, batch):
-            calls["n"] += 1
-            if calls["n"] == 5:  # mid-epoch: SIGTERM while the 5th step runs
-                os.kill(os.getpid(), signal.SIGTERM)
-            return p_train_step(state, batch)
+    def stopping_loop(*args, start_epoch, **kwargs):
+        def start(epoch, state):
+            step_fn, batch = start_epoch(epoch, state)
 
-        return original(step, *args, **kwargs)
+            def step(*step_args):
+                calls["n"] += 1
+                if calls["n"] == 5:  # mid-epoch: SIGTERM while the 5th step runs
+                    os.kill(os.getpid(), signal.SIGTERM)
+                return step_fn(*step_args)
 
-    monkeypatch.setattr(train, "_train_epoch", stepping_epoch)
+            return step, batch
+
+        return original(*args, start_epoch=start, **kwargs)
+
+    monkeypatch.setattr(loop, "run_epochs", stopping_loop)
     assert call(train.main, TRAIN + compilation_cache + ["--out-dir", str(out)]) == 130
     assert "--resume" in capsys.readouterr().err
     assert [p.name for p in (out / runs.CHECKPOINT_DIR).iterdir() if p.name.isdigit()] == ["5"]
     assert runs.run_state(out) == "interrupted"
-    monkeypatch.setattr(train, "_train_epoch", original)
+    monkeypatch.setattr(loop, "run_epochs", original)
     assert call(train.main, TRAIN + compilation_cache + ["--resume", "--out-dir", str(out)]) == 0
     assert_same_states(state_at(train_run, 24), state_at(out, 24))
     for got, expected in zip(runs.read_log(out), runs.read_log(train_run), strict=True):

@@ -32,7 +32,8 @@ import numpy as np
 import optax
 from PIL import Image
 
-from xnas_jax import cli, configs, optimizers, parallel, plotting, runs, search_step, spaces
+from xnas_jax import (cli, configs, loop, optimizers, parallel, plotting, runs, search_step,
+                      spaces)
 from xnas_jax.spaces.darts import genotypes
 from xnas_jax.checkpointing import CheckpointError
 from xnas_jax.configs import SearchConfig
@@ -339,21 +340,14 @@ def _quiet(*args: Any) -> None:
 
 
 def _epoch_batches(config: SearchConfig, data: SearchData, epoch: int):
-    """(steps, S, B) per-device indices of each search's two batches of an epoch.
-
-    Each shard has its own order (:func:`order.epoch_permutation`); a batch
-    is ``B / K`` examples of each.
-    """
-    per_shard = config.batch_size // data.layout.count
-
+    """(steps, S, B) per-device indices of each search's two batches of an epoch (each
+    search has its own split and orders: seed s's weight half by s, its other half by
+    s + 1)."""
     def half(halves, offset):
-        return np.stack([
-            data.layout.device_indices(np.stack([
-                halves[s][order.batch_indices(
-                    order.epoch_permutation(seed + offset, epoch, halves.shape[1], shard),
-                    per_shard)[:data.steps_per_epoch]]
-                for shard in range(data.layout.count)], axis=1), data.shard_size)
-            for s, seed in enumerate(config.seed_list)], axis=1)
+        return np.stack([loop.shard_batches(data.layout, halves[s], seed + offset, epoch,
+                                            config.batch_size, data.steps_per_epoch,
+                                            data.shard_size)
+                         for s, seed in enumerate(config.seed_list)], axis=1)
 
     return half(data.weight_halves, 0), half(data.arch_halves, 1)
 
@@ -361,72 +355,46 @@ def _epoch_batches(config: SearchConfig, data: SearchData, epoch: int):
 def _search_loop(config: SearchConfig, data: SearchData, run: runs.Run, steps: _Steps,
                  state: SearchState, step: int, mesh,
                  arch_rates: dict[str, float]) -> SearchState:
-    """The epochs from ``step`` on.  A stop saves the epoch's per-step metrics so far
-    with the checkpoint, so that a resumed epoch logs what an uninterrupted one does."""
+    """The epochs from ``step`` on (:func:`xnas_jax.loop.run_epochs`)."""
     seeds = config.seed_list
     keys = parallel.global_array(search_step.seed_keys([s + 1 for s in seeds]),
                                  parallel.seed_sharding(mesh))
     split = parallel.batch_sharding(mesh, seeded=True)
-    steps_per_epoch = data.steps_per_epoch
-    per_step: list[dict[str, Any]] = []  # this epoch's metrics (device arrays until read)
-    if step % steps_per_epoch:
-        per_step = [{k: np.asarray(v, np.float32) for k, v in m.items()}
-                    for m in run.checkpoints.metadata(step).get("partial_steps") or []]
-    try:
-        for epoch in range(step // steps_per_epoch, config.epochs):
-            weight_order, arch_order = _epoch_batches(config, data, epoch)
-            batch = lambda i: (parallel.global_array(weight_order[i], split),  # noqa: E731
-                               parallel.global_array(arch_order[i], split))
-            step_fn, computed = steps(state, (data.data, *batch(0), keys))
-            started = time.perf_counter()
-            first = step - epoch * steps_per_epoch
-            if len(per_step) != first:  # the metrics of a resumed epoch's first steps
-                per_step = []
-            bar = run.progress(steps_per_epoch, first, f"epoch {epoch + 1}/{config.epochs}")
-            try:
-                for i in range(first, steps_per_epoch):
-                    state, metrics = step_fn(state, data.data, *batch(i), keys)
-                    per_step.append(metrics)
-                    step += 1
-                    if (i + 1) % config.log_every == 0:
-                        shown = parallel.to_host({k: metrics[k] for k in ("train_loss",
-                                                                          "val_loss")})
-                        bar.set_postfix(loss=f"{shown['train_loss'].mean():.3f}",
-                                        val=f"{shown['val_loss'].mean():.3f}")
-                    bar.update(1)
-                    run.raise_if_stop_requested()
-            finally:
-                bar.close()
-            per_step = parallel.to_host(per_step)
-            host = _host_results(state)
-            seconds = time.perf_counter() - started
-            record = _epoch_records(config, epoch + 1, step, host, per_step, computed, seconds,
-                                    steps.compile_seconds, run.records)
-            # The images of this process's steps only (a resumed epoch ran fewer).
-            record["images_per_second"] = (2 * config.batch_size * len(seeds)
-                                           * (steps_per_epoch - first) / max(seconds, 1e-9))
-            for offset, metrics in enumerate(per_step):
-                at = step - len(per_step) + offset + 1
-                if at % config.log_every == 0 or at == step:
-                    run.scalars(at, _seed_scalars(seeds, "step", {
-                        k: metrics[k] for k in _step_scalars(sorted(state.arch))}))
-            run.scalars(step, {**_seed_scalars(seeds, "epoch", {
-                k: np.asarray([r[k] for r in _per_seed(record)])
-                for k in ("entropy", "val_accuracy")}),
-                "epoch/images_per_second": record["images_per_second"]})
-            _epoch_board(config, run, epoch, steps_per_epoch, record, arch_rates)
-            # The record first: a run killed between the two resumes from the
-            # checkpoint before, cutting the record away, and writes it again;
-            # the other order would lose it (the checkpoint stands, its record not).
-            run.log(record)
-            run.save(step, state, {"epoch": epoch + 1})
-            run.print(_epoch_line(record))
-            per_step = []
-    except (KeyboardInterrupt, runs.StopRequested):
-        partial = [{k: [float(x) for x in np.ravel(v)] for k, v in m.items()}
-                   for m in parallel.to_host(per_step)]
-        run.stop(step, state, {"epoch": step / steps_per_epoch, "partial_steps": partial})
-    return state
+    computed: dict[str, tuple[str, ...]] = {}
+
+    def start_epoch(epoch, state):
+        weight_order, arch_order = _epoch_batches(config, data, epoch)
+        batch = lambda i: (data.data, parallel.global_array(weight_order[i], split),  # noqa: E731
+                           parallel.global_array(arch_order[i], split), keys)
+        step_fn, experts = steps(state, batch(0))
+        computed.update(experts)
+        return step_fn, batch
+
+    def end_epoch(epoch: loop.Epoch, state):
+        record = _epoch_records(config, epoch.index + 1, epoch.step, _host_results(state),
+                                epoch.metrics, dict(computed), epoch.seconds,
+                                steps.compile_seconds, run.records)
+        # The images of this process's steps only (a resumed epoch ran fewer).
+        record["images_per_second"] = (2 * config.batch_size * len(seeds)
+                                       * (data.steps_per_epoch - epoch.first)
+                                       / max(epoch.seconds, 1e-9))
+        run.scalars(epoch.step, {**_seed_scalars(seeds, "epoch", {
+            k: np.asarray([r[k] for r in _per_seed(record)])
+            for k in ("entropy", "val_accuracy")}),
+            "epoch/images_per_second": record["images_per_second"]})
+        _epoch_board(config, run, epoch.index, data.steps_per_epoch, record, arch_rates)
+        return record, _epoch_line(record)
+
+    def postfix(per_step):
+        return {"loss": f"{per_step[-1]['train_loss'].mean():.3f}",
+                "val": f"{per_step[-1]['val_loss'].mean():.3f}"}
+
+    names = _step_scalars(sorted(state.arch))
+    return loop.run_epochs(
+        run, state, step, epochs=config.epochs, steps_per_epoch=data.steps_per_epoch,
+        start_epoch=start_epoch, end_epoch=end_epoch, log_every=config.log_every,
+        postfix=postfix,
+        step_scalars=lambda m: _seed_scalars(seeds, "step", {k: m[k] for k in names}))
 
 
 def _host_results(state: SearchState) -> dict[str, Any]:

@@ -39,7 +39,7 @@ import numpy as np
 import optax
 from flax.training import train_state
 
-from xnas_jax import cli, configs, optimizers, parallel, runs
+from xnas_jax import cli, configs, loop, optimizers, parallel, runs
 from xnas_jax.spaces.darts import evalnet, genotypes
 from xnas_jax.spaces import kernels
 from xnas_jax.checkpointing import CheckpointError
@@ -360,58 +360,6 @@ def _load_data(config: TrainConfig, mesh):
     return layout, train, test
 
 
-def _train_epoch(
-    p_train_step: Callable,
-    gather: Callable,
-    mesh,
-    layout: shards.ShardLayout,
-    state: TrainState,
-    data: shards.DeviceShards,
-    config: TrainConfig,
-    run: runs.Run,
-    epoch: int,
-    first: int,
-    steps_per_epoch: int,
-    sums: dict[str, float] | None,
-) -> tuple[TrainState, dict[str, float]]:
-    """Steps ``first..steps_per_epoch-1`` of an epoch; returns the state and summed metrics.
-
-    ``sums`` carries the metrics of the steps before ``first`` (a resumed
-    epoch).  Every ``log_every`` steps the running sums are read back once,
-    for the progress bar and the TensorBoard scalars; a stop request saves
-    the step in flight with the sums so far.
-    """
-    per_shard = config.batch_size // layout.count
-    size = int(data.labels.shape[1])
-    batches = layout.device_indices(np.stack([
-        order.batch_indices(order.epoch_permutation(config.seed, epoch, size, shard),
-                            per_shard)[:steps_per_epoch]
-        for shard in range(layout.count)], axis=1), size)
-    split = parallel.batch_sharding(mesh)
-    bar = run.progress(steps_per_epoch, first, f"epoch {epoch + 1}/{config.epochs}")
-    step = epoch * steps_per_epoch + first
-    try:
-        for step_in_epoch in range(first, steps_per_epoch):
-            indices = parallel.global_array(batches[step_in_epoch], split)
-            state, metrics = p_train_step(state, gather(data, indices))
-            sums = metrics if sums is None else jax.tree.map(jnp.add, sums, metrics)
-            step += 1
-            done = step_in_epoch + 1
-            if done % config.log_every == 0 or done == steps_per_epoch:
-                shown, last = parallel.to_host((sums, metrics))  # one host read
-                bar.set_postfix(loss=f"{shown['loss'] / done:.4f}",
-                                acc=f"{shown['accuracy'] / done:.4f}")
-                run.scalars(step, {f"step/{k}": v for k, v in last.items()})
-            bar.update(1)
-            run.raise_if_stop_requested()
-    except (KeyboardInterrupt, runs.StopRequested):
-        partial = {k: float(v) for k, v in parallel.to_host(sums).items()} if sums else None
-        run.stop(step, checkpoint_tree(state), {"epoch": epoch, "partial_sums": partial})
-    finally:
-        bar.close()
-    return state, {k: float(v) for k, v in parallel.to_host(sums).items()}
-
-
 def _evaluate(eval_fn: Callable, gather: Callable, state: TrainState, data: shards.DeviceShards,
               sizes: Sequence[int], batch_size: int, mesh,
               layout: shards.ShardLayout) -> dict[str, float]:
@@ -494,7 +442,6 @@ def train_and_evaluate(config: TrainConfig) -> dict[str, Any]:
                              state)
         restored, step = run.restore(checkpoint_tree(state))
         state = state.replace(**restored)
-        partial = run.checkpoints.metadata(step).get("partial_sums") if step else None
 
         train_device, test_device = (shards.to_devices(d, layout, mesh)
                                      for d in (train_data, test_data))
@@ -521,46 +468,59 @@ def train_and_evaluate(config: TrainConfig) -> dict[str, Any]:
                   f"{config.epochs} epochs x {steps_per_epoch} steps of batch "
                   f"{config.batch_size} (compiled in {compile_time:.1f} s)")
 
-        throughputs, epoch_record, test_metrics = [], None, None
-        run_start = time.perf_counter()
-        for epoch in range(step // steps_per_epoch, config.epochs):
-            first = step - epoch * steps_per_epoch
-            lr = float(schedule(epoch * steps_per_epoch))
-            epoch_start = time.perf_counter()
-            sums = jax.tree.map(jnp.asarray, partial) if partial and first else None
-            state, sums = _train_epoch(p_train_step, gather, mesh, layout, state, train_device,
-                                       config, run, epoch, first, steps_per_epoch, sums)
-            step = (epoch + 1) * steps_per_epoch
-            train_time = time.perf_counter() - epoch_start
-            images_per_second = (steps_per_epoch - first) * config.batch_size / train_time
-            throughputs.append(images_per_second)
+        throughputs: list[float] = []
+        last: dict[str, Any] = {}  # the last epoch's record and test metrics
 
+        def start_epoch(epoch, state):
+            batches = loop.shard_batches(layout, np.arange(train_data.size), config.seed, epoch,
+                                         config.batch_size, steps_per_epoch, train_data.size)
+            return p_train_step, lambda i: (
+                gather(train_device, parallel.global_array(batches[i], split)),)
+
+        def end_epoch(epoch: loop.Epoch, state):
+            means = loop.mean_metrics(epoch.metrics)
+            images_per_second = ((steps_per_epoch - epoch.first) * config.batch_size
+                                 / epoch.seconds)
+            throughputs.append(images_per_second)
             eval_start = time.perf_counter()
-            test_metrics = _evaluate(p_eval_step, gather, state, test_device, test_data.sizes,
+            last["test"] = _evaluate(p_eval_step, gather, state, test_device, test_data.sizes,
                                      config.eval_batch_size, mesh, layout)
             eval_time = time.perf_counter() - eval_start
-            epoch_record = {
-                "epoch": epoch + 1,
-                "step": step,
+            lr = float(schedule(epoch.index * steps_per_epoch))
+            record = {
+                "epoch": epoch.index + 1,
+                "step": epoch.step,
                 "lr": lr,
-                "drop_path_prob": config.drop_path_prob * epoch / config.epochs,
-                "train_loss": sums["loss"] / steps_per_epoch,
-                "train_aux_loss": sums["aux_loss"] / steps_per_epoch,
-                "train_accuracy": sums["accuracy"] / steps_per_epoch,
-                "test_loss": test_metrics["loss"],
-                "test_accuracy": test_metrics["accuracy"],
-                "train_time_s": round(train_time, 3),
+                "drop_path_prob": config.drop_path_prob * epoch.index / config.epochs,
+                "train_loss": float(means["loss"]),
+                "train_aux_loss": float(means["aux_loss"]),
+                "train_accuracy": float(means["accuracy"]),
+                "test_loss": last["test"]["loss"],
+                "test_accuracy": last["test"]["accuracy"],
+                "train_time_s": round(epoch.seconds, 3),
                 "eval_time_s": round(eval_time, 3),
                 "train_images_per_s": round(images_per_second, 1),
                 "eval_images_per_s": round(sum(test_data.sizes) / eval_time, 1),
             }
-            run.scalars(step, {"epoch/test_loss": test_metrics["loss"],
-                               "epoch/test_accuracy": test_metrics["accuracy"],
-                               "epoch/train_loss": epoch_record["train_loss"],
-                               "epoch/learning_rate": lr})
-            run.log(epoch_record)  # before the checkpoint, as in the search (nothing lost)
-            run.save(step, checkpoint_tree(state), epoch_record)
-            run.print(json.dumps(epoch_record))
+            run.scalars(epoch.step, {"epoch/test_loss": record["test_loss"],
+                                     "epoch/test_accuracy": record["test_accuracy"],
+                                     "epoch/train_loss": record["train_loss"],
+                                     "epoch/learning_rate": lr})
+            last["record"] = record
+            return record, json.dumps(record)
+
+        def postfix(per_step):
+            means = loop.mean_metrics(per_step)
+            return {"loss": f"{means['loss']:.4f}", "acc": f"{means['accuracy']:.4f}"}
+
+        run_start = time.perf_counter()
+        state = loop.run_epochs(
+            run, state, step, epochs=config.epochs, steps_per_epoch=steps_per_epoch,
+            start_epoch=start_epoch, end_epoch=end_epoch, log_every=config.log_every,
+            postfix=postfix,
+            step_scalars=lambda m: {f"step/{k}": float(v) for k, v in m.items()},
+            checkpoint=checkpoint_tree)
+        test_metrics, epoch_record = last.get("test"), last.get("record")
 
         if test_metrics is None:  # resumed a finished run: evaluate what it left.
             test_metrics = _evaluate(p_eval_step, gather, state, test_device, test_data.sizes,
