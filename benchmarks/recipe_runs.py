@@ -32,7 +32,6 @@ import numpy as np
 import experiments
 from benchmarks.bench_search import executed_instructions
 from xnas_jax import train
-from xnas_jax.spaces.darts import genotypes
 
 NAME = "recipe_runs"
 RUN_FLAGS = ["--genotype", "XNAS", "--channels", "8", "--layers", "8",
@@ -61,7 +60,7 @@ def step_cost(autoaugment: bool, steps: int = 5, repeats: int = 3) -> dict[str, 
     flags = ["--recipe", "xnas", "--dataset", "cifar10", "--channels", "8", "--layers", "8",
              "--epochs", "4"] + ([] if autoaugment else ["--no-autoaugment"])
     config, _ = train.parse_args(flags)
-    setup = train.resolve_setup(config, (32, 32, 3), 10, genotypes.get_genotype(config.genotype))
+    setup = train.resolve_setup(config, (32, 32, 3), 10)
     model = train.build_model(config, setup)
     tx = train.create_optimizer(config, train.learning_rate_schedule(config, 31))
     state = train.create_train_state(train.prng_key(0), model, (32, 32, 3), tx)

@@ -10,7 +10,10 @@ comparison), the data order and the augmentation.
 
 Each cell trains as its own network (only its ops' weights), which computes
 what the supernet computes with one-hot mixture weights: the NB201 tests
-check that the two give the same loss and gradients.  Cells are compiled one
+check that the two give the same loss and gradients.  It trains with the
+training step of ``python -m xnas_jax.train`` (:func:`xnas_jax.train.train_step`,
+NAS-Bench-201's recipe with the table's settings, :func:`train_config`) on
+the network that training builds through the nb201 space.  Cells are compiled one
 by one (about 4 s each here) because every shared program measured on this
 CPU (a run-time switch between experts, a vmap over cells or seeds) steps
 several times slower than the cell's own.
@@ -38,15 +41,14 @@ from typing import Any, Callable, NamedTuple, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from tqdm import tqdm
 
 import experiments
-from xnas_jax import cli
+from xnas_jax import cli, configs, train
+from xnas_jax.configs import TrainConfig
 from xnas_jax.spaces.nb201 import network as nb201
-from xnas_jax.data import augment, datasets, order, specs
+from xnas_jax.data import datasets, order, specs
 from xnas_jax.spaces.ops import count_params
-from xnas_jax.spaces import ARCH
 
 RESULTS = experiments.RESULTS
 
@@ -98,64 +100,81 @@ def load_proxy(config: TableConfig) -> ProxyData:
                      train.num_classes)
 
 
-def cell_programs(config: TableConfig, data: ProxyData, genotype: Sequence[str]):
-    """``(init, train_step, evaluate, steps_per_epoch)`` of one cell's network.
+def train_config(config: TableConfig, genotype: Sequence[str], seed: int) -> TrainConfig:
+    """One cell's proxy training as a :mod:`xnas_jax.train` config.
 
-    The network holds only the cell's own ops (:class:`nb201.NB201Network`
-    with a genotype), the same function and gradients as the supernet with
-    one-hot mixture weights (tested).  One compiled program per cell: on this
-    CPU a program that switches between experts at run time, or vmaps over
-    cells or seeds, runs several times slower than the cell's own program
-    (measured in BENCHMARKS.md), so each cell is compiled once and trains its
-    seeds one after the other.  Flax derives each parameter's initial value
-    from the seed and the parameter's path, so every cell of a seed starts
-    from the same stem, reduction blocks and classifier, and an op starts
-    from the same weights wherever it appears (common random numbers).
+    NAS-Bench-201's recipe (``nb201``: Nesterov SGD, cosine to 0, no gradient
+    clip, no cutout, auxiliary tower or drop-path) with the table's sizes,
+    epochs, batch, rate, momentum, weight decay and crop padding; flips on
+    every dataset, as the table always did.
     """
-    model = nb201.NB201Network(data.num_classes, config.channels, config.cells_per_stage,
-                               config.nodes, genotype=tuple(genotype))
+    return configs.recipe_config(
+        "nb201", genotype=nb201.genotype_string(genotype, config.nodes), dataset=config.dataset,
+        channels=config.channels, layers=config.cells_per_stage, epochs=config.epochs,
+        batch_size=config.batch_size, learning_rate=config.learning_rate,
+        momentum=config.momentum, weight_decay=config.weight_decay,
+        crop_padding=config.crop_padding, flip=True, seed=seed)
+
+
+class CellPrograms(NamedTuple):
+    """The programs that train and score one cell (:func:`cell_programs`)."""
+
+    init: Callable[[Any], train.TrainState]  # a seed's supernet variables -> the cell's state
+    steps: dict[int, Callable]  # seed -> train.train_step, jitted (the seed draws its augmentation)
+    evaluate: Callable  # train.eval_step, jitted
+    steps_per_epoch: int
+
+
+def cell_programs(config: TableConfig, data: ProxyData, genotype: Sequence[str]) -> CellPrograms:
+    """The programs of one cell's network: :func:`xnas_jax.train.train_step` and
+    :func:`xnas_jax.train.eval_step`, the steps of ``python -m xnas_jax.train``.
+
+    The network is the one training builds through the nb201 space
+    (:func:`xnas_jax.train.build_model`): it holds only the cell's own ops,
+    the same function and gradients as the supernet with one-hot mixture
+    weights (tested).  One compiled program per cell and seed (the training
+    step draws its augmentation from the config's seed): on this CPU a
+    program that switches between experts at run time, or vmaps over cells or
+    seeds, runs several times slower than the cell's own program (measured in
+    BENCHMARKS.md).  Flax derives each parameter's initial value from the
+    seed and the parameter's path, so every cell of a seed starts from the
+    same stem, reduction blocks and classifier, and an op starts from the same
+    weights wherever it appears (common random numbers).
+    """
+    image_shape = tuple(int(d) for d in data.train_images.shape[1:])
     steps_per_epoch = len(data.train_labels) // config.batch_size
-    schedule = optax.cosine_decay_schedule(config.learning_rate,
-                                           config.epochs * steps_per_epoch)
-    tx = optax.chain(optax.add_decayed_weights(config.weight_decay),
-                     optax.sgd(schedule, config.momentum, nesterov=True))
-    image_shape = data.train_images.shape[1:]
+    runs = {seed: train_config(config, genotype, seed) for seed in config.seeds}
+    first = runs[config.seeds[0]]
+    setup = train.resolve_setup(first, image_shape, data.num_classes)
+    model = train.build_model(first, setup)
+    tx = train.create_optimizer(first, train.learning_rate_schedule(first, steps_per_epoch))
     mean, std = jnp.asarray(data.mean), jnp.asarray(data.std)
 
     dummy = jnp.zeros((1, *image_shape), jnp.float32)
     shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), dummy, train=False))
 
-    def init(supernet_variables):
+    def init(supernet_variables: Any) -> train.TrainState:
         """The cell's initial state: its parameters taken from the seed's supernet."""
         taken = {k: nb201.take_like(supernet_variables[k], shapes[k])
                  for k in ("params", "batch_stats")}
         taken = jax.tree.map(jnp.copy, taken)  # the step donates them
-        return taken["params"], taken["batch_stats"], tx.init(taken["params"])
+        state = train.TrainState.create(apply_fn=model.apply, params=taken["params"], tx=tx,
+                                        batch_stats=taken["batch_stats"])
+        return state.replace(step=jnp.zeros((), jnp.int32))  # as train.create_train_state
 
-    def loss_fn(params, batch_stats, images, labels):
-        logits, updates = model.apply({"params": params, "batch_stats": batch_stats}, images,
-                                      train=True, mutable=["batch_stats"])
-        loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-        return loss, updates["batch_stats"]
+    steps = {seed: jax.jit(functools.partial(
+        train.train_step, config=run_config, setup=setup, steps_per_epoch=steps_per_epoch,
+        mean=mean, std=std), donate_argnums=0) for seed, run_config in runs.items()}
+    evaluate = jax.jit(functools.partial(train.eval_step, mean=mean, std=std))
+    return CellPrograms(init, steps, evaluate, steps_per_epoch)
 
-    @functools.partial(jax.jit, donate_argnums=0)
-    def train_step(state, key, images, labels):
-        params, batch_stats, opt_state = state
-        images = augment.normalize(augment.augment(key, images, config.crop_padding, True),
-                                   mean, std)
-        (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-            params, batch_stats, images, labels)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        return (optax.apply_updates(params, updates), batch_stats, opt_state), loss
 
-    @jax.jit
-    def evaluate(state, images, labels):
-        params, batch_stats, _ = state
-        logits = model.apply({"params": params, "batch_stats": batch_stats},
-                             augment.normalize(images, mean, std), train=False)
-        return jnp.sum(jnp.argmax(logits, -1) == labels)
-
-    return init, train_step, evaluate, steps_per_epoch
+def _test_batches(data: ProxyData) -> list[dict[str, np.ndarray]]:
+    """The test images in batches of 500, for :func:`xnas_jax.train.eval_step`."""
+    return [{"image": data.test_images[start:start + 500],
+             "label": data.test_labels[start:start + 500],
+             "mask": np.ones(len(data.test_labels[start:start + 500]), bool)}
+            for start in range(0, len(data.test_labels), 500)]
 
 
 @functools.lru_cache(maxsize=4)
@@ -184,40 +203,37 @@ def compiled_programs(config: TableConfig, data: ProxyData, genotype: Sequence[s
     cell trains: XLA's compiler is single-threaded and releases the GIL.
     """
     programs = cell_programs(config, data, genotype)
-    init, train_step, evaluate, _ = programs
-    state = init(supernet_init(config, data, config.seeds[0]))
     size = config.batch_size
-    state, _ = train_step(state, jax.random.key(0), data.train_images[:size],
-                          data.train_labels[:size])
-    jax.block_until_ready(evaluate(state, data.test_images[:500], data.test_labels[:500]))
+    batch = {"image": data.train_images[:size], "label": data.train_labels[:size]}
+    for step in programs.steps.values():
+        state, _ = step(programs.init(supernet_init(config, data, config.seeds[0])), batch)
+    jax.block_until_ready(programs.evaluate(state, _test_batches(data)[0]))
     return programs
 
 
 def train_cell(config: TableConfig, data: ProxyData, genotype: Sequence[str],
-               on_step: Callable[[], None] | None = None, programs=None) -> list[float]:
+               on_step: Callable[[], None] | None = None,
+               programs: CellPrograms | None = None) -> list[float]:
     """The test accuracy of one cell trained from scratch, per seed of ``config``.
 
-    A seed fixes the initial weights, the data order and the augmentation.
+    A seed fixes the initial weights, the data order and the augmentation
+    (:func:`xnas_jax.train.train_step` draws it from the seed and the step).
     """
-    init, train_step, evaluate, steps_per_epoch = (
-        programs or cell_programs(config, data, genotype))
+    programs = programs or cell_programs(config, data, genotype)
     accuracies = []
     for seed in config.seeds:
-        state = init(supernet_init(config, data, seed))
-        key = jax.random.key(seed + 1000)
+        state = programs.init(supernet_init(config, data, seed))
         for epoch in range(config.epochs):
             rows = order.batch_indices(
                 order.epoch_permutation(seed, epoch, len(data.train_labels)),
-                config.batch_size)[:steps_per_epoch]
-            for i, batch in enumerate(rows):
-                state, _ = train_step(state, jax.random.fold_in(key, epoch * 10_000 + i),
-                                      data.train_images[batch], data.train_labels[batch])
+                config.batch_size)[:programs.steps_per_epoch]
+            for batch in rows:
+                state, _ = programs.steps[seed](state, {"image": data.train_images[batch],
+                                                        "label": data.train_labels[batch]})
                 if on_step:
                     on_step()
-        correct = 0
-        for start in range(0, len(data.test_labels), 500):
-            correct += int(evaluate(state, data.test_images[start:start + 500],
-                                    data.test_labels[start:start + 500]))
+        correct = sum(int(programs.evaluate(state, batch)["correct"])
+                      for batch in _test_batches(data))
         accuracies.append(correct / len(data.test_labels))
     return accuracies
 

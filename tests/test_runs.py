@@ -279,8 +279,7 @@ def test_flips_agree_between_search_and_training_for_every_dataset():
     assert set(expected) == set(specs.DATASETS)
     for name, flip in expected.items():
         searched = configs.SearchConfig(dataset=name).resolved().flip
-        trained = train.resolve_setup(configs.TrainConfig(dataset=name), (32, 32, 3), 10,
-                                      genotypes.get_genotype("XNAS")).flip
+        trained = train.resolve_setup(configs.TrainConfig(dataset=name), (32, 32, 3), 10).flip
         assert searched == trained == flip, name
 
 

@@ -21,8 +21,9 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from xnas_jax import checkpointing, configs, optimizers, runs, train
+from xnas_jax import checkpointing, configs, optimizers, runs, spaces, train
 from xnas_jax.spaces.darts import genotypes
+from xnas_jax.spaces.nb201 import network as nb201
 from xnas_jax.data import datasets
 from xnas_jax.checkpointing import CheckpointError, Checkpointer
 from conftest import TINY_TRAIN as TINY_FLAGS, assert_usage_error
@@ -129,8 +130,7 @@ def test_power_cosine_flags():
 
 def test_bfloat16_step_keeps_float32_state():
     config, _ = train.parse_args(TINY_FLAGS + ["--dtype", "bfloat16"])
-    genotype = genotypes.get_genotype(config.genotype)
-    setup = train.resolve_setup(config, (8, 8, 1), 10, genotype)
+    setup = train.resolve_setup(config, (8, 8, 1), 10)
     model = train.build_model(config, setup)
     assert model.dtype == jnp.bfloat16
     tx = train.create_optimizer(config, train.learning_rate_schedule(config, 8))
@@ -448,7 +448,7 @@ def test_one_training_step_of_each_recipe(recipe):
     config, _ = train.parse_args(["--recipe", recipe, "--dataset", "cifar10", "--channels", "2",
                                   "--layers", "3", "--batch-size", "4", "--epochs", "2"])
     assert config.autoaugment == (recipe == "xnas")
-    setup = train.resolve_setup(config, (8, 8, 3), 10, genotypes.get_genotype(config.genotype))
+    setup = train.resolve_setup(config, (8, 8, 3), 10)
     model = train.build_model(config, setup)
     tx = train.create_optimizer(config, train.learning_rate_schedule(config, 4))
     state = train.create_train_state(train.prng_key(0), model, (8, 8, 3), tx)
@@ -468,4 +468,108 @@ def test_one_training_step_of_each_recipe(recipe):
 def test_autoaugment_needs_rgb_images():
     config, _ = train.parse_args(["--recipe", "xnas", "--dataset", "digits"])
     with pytest.raises(configs.ConfigError, match="RGB"):
-        train.resolve_setup(config, (8, 8, 1), 10, genotypes.get_genotype("XNAS"))
+        train.resolve_setup(config, (8, 8, 1), 10)
+
+
+# --------------------------------------------------------------------------
+# A cell of the nb201 space: the same trainer, its network built by the space.
+
+NB201_CELL = "|nor_conv_3x3~0|+|skip_connect~0|avg_pool_3x3~1|"
+
+
+def _nb201_genotype_file(folder: Path) -> Path:
+    """An nb201 search's genotype.json (the form NB201Space.write gives it)."""
+    path = folder / "genotype.json"
+    path.write_text(json.dumps({"space": "nb201", "nodes": 3, "genotype": NB201_CELL,
+                                "ops": list(nb201.parse_genotype(NB201_CELL))}))
+    return path
+
+
+def test_an_nb201_genotype_trains_its_own_network(tmp_path, capsys, compilation_cache):
+    path = _nb201_genotype_file(tmp_path)
+    out = tmp_path / "run"
+    flags = ["--genotype", str(path), "--dataset", "digits", "--channels", "4", "--layers", "1",
+             "--epochs", "1", "--batch-size", "32", "--max-steps-per-epoch", "4",
+             "--max-train-examples", "256", "--max-test-examples", "64", "--no-progress",
+             "--out-dir", str(out), *compilation_cache]
+    code, stdout, err = run_main(flags, capsys)
+    assert code == 0, err
+    results = json.loads((out / train.RESULTS_FILE).read_text())
+    assert results["space"] == "nb201" and results["genotype"] == NB201_CELL
+    assert results["genotype_cell"]["ops"] == ["nor_conv_3x3", "skip_connect", "avg_pool_3x3"]
+    assert results["network"] == "nb201" and results["config"]["recipe"] == "nb201"
+    assert 0.0 <= results["test_accuracy"] <= 1.0
+    # The network: the benchmark's with the found ops, no auxiliary tower.
+    assert results["params"] == results["params_with_aux"]
+    config, _ = train.parse_args(flags)
+    model = train.build_model(config, train.resolve_setup(config, (8, 8, 1), 10))
+    assert isinstance(model, nb201.NB201EvalNetwork)
+    assert model.genotype == ("nor_conv_3x3", "skip_connect", "avg_pool_3x3")
+    params = saved_state(out, 4)["params"]
+    # Only the convolution holds weights: the skip and the pooling have none.
+    assert {name: sorted(edge) for name, edge in params["cell_0"].items()} == {
+        "edge_0_1": ["nor_conv_3x3"]}
+    assert results["params"] == sum(np.size(a) for a in jax.tree.leaves(params))
+
+
+def test_nb201_recipe_is_the_benchmarks_and_its_cells_default(capsys):
+    code, out, err = run_main(["--genotype", NB201_CELL, "--summary"], capsys)
+    assert code == 0, err
+    summary = json.loads(out)
+    assert (summary["space"], summary["network"], summary["channels"], summary["layers"]) == (
+        "nb201", "nb201", 16, 5)
+    recipe = summary["recipe"]
+    assert {k: recipe[k] for k in ("recipe", "epochs", "batch_size", "learning_rate",
+                                   "learning_rate_min", "learning_rate_schedule", "momentum",
+                                   "nesterov", "weight_decay", "grad_clip", "auxiliary_weight",
+                                   "drop_path_prob", "label_smoothing", "autoaugment",
+                                   "cutout")} == {
+        "recipe": "nb201", "epochs": 200, "batch_size": 256, "learning_rate": 0.1,
+        "learning_rate_min": 0.0, "learning_rate_schedule": "cosine", "momentum": 0.9,
+        "nesterov": True, "weight_decay": 5e-4, "grad_clip": None, "auxiliary_weight": 0.0,
+        "drop_path_prob": 0.0, "label_smoothing": 0.0, "autoaugment": False, "cutout": 0}
+    assert summary["params"] == summary["params_with_aux"] and summary["flops_per_image"] > 0
+    # A DARTS cell keeps DARTS's recipe by default.
+    code, out, err = run_main(["--genotype", "XNAS", "--summary"], capsys)
+    assert json.loads(out)["recipe"]["recipe"] == "darts"
+
+
+@pytest.mark.parametrize(
+    "flags, fragments",
+    [
+        (["--genotype", NB201_CELL, "--recipe", "darts"],
+         ["nb201 network, not the cifar network of --recipe darts", "--recipe nb201"]),
+        (["--genotype", NB201_CELL, "--auxiliary-weight", "0.4"],
+         ["no auxiliary tower", "--auxiliary-weight 0"]),
+        (["--genotype", NB201_CELL, "--drop-path-prob", "0.2"],
+         ["no drop-path", "--drop-path-prob 0"]),
+        (["--genotype", NB201_CELL, "--size", "xnas-small"],
+         ["--size xnas-small", "leave --size out"]),
+        (["--genotype", "XNAS", "--recipe", "nb201"],
+         ["darts space trains the cifar or imagenet network", "--recipe darts"]),
+        (["--genotype", "|nor_conv_3x3~0|+|conv_9x9~0|none~1|"], ["'conv_9x9'", "nb201"]),
+        (["--genotype", "|nor_conv_3x3~1|"], ["not an nb201 cell"]),
+        (["--genotype", '{"space": "nas101", "ops": []}'], ["unknown search space 'nas101'"]),
+        (["--genotype", '{"space": "nb201", "ops": "x"}'], ["nb201 genotype needs"]),
+    ],
+    ids=["darts-recipe", "auxiliary", "drop-path", "darts-size", "darts-cell-nb201-recipe",
+         "bad-op", "bad-cell-string", "unknown-space", "bad-nb201-json"],
+)
+def test_bad_nb201_training_is_one_line(flags, fragments, tmp_path, capsys):
+    out_dir = tmp_path / "out"
+    code, _, err = run_main(["--dataset", "digits", "--out-dir", str(out_dir)] + flags, capsys)
+    assert_usage_error(code, err, *fragments)
+    assert not out_dir.exists()
+
+
+def test_a_space_without_training_is_one_line():
+    class SearchOnly:
+        name = "search-only"
+
+    spaces.SPACES["search-only"] = SearchOnly()
+    try:
+        with pytest.raises(ValueError, match="the search-only space cannot train a cell: it "
+                                             "lacks .*read_genotype"):
+            spaces.read_genotype('{"space": "search-only"}')
+    finally:
+        spaces.SPACES.pop("search-only")

@@ -179,7 +179,7 @@ class TrainConfig:
     momentum: float = 0.9
     nesterov: bool = False
     weight_decay: float = 3e-4
-    grad_clip: float = 5.0
+    grad_clip: float | None = 5.0  # None: no clipping
     # Regularization.
     auxiliary_weight: float = 0.4
     drop_path_prob: float = 0.2
@@ -216,7 +216,12 @@ class TrainConfig:
 # 128, rate 0.1, weight decay 3e-5, no drop-path, no cutout); the label
 # smoothing factor 0.1 from DARTS's ImageNet training, the only one of the
 # cited works that smooths labels.  ``darts`` is DARTS's own CIFAR-10
-# recipe, which the XNAS paper calls XNAS-Plain (2.48% error).
+# recipe, which the XNAS paper calls XNAS-Plain (2.48% error).  ``nb201`` is
+# NAS-Bench-201's own training of its cells (Dong & Yang 2020, section 2.3):
+# 200 epochs of batch 256, Nesterov SGD with momentum 0.9, rate 0.1 annealed
+# by cosine to 0, weight decay 5e-4, random crop (padding 4 at 32x32) and
+# flip only; it clips no gradient and its network has no auxiliary tower
+# and no drop-path.  It is the default recipe of an nb201 cell.
 _DARTS_CIFAR = dict(
     epochs=600, batch_size=96, learning_rate=0.025, learning_rate_min=0.0,
     learning_rate_schedule="cosine", cycles=1, cycle_decay=0.5, power_exponent=10.0,
@@ -234,29 +239,78 @@ RECIPES: dict[str, tuple[str, dict[str, Any]]] = {
         learning_rate_schedule="power_cosine", cycles=1, nesterov=True, weight_decay=3e-5,
         drop_path_prob=0.0, label_smoothing=0.1, cutout=0,
     )),
+    "nb201": ("nb201", dict(
+        _DARTS_CIFAR, epochs=200, batch_size=256, learning_rate=0.1, learning_rate_min=0.0,
+        nesterov=True, weight_decay=5e-4, grad_clip=None, auxiliary_weight=0.0,
+        drop_path_prob=0.0, cutout=0,
+    )),
 }  # fmt: skip
 RECIPE_FIELDS = frozenset(_DARTS_CIFAR)
 
 
-def recipe_config(recipe: str, **overrides: Any) -> TrainConfig:
+def _cell_space(genotype: str) -> spaces.TrainableSpace:
+    """The space of the cell ``genotype`` names (:func:`xnas_jax.spaces.read_genotype`)."""
+    try:
+        return spaces.training_space(spaces.read_genotype(genotype).space)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+
+
+def _check_space(space: spaces.TrainableSpace, network: str, chosen_by: str,
+                 auxiliary_weight: float = 0.0, drop_path_prob: float = 0.0) -> None:
+    """The network, auxiliary tower and drop-path asked for are ones the cell's space has."""
+    fits = [name for name, (net, _) in RECIPES.items() if net in space.networks]
+    if network not in space.networks:
+        advice = (f"leave {chosen_by.split()[0]} out" if not chosen_by.startswith("--recipe")
+                  else f"pass --recipe {' or '.join(fits)}, or leave --recipe out (the "
+                       f"{space.default_recipe} recipe)")
+        raise ConfigError(
+            f"a cell of the {space.name} space trains the {' or '.join(space.networks)} "
+            f"network, not the {network} network of {chosen_by}: {advice}")
+    if auxiliary_weight > 0 and not space.auxiliary_head:
+        raise ConfigError(
+            f"--auxiliary-weight {auxiliary_weight}: the {space.name} network has no auxiliary "
+            f"tower; pass --auxiliary-weight 0 (as the {space.default_recipe} recipe does)")
+    if drop_path_prob > 0 and not space.drop_path:
+        raise ConfigError(
+            f"--drop-path-prob {drop_path_prob}: the {space.name} network has no drop-path; "
+            f"pass --drop-path-prob 0 (as the {space.default_recipe} recipe does)")
+
+
+def recipe_config(recipe: str | None, **overrides: Any) -> TrainConfig:
     """The :class:`TrainConfig` of a named recipe, with ``overrides`` on top.
 
+    ``recipe`` None takes the default recipe of the cell's space (the
+    genotype of ``overrides``, else :class:`TrainConfig`'s): ``nb201`` for an
+    nb201 cell, ``darts`` for a DARTS cell.
+
     Raises:
-      ConfigError: for an unknown recipe, or a network (``network`` or the
-        variant of ``size``) that the recipe is not for.
+      ConfigError: for an unknown recipe, a genotype that no space reads, a
+        network (``network`` or the variant of ``size``) that the recipe or
+        the cell's space is not for, or an auxiliary tower or drop-path that
+        the space's network does not have.
     """
+    space = _cell_space(overrides.get("genotype", TrainConfig.genotype))
+    if recipe is None:
+        recipe = space.default_recipe
     if recipe not in RECIPES:
         raise ConfigError(f"unknown recipe {recipe!r}; known: {', '.join(sorted(RECIPES))}")
     network, settings = RECIPES[recipe]
     size = overrides.get("size")
     chosen = evalnet.SIZES[size].variant if size is not None else overrides.get("network", network)
+    chosen_by = (f"--size {size}" if size is not None else "--network"
+                 if "network" in overrides else f"--recipe {recipe}")
+    _check_space(space, chosen, chosen_by)
     if chosen != network:
         others = [name for name, (net, _) in RECIPES.items() if net == chosen]
         raise ConfigError(
             f"recipe {recipe!r} is for the {network} network, not {chosen}"
             + (f"; use --recipe {' or '.join(others)}" if others else "")
         )
-    return TrainConfig(**{**settings, "network": network, **overrides, "recipe": recipe})
+    config = TrainConfig(**{**settings, "network": network, **overrides, "recipe": recipe})
+    _check_space(space, config.network, chosen_by, config.auxiliary_weight,
+                 config.drop_path_prob)
+    return config
 
 
 def recipe_settings(config: TrainConfig) -> dict[str, Any]:
@@ -369,13 +423,16 @@ FLAGS: dict[str, Flag] = {
                                  "train": "initial channels C of the evaluation network"},
                      cli.positive_int,
                      default={"search": "8 on digits, else 16",
-                              "train": "--size's, else the --network's: cifar 36, imagenet 48"}),
+                              "train": "--size's, else the --network's: cifar 36, imagenet 48, "
+                                       "nb201 16"}),
     "layers": Flag("network", {"search": "number of cells of the supernet (nb201: cells per "
                                "stage)",
-                               "train": "number of cells of the evaluation network"},
+                               "train": "number of cells of the evaluation network (nb201: "
+                                        "cells per stage)"},
                    cli.positive_int,
                    default={"search": "5 on digits, else 8",
-                            "train": "--size's, else the --network's: cifar 20, imagenet 14"}),
+                            "train": "--size's, else the --network's: cifar 20, imagenet 14, "
+                                     "nb201 5"}),
     "space": Flag("network", "the search space: darts (DARTS's cell, the XNAS paper's), "
                   "nb201 (NAS-Bench-201's), or one registered with "
                   "xnas_jax.spaces.register_space"),
@@ -391,15 +448,20 @@ FLAGS: dict[str, Flag] = {
                   "on GPUs and TPUs and rounds more", choices=tuple(kernels.DTYPES)),
     "depthwise": Flag(ADVANCED, "depthwise convolution as shifted slices (custom VJP) or "
                       "XLA's grouped convolution: the same function", choices=("shifts", "conv")),
-    "genotype": Flag("network", f"the cell: a published name ({', '.join(genotypes.PUBLISHED)}),"
-                     " a genotype.json file, or a JSON string"),
+    "genotype": Flag("network", f"the cell: a published DARTS name "
+                     f"({', '.join(genotypes.PUBLISHED)}), an nb201 cell string "
+                     f"'|op~0|+|op~0|op~1|', a search's genotype.json, or a JSON string"),
     "size": Flag("network", "a named network (sets --network, --channels, --layers)",
                  choices=tuple(sorted(evalnet.SIZES)), default="none"),
-    "network": Flag("network", "the evaluation network's variant",
-                    choices=tuple(sorted(evalnet.VARIANTS))),
+    "network": Flag("network", "the evaluation network: DARTS's cifar or imagenet variant, or "
+                    "nb201 (an nb201 cell's)",
+                    choices=tuple(sorted(network for space in spaces.SPACES.values()
+                                         if isinstance(space, spaces.TrainableSpace)
+                                         for network in space.networks))),
     # Schedule.
     "recipe": Flag("optimization", "a named training recipe: xnas (XNAS section 4.2), darts "
-                   "(DARTS's, the paper's XNAS-Plain), xnas-imagenet; each flag given "
+                   "(DARTS's, the paper's XNAS-Plain), xnas-imagenet, nb201 "
+                   "(NAS-Bench-201's, an nb201 cell's default); each flag given "
                    "overrides one of its settings (--summary prints them)",
                    choices=tuple(sorted(RECIPES))),
     "epochs": Flag("optimization", "epochs", cli.positive_int, default="10 on digits, else 50"),
@@ -433,8 +495,8 @@ FLAGS: dict[str, Flag] = {
     "nesterov": Flag("optimization", "Nesterov momentum"),
     "weight_decay": Flag("optimization", "L2 weight decay of the network weights",
                          cli.non_negative_float),
-    "grad_clip": Flag("optimization", "global-norm gradient clip of the network weights",
-                      cli.positive_float),
+    "grad_clip": Flag("optimization", "global-norm gradient clip of the network weights "
+                      "(the nb201 recipe clips none)", cli.positive_float),
     # Regularization.
     "auxiliary_weight": Flag("regularization", "weight of the auxiliary tower's loss (0: none)",
                              cli.non_negative_float),
@@ -649,7 +711,7 @@ def config_from_args(config_class: type, args: argparse.Namespace) -> Any:
               if getattr(args, "config", None) else {})
     values.update({k: v for k, v in vars(args).items() if k in names})
     if config_class is TrainConfig:
-        return recipe_config(values.pop("recipe", TrainConfig.recipe), **{
+        return recipe_config(values.pop("recipe", None), **{
             k: v for k, v in values.items() if not (v is None and k in RECIPE_FIELDS)})
     return config_class(**values)
 

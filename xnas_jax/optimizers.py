@@ -529,17 +529,19 @@ def weight_optimizer(
     *,
     momentum: float,
     weight_decay: float,
-    grad_clip: float,
+    grad_clip: float | None,
     nesterov: bool = False,
 ) -> optax.GradientTransformation:
     """PyTorch's SGD as DARTS uses it for the network weights (search and training).
 
-    The loss gradient is clipped by its global norm, then the weight decay
-    (on every parameter) is added, then momentum (Algorithm 1 line 4 is one
-    step of it in the search).
+    The loss gradient is clipped by its global norm (unless ``grad_clip`` is
+    None: NAS-Bench-201's training clips nothing), then the weight decay (on
+    every parameter) is added, then momentum (Algorithm 1 line 4 is one step
+    of it in the search).
     """
+    clip = () if grad_clip is None else (optax.clip_by_global_norm(grad_clip),)
     return optax.chain(
-        optax.clip_by_global_norm(grad_clip),
+        *clip,
         optax.add_decayed_weights(weight_decay),
         optax.sgd(learning_rate, momentum=momentum, nesterov=nesterov),
     )

@@ -2,11 +2,18 @@
 
 ``python -m xnas_jax.train --genotype XNAS --dataset cifar10 --data-dir DIR``
 
+The cell may be of any space that trains its cells
+(:class:`xnas_jax.spaces.TrainableSpace`): a DARTS cell (a published name or
+a DARTS search's ``genotype.json``) or an nb201 one (its cell string or an
+nb201 search's ``genotype.json``); :func:`xnas_jax.spaces.read_genotype`
+finds its space, and the space builds the evaluation network.
+
 Named recipes (``--recipe``, :data:`xnas_jax.configs.RECIPES`) set every
 optimization and regularization setting at once, and each flag overrides
 one: ``xnas``, the recipe of XNAS section 4.2; ``darts``, DARTS's recipe,
-which the XNAS paper calls XNAS-Plain; and ``xnas-imagenet`` (section 4.3).
-Test evaluation after every epoch.
+which the XNAS paper calls XNAS-Plain; ``xnas-imagenet`` (section 4.3); and
+``nb201``, NAS-Bench-201's own training.  Without ``--recipe`` a cell takes
+its space's recipe (darts, or nb201).  Test evaluation after every epoch.
 
 The parts follow the Flax examples: :func:`create_train_state` builds the
 model and optimizer; :func:`train_step` / :func:`eval_step` are pure
@@ -39,8 +46,8 @@ import numpy as np
 import optax
 from flax.training import train_state
 
-from xnas_jax import cli, configs, loop, optimizers, parallel, runs
-from xnas_jax.spaces.darts import evalnet, genotypes
+from xnas_jax import cli, configs, loop, optimizers, parallel, runs, spaces
+from xnas_jax.spaces.darts import evalnet
 from xnas_jax.spaces import kernels
 from xnas_jax.checkpointing import CheckpointError
 from xnas_jax.configs import ConfigError, TrainConfig
@@ -50,6 +57,7 @@ from xnas_jax.prng import prng_key
 __all__ = [
     "TrainState",
     "Setup",
+    "read_cell",
     "resolve_setup",
     "learning_rate_schedule",
     "create_optimizer",
@@ -77,9 +85,10 @@ class TrainState(train_state.TrainState):
 class Setup:
     """What a config resolves to once the data's shape is known."""
 
-    genotype: genotypes.Genotype
-    genotype_name: str  # the published name, or "custom".
-    variant: str
+    genotype: dict[str, Any]  # the cell, JSON-ready, in its space's form.
+    genotype_name: str  # a published name, an nb201 cell string, or "custom".
+    space: str  # the cell's search space, which builds the network.
+    variant: str  # the evaluation network (--network): cifar, imagenet, nb201.
     channels: int
     layers: int
     image_shape: tuple[int, int, int]  # (H, W, C)
@@ -93,21 +102,35 @@ class Setup:
 # Configuration.
 
 
-def _genotype_name(spec: str) -> str:
-    names = {name.lower(): name for name in genotypes.PUBLISHED}
-    return names.get(spec.strip().lower(), "custom")
+def read_cell(config: TrainConfig) -> spaces.FoundCell:
+    """The cell of ``config.genotype`` and its space (:func:`xnas_jax.spaces.read_genotype`).
+
+    Raises:
+      ValueError: one line, for a genotype that no space reads or a space
+        that cannot train.
+    """
+    cell = spaces.read_genotype(config.genotype)
+    spaces.training_space(cell.space)
+    return cell
 
 
 def resolve_setup(
-    config: TrainConfig, image_shape: Sequence[int], num_classes: int, genotype: genotypes.Genotype
+    config: TrainConfig, image_shape: Sequence[int], num_classes: int,
+    cell: spaces.FoundCell | None = None,
 ) -> Setup:
-    """Fills the size- and data-dependent defaults of ``config``."""
+    """Fills the size- and data-dependent defaults of ``config``.
+
+    ``cell`` is :func:`read_cell` of the config, read here when not given.
+    The network's default channels and layers are the space's
+    (``networks``), or those of ``--size``.
+    """
+    cell = read_cell(config) if cell is None else cell
     if config.size is not None:
         size = evalnet.SIZES[config.size]
         variant, channels, layers = size.variant, size.channels, size.layers
     else:
-        default = evalnet.VARIANTS[config.network]
-        variant, channels, layers = config.network, default.channels, default.layers
+        variant = config.network
+        channels, layers = spaces.training_space(cell.space).networks[variant]
     channels = config.channels if config.channels is not None else channels
     layers = config.layers if config.layers is not None else layers
     crop_padding = config.crop_padding
@@ -123,8 +146,9 @@ def resolve_setup(
             "pass --no-autoaugment"
         )
     return Setup(
-        genotype=genotype,
-        genotype_name=_genotype_name(config.genotype),
+        genotype=cell.genotype,
+        genotype_name=cell.name,
+        space=cell.space,
         variant=variant,
         channels=channels,
         layers=layers,
@@ -137,12 +161,16 @@ def resolve_setup(
 
 
 def build_model(config: TrainConfig, setup: Setup) -> nn.Module:
-    """The evaluation network of a run."""
+    """The evaluation network of a run, as the cell's space builds it.
+
+    Whatever the space, the network is called as ``(images, train=...,
+    drop_prob=...)`` and returns ``(logits, aux_logits)``.
+    """
     try:
-        return evalnet.build_network(
+        return spaces.training_space(setup.space).evaluation_network(
             setup.genotype,
             setup.num_classes,
-            variant=setup.variant,
+            network=setup.variant,
             channels=setup.channels,
             layers=setup.layers,
             auxiliary=config.auxiliary_weight > 0,
@@ -153,7 +181,9 @@ def build_model(config: TrainConfig, setup: Setup) -> nn.Module:
 
 
 def _network_summary(model: nn.Module, setup: Setup) -> dict[str, int]:
-    """evalnet.network_summary; a network that does not fit the images is a ConfigError."""
+    """Parameters and multiply-adds (:func:`evalnet.network_summary`, which counts any
+    network of the training interface); a network that does not fit the images is a
+    ConfigError."""
     try:
         return evalnet.network_summary(model, setup.image_shape)
     except ValueError as error:
@@ -403,7 +433,7 @@ def train_and_evaluate(config: TrainConfig) -> dict[str, Any]:
         bad genotype, missing data, checkpoints that cannot be continued, or
         settings that do not fit the data.
     """
-    genotype = genotypes.get_genotype(config.genotype)
+    cell = read_cell(config)
     mesh = parallel.make_mesh(1, config.devices)
     parallel.check_batch(mesh, config.batch_size)
     parallel.check_batch(mesh, config.eval_batch_size, "--eval-batch-size")
@@ -411,7 +441,7 @@ def train_and_evaluate(config: TrainConfig) -> dict[str, Any]:
     if config.data_shards is None:
         config = dataclasses.replace(config, data_shards=shards.default_count(mesh))
     layout, train_data, test_data = _load_data(config, mesh)
-    setup = resolve_setup(config, train_data.image_shape, train_data.num_classes, genotype)
+    setup = resolve_setup(config, train_data.image_shape, train_data.num_classes, cell)
     model = build_model(config, setup)
     stats = _network_summary(model, setup)
     mean, std = jnp.asarray(train_data.mean), jnp.asarray(train_data.std)
@@ -429,7 +459,7 @@ def train_and_evaluate(config: TrainConfig) -> dict[str, Any]:
     with runs.Run(directory, kind="train",
                   config=dataclasses.asdict(config), resolved=resolved,
                   fingerprint={**configs.fingerprint(config),
-                               "genotype": genotypes.genotype_to_dict(genotype)},
+                               "genotype": cell.genotype},
                   runs_root=config.runs_root, resume=config.resume,
                   keep_checkpoints=config.keep_checkpoints, progress=config.progress,
                   fresh=config.out_dir is None) as run:
@@ -529,7 +559,8 @@ def train_and_evaluate(config: TrainConfig) -> dict[str, Any]:
         steady = throughputs[1:] or throughputs
         results = {
             "genotype": setup.genotype_name,
-            "genotype_cell": genotypes.genotype_to_dict(genotype),
+            "genotype_cell": cell.genotype,
+            "space": cell.space,
             "dataset": config.dataset,
             "network": setup.variant,
             "channels": setup.channels,
@@ -568,7 +599,7 @@ def summary(
     The input shape and class count come from the dataset's known spec
     (``specs.DATASETS``), or the arguments for datasets without one.
     """
-    genotype = genotypes.get_genotype(config.genotype)
+    cell = read_cell(config)
     if config.dataset in _SUMMARY_ONLY_DATASETS:
         known_shape, known_classes = _SUMMARY_ONLY_DATASETS[config.dataset]
     else:
@@ -581,10 +612,11 @@ def summary(
             f"the shape of {config.dataset!r} images is only known from the data: "
             f"pass --image-size and --num-classes with --summary"
         )
-    setup = resolve_setup(config, image_shape, num_classes, genotype)
+    setup = resolve_setup(config, image_shape, num_classes, cell)
     stats = _network_summary(build_model(config, setup), setup)
     return {
         "genotype": setup.genotype_name,
+        "space": setup.space,
         "dataset": config.dataset,
         **stats,
         "flops_method": "analytic multiply-adds of conv and dense layers, inference network",
@@ -643,12 +675,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"--dataset {config.dataset} is only known by its shape, for --summary; to train, "
                 f"pass its images as --dataset image_folder --data-dir DIR"
             )
-        genotypes.get_genotype(config.genotype)  # fail before touching the disk.
+        read_cell(config)  # fail before touching the disk.
         parallel.initialize_distributed(config.coordinator_address, config.num_processes,
                                         config.process_id)
         cli.use_compilation_cache(config.compilation_cache)
         results = train_and_evaluate(config)
-    except (genotypes.GenotypeError, specs.DatasetError, CheckpointError, ValueError) as error:
+    except (specs.DatasetError, CheckpointError, ValueError) as error:
         cli.fail(str(error))
     if parallel.is_writer():
         print(json.dumps({k: v for k, v in results.items()

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import flax.linen as nn
+import jax.numpy as jnp
 import numpy as np
 
 from xnas_jax.spaces import kernels
@@ -24,6 +25,12 @@ class DartsSpace:
     name = "darts"
     cell_types = ("normal", "reduce")
     default_ops = genotypes.XNAS_PRIMITIVES
+    # Training (xnas_jax.spaces.TrainableSpace): DARTS's CIFAR and ImageNet networks.
+    default_recipe = "darts"
+    networks = {name: (size.channels, size.layers) for name, size in evalnet.VARIANTS.items()}
+    auxiliary_head = True
+    drop_path = True
+    genotype_forms = f"a published DARTS cell ({', '.join(genotypes.PUBLISHED)})"
 
     def validate_ops(self, ops: Sequence[str]) -> tuple[str, ...]:
         return validate_ops(ops)
@@ -43,11 +50,26 @@ class DartsSpace:
         """``source -> state`` of every edge, in states (node i is state i + 2)."""
         return tuple(f"{source} -> {node + 2}" for source, node in self.edges(nodes))
 
-    def evaluation_network(self, genotype: dict[str, Any], num_classes: int,
-                           **sizes: Any) -> nn.Module:
-        """The network that trains the found cell (DARTS's, :mod:`xnas_jax.spaces.darts.evalnet`)."""
+    def evaluation_network(self, genotype: dict[str, Any], num_classes: int, *,
+                           network: str = "cifar", channels: int | None = None,
+                           layers: int | None = None, auxiliary: bool = True,
+                           dtype: Any = jnp.float32) -> nn.Module:
+        """The network that trains the found cell (DARTS's, :mod:`xnas_jax.spaces.darts.evalnet`):
+        ``network`` is its variant, cifar or imagenet."""
         return evalnet.build_network(genotypes.genotype_from_dict(genotype), num_classes,
-                                     **sizes)
+                                     variant=network, channels=channels, layers=layers,
+                                     auxiliary=auxiliary, dtype=dtype)
+
+    def read_genotype(self, source: str | Mapping[str, Any]) -> tuple[dict[str, Any], str] | None:
+        """A published name (any case), or a JSON object of
+        :func:`genotypes.genotype_to_dict`'s form (the one a DARTS search writes)."""
+        if isinstance(source, Mapping):
+            return genotypes.genotype_to_dict(genotypes.genotype_from_dict(source)), "custom"
+        names = {name.lower(): name for name in genotypes.PUBLISHED}
+        name = names.get(source.strip().lower())
+        if name is None:
+            return None
+        return genotypes.genotype_to_dict(genotypes.PUBLISHED[name]), name
 
     def check_image_size(self, image_shape: Sequence[int], layers: int) -> None:
         """Each reduction halves the image with stride-2 ops on an even size."""

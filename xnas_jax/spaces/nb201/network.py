@@ -44,6 +44,7 @@ from xnas_jax.spaces import ARCH
 
 __all__ = [
     "NB201_OPS",
+    "NB201EvalNetwork",
     "NB201Network",
     "SpaceError",
     "all_genotypes",
@@ -239,6 +240,12 @@ class NB201Network(nn.Module):
 
     @nn.compact
     def __call__(self, images: jax.Array, train: bool = True) -> jax.Array:
+        return self.logits(images, train)
+
+    @nn.nowrap
+    def logits(self, images: jax.Array, train: bool) -> jax.Array:
+        """The network's body, shared with :class:`NB201EvalNetwork` (called from a
+        compact ``__call__``, so the two hold their variables under the same names)."""
         edges = self.num_edges
         if self.genotype is None:
             experts = (check_ops(self.computed),) * edges
@@ -272,6 +279,28 @@ class NB201Network(nn.Module):
         x = jnp.mean(x, axis=(1, 2))
         return nn.Dense(self.num_classes, dtype=self.dtype, name="classifier")(x).astype(
             jnp.float32)
+
+
+class NB201EvalNetwork(NB201Network):
+    """One cell's network with the interface of a training run's network.
+
+    The training step (:func:`xnas_jax.train.train_step`) calls every space's
+    evaluation network as ``(images, train, drop_prob)`` and reads
+    ``(logits, aux_logits)``, as DARTS's (:mod:`xnas_jax.spaces.darts.evalnet`).
+    NAS-Bench-201 trains its cells with neither an auxiliary tower nor
+    drop-path, so ``aux_logits`` is always None and ``drop_prob`` must be None
+    or 0 (the training recipes check it).  The variables are those of
+    :class:`NB201Network` with the same genotype, under the same names.
+    """
+
+    @nn.compact
+    def __call__(self, images: jax.Array, train: bool = False,
+                 drop_prob: jax.typing.ArrayLike | None = None) -> tuple[jax.Array, None]:
+        """``(logits, None)``; ``drop_prob`` is accepted for the common interface and unused."""
+        del drop_prob
+        if self.genotype is None:
+            raise SpaceError("the nb201 evaluation network trains one cell: pass its genotype")
+        return self.logits(images, train), None
 
 
 def take_like(tree: Any, like: Any) -> Any:
