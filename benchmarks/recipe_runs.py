@@ -31,7 +31,7 @@ import numpy as np
 
 import experiments
 from benchmarks.bench_search import executed_instructions
-from xnas_jax import train
+from xnas_jax import train, train_step
 
 NAME = "recipe_runs"
 RUN_FLAGS = ["--genotype", "XNAS", "--channels", "8", "--layers", "8",
@@ -62,12 +62,12 @@ def step_cost(autoaugment: bool, steps: int = 5, repeats: int = 3) -> dict[str, 
     config, _ = train.parse_args(flags)
     setup = train.resolve_setup(config, (32, 32, 3), 10)
     model = train.build_model(config, setup)
-    tx = train.create_optimizer(config, train.learning_rate_schedule(config, 31))
-    state = train.create_train_state(train.prng_key(0), model, (32, 32, 3), tx)
+    tx = train_step.create_optimizer(config, train_step.learning_rate_schedule(config, 31))
+    state = train_step.create_train_state(train.prng_key(0), model, (32, 32, 3), tx)
     rng = np.random.default_rng(0)
     batches = [{"image": jnp.asarray(rng.integers(0, 256, (96, 32, 32, 3), dtype=np.uint8)),
                 "label": jnp.asarray(rng.integers(0, 10, 96, dtype=np.int32))} for _ in range(2)]
-    step = jax.jit(functools.partial(train.train_step, config=config, setup=setup,
+    step = jax.jit(functools.partial(train_step.train_step, config=config, setup=setup,
                                      steps_per_epoch=31, mean=jnp.full(3, 0.47),
                                      std=jnp.full(3, 0.25)), donate_argnums=0)
     started = time.perf_counter()

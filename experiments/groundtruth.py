@@ -11,7 +11,7 @@ comparison), the data order and the augmentation.
 Each cell trains as its own network (only its ops' weights), which computes
 what the supernet computes with one-hot mixture weights: the NB201 tests
 check that the two give the same loss and gradients.  It trains with the
-training step of ``python -m xnas_jax.train`` (:func:`xnas_jax.train.train_step`,
+training step of ``python -m xnas_jax.train`` (:func:`xnas_jax.train_step.train_step`,
 NAS-Bench-201's recipe with the table's settings, :func:`train_config`) on
 the network that training builds through the nb201 space.  Cells are compiled one
 by one (about 4 s each here) because every shared program measured on this
@@ -44,7 +44,7 @@ import numpy as np
 from tqdm import tqdm
 
 import experiments
-from xnas_jax import cli, configs, train
+from xnas_jax import cli, configs, train, train_step
 from xnas_jax.configs import TrainConfig
 from xnas_jax.spaces.nb201 import network as nb201
 from xnas_jax.data import datasets, order, specs
@@ -119,15 +119,15 @@ def train_config(config: TableConfig, genotype: Sequence[str], seed: int) -> Tra
 class CellPrograms(NamedTuple):
     """The programs that train and score one cell (:func:`cell_programs`)."""
 
-    init: Callable[[Any], train.TrainState]  # a seed's supernet variables -> the cell's state
-    steps: dict[int, Callable]  # seed -> train.train_step, jitted (the seed draws its augmentation)
-    evaluate: Callable  # train.eval_step, jitted
+    init: Callable[[Any], train_step.TrainState]  # a seed's supernet variables -> the cell's state
+    steps: dict[int, Callable]  # seed -> train_step.train_step, jitted (the seed draws its augmentation)
+    evaluate: Callable  # train_step.eval_step, jitted
     steps_per_epoch: int
 
 
 def cell_programs(config: TableConfig, data: ProxyData, genotype: Sequence[str]) -> CellPrograms:
-    """The programs of one cell's network: :func:`xnas_jax.train.train_step` and
-    :func:`xnas_jax.train.eval_step`, the steps of ``python -m xnas_jax.train``.
+    """The programs of one cell's network: :func:`xnas_jax.train_step.train_step` and
+    :func:`xnas_jax.train_step.eval_step`, the steps of ``python -m xnas_jax.train``.
 
     The network is the one training builds through the nb201 space
     (:func:`xnas_jax.train.build_model`): it holds only the cell's own ops,
@@ -147,30 +147,30 @@ def cell_programs(config: TableConfig, data: ProxyData, genotype: Sequence[str])
     first = runs[config.seeds[0]]
     setup = train.resolve_setup(first, image_shape, data.num_classes)
     model = train.build_model(first, setup)
-    tx = train.create_optimizer(first, train.learning_rate_schedule(first, steps_per_epoch))
+    tx = train_step.create_optimizer(first, train_step.learning_rate_schedule(first, steps_per_epoch))
     mean, std = jnp.asarray(data.mean), jnp.asarray(data.std)
 
     dummy = jnp.zeros((1, *image_shape), jnp.float32)
     shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), dummy, train=False))
 
-    def init(supernet_variables: Any) -> train.TrainState:
+    def init(supernet_variables: Any) -> train_step.TrainState:
         """The cell's initial state: its parameters taken from the seed's supernet."""
         taken = {k: nb201.take_like(supernet_variables[k], shapes[k])
                  for k in ("params", "batch_stats")}
         taken = jax.tree.map(jnp.copy, taken)  # the step donates them
-        state = train.TrainState.create(apply_fn=model.apply, params=taken["params"], tx=tx,
+        state = train_step.TrainState.create(apply_fn=model.apply, params=taken["params"], tx=tx,
                                         batch_stats=taken["batch_stats"])
-        return state.replace(step=jnp.zeros((), jnp.int32))  # as train.create_train_state
+        return state.replace(step=jnp.zeros((), jnp.int32))  # as train_step.create_train_state
 
     steps = {seed: jax.jit(functools.partial(
-        train.train_step, config=run_config, setup=setup, steps_per_epoch=steps_per_epoch,
+        train_step.train_step, config=run_config, setup=setup, steps_per_epoch=steps_per_epoch,
         mean=mean, std=std), donate_argnums=0) for seed, run_config in runs.items()}
-    evaluate = jax.jit(functools.partial(train.eval_step, mean=mean, std=std))
+    evaluate = jax.jit(functools.partial(train_step.eval_step, mean=mean, std=std))
     return CellPrograms(init, steps, evaluate, steps_per_epoch)
 
 
 def _test_batches(data: ProxyData) -> list[dict[str, np.ndarray]]:
-    """The test images in batches of 500, for :func:`xnas_jax.train.eval_step`."""
+    """The test images in batches of 500, for :func:`xnas_jax.train_step.eval_step`."""
     return [{"image": data.test_images[start:start + 500],
              "label": data.test_labels[start:start + 500],
              "mask": np.ones(len(data.test_labels[start:start + 500]), bool)}
@@ -217,7 +217,7 @@ def train_cell(config: TableConfig, data: ProxyData, genotype: Sequence[str],
     """The test accuracy of one cell trained from scratch, per seed of ``config``.
 
     A seed fixes the initial weights, the data order and the augmentation
-    (:func:`xnas_jax.train.train_step` draws it from the seed and the step).
+    (:func:`xnas_jax.train_step.train_step` draws it from the seed and the step).
     """
     programs = programs or cell_programs(config, data, genotype)
     accuracies = []

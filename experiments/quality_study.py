@@ -290,8 +290,11 @@ def summarize(runs_: list[dict[str, Any]]) -> dict[str, Any]:
     return summary
 
 
-def run_study(study: StudyConfig, table_path: Path, out: Path) -> dict[str, Any]:
-    """Runs every planned run not done yet (resumable), then writes the JSON and plots."""
+def run_study(study: StudyConfig, table_path: Path, out: Path,
+              report_only: bool = False) -> dict[str, Any]:
+    """Runs every planned run not done yet (resumable), then writes the JSON and plots;
+    ``report_only`` writes them from the runs done so far (marked ``complete: false``
+    while planned runs are missing)."""
     table = quality_lib.load_table(table_path)
     proxy = table["config"]
     partial = out.with_suffix(".runs.jsonl")  # tracked: the study resumes in a new checkout
@@ -324,7 +327,10 @@ def run_study(study: StudyConfig, table_path: Path, out: Path) -> dict[str, Any]
             continue
         if _key(spec) in done:
             continue
-        if spec["remedy"] and spec["remedy"].startswith("skip_cap"):
+        post_hoc = (spec["remedy"] or "").startswith("skip_cap")
+        if report_only and not post_hoc:
+            continue
+        if post_hoc:
             base = done.get(_key({**spec, "remedy": None}))
             if base is None:
                 continue  # its XNAS search is not done
@@ -343,6 +349,7 @@ def run_study(study: StudyConfig, table_path: Path, out: Path) -> dict[str, Any]
         print(f"{run['variant']} seed {spec['seed']}: "
               f"{nb201.genotype_string(run['ops'], proxy['nodes'])} percentile "
               f"{run['percentile']:.0f}, {result['seconds']:.0f} s", flush=True)
+    missing = sum(spec is not None and _key(spec) not in done for spec in specs)
     scored = [_scored(table, r["spec"], r["result"]) for r in done.values()
               if r["spec"]["epochs"] in study.lengths]
     # The skip bias, diagnosed on seed 0 of the longest XNAS searches: rewards per op and
@@ -356,7 +363,8 @@ def run_study(study: StudyConfig, table_path: Path, out: Path) -> dict[str, Any]
             if Path(_run_config(proxy, study, spec).out_dir, "checkpoints").is_dir():
                 entry["output_rms"] = output_scales(proxy, study, spec)
             diagnosis[variant(spec)] = entry
-    report = {"table": table_path.name, "config": fingerprint, "leader_gap": gap(),
+    report = {"table": table_path.name, "config": fingerprint, "complete": missing == 0,
+              "leader_gap": gap(),
               "ops": list(nb201.NB201_OPS),
               "edges": [f"{i}->{j}" for i, j in nb201.cell_edges(proxy["nodes"])],
               "summary": summarize(scored), "diagnosis": diagnosis, "runs": scored}
@@ -397,6 +405,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="of length, remedies, warmup, zeta (default: %(default)s)")
     parser.add_argument("--work-dir", default=defaults.work_dir,
                         help="where the searches write (default: %(default)s)")
+    parser.add_argument("--report-only", action="store_true",
+                        help="write the report and plots from the runs done so far, running "
+                             "none")
     parser.add_argument("--table", default=str(quality_lib.TABLE),
                         help="the NB201 table (default: %(default)s)")
     parser.add_argument("--out", default=str(experiments.RESULTS / "search_quality_study.json"),
@@ -417,7 +428,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                 batch_size=args.batch_size, random_cells=args.random_cells,
                                 work_dir=args.work_dir, data_dir=args.data_dir)
     try:
-        report = run_study(study, Path(args.table), Path(args.out))
+        report = run_study(study, Path(args.table), Path(args.out), args.report_only)
     except (ValueError, nb201.SpaceError) as error:
         cli.fail(str(error))
     print(json.dumps(report["summary"], indent=1))

@@ -36,7 +36,6 @@ and ``search_quality_nb201_cifar10.png``.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import dataclasses
 import io

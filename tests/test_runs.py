@@ -278,7 +278,8 @@ def test_flips_agree_between_search_and_training_for_every_dataset():
                 "mnist": False, "fashion_mnist": False, "svhn_cropped": False}
     assert set(expected) == set(specs.DATASETS)
     for name, flip in expected.items():
-        searched = configs.SearchConfig(dataset=name).resolved().flip
+        searched = configs.with_data_defaults(configs.SearchConfig(dataset=name).resolved(),
+                                              image_shape=(32, 32, 3)).flip
         trained = train.resolve_setup(configs.TrainConfig(dataset=name), (32, 32, 3), 10).flip
         assert searched == trained == flip, name
 

@@ -16,7 +16,6 @@ import pytest
 from PIL import Image
 
 from conftest import FEW_OPS, TINY_SEARCH as TINY, assert_usage_error
-import xnas_jax
 from xnas_jax import search, search_step
 from xnas_jax.spaces.darts import genotypes
 

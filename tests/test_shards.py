@@ -157,7 +157,7 @@ def test_a_search_with_shards_that_do_not_split_the_batch_is_one_line(capsys):
 
 def test_evaluation_counts_every_example_of_every_shard_once():
     # A stand-in for the eval step: the mean label over the unmasked examples.
-    from xnas_jax import train
+    from xnas_jax import train_step
 
     mesh = parallel.make_mesh(1, 1)
     layout = shards.layout(mesh, 2, {"--eval-batch-size": 4})
@@ -171,8 +171,8 @@ def test_evaluation_counts_every_example_of_every_shard_once():
         return {"loss": (batch["label"] * mask).sum(), "correct": mask.sum(),
                 "count": mask.sum()}
 
-    metrics = train._evaluate(jax.jit(eval_fn), train.make_gather(mesh), None,
-                              shards.to_devices(split, layout, mesh), split.sizes, 4, mesh,
-                              layout)
+    metrics = train_step.evaluate(jax.jit(eval_fn), train_step.make_gather(mesh), None,
+                                   shards.to_devices(split, layout, mesh), split.sizes, 4, mesh,
+                                   layout)
     assert metrics["accuracy"] == 1.0
     assert metrics["loss"] == pytest.approx(labels.mean())

@@ -108,7 +108,7 @@ TINY_TABLE = groundtruth.TableConfig(
 def _supernet_accuracy(config, data, genotype):
     """A table entry recomputed by another program: the supernet (every expert computed)
     with the cell's one-hot weights, trained with plain optax on the same batches and the
-    same crops and flips (train.train_step's draws: the seed's key folded with the step)."""
+    same crops and flips (train_step.train_step's draws: the seed's key folded with the step)."""
     model = nb201.NB201Network(data.num_classes, config.channels, config.cells_per_stage,
                                config.nodes)
     table = {ARCH: {"cell": jnp.asarray(nb201.one_hot(genotype))}}

@@ -21,7 +21,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from xnas_jax import checkpointing, configs, optimizers, runs, spaces, train
+from xnas_jax import checkpointing, configs, optimizers, runs, spaces, train, train_step
 from xnas_jax.spaces.darts import genotypes
 from xnas_jax.spaces.nb201 import network as nb201
 from xnas_jax.data import datasets
@@ -120,7 +120,7 @@ def test_power_cosine_flags():
         ["--learning-rate-schedule", "power_cosine", "--cycles", "5", "--cycle-decay", "0.5",
          "--epochs", "10"]
     )
-    schedule = train.learning_rate_schedule(config, steps_per_epoch=4)  # 40 steps, 8 per cycle
+    schedule = train_step.learning_rate_schedule(config, steps_per_epoch=4)  # 40 steps, 8 per cycle
     np.testing.assert_allclose(
         [schedule(0), schedule(8), schedule(16), schedule(40)],
         [0.025, 0.0125, 0.00625, 0.0],
@@ -133,17 +133,17 @@ def test_bfloat16_step_keeps_float32_state():
     setup = train.resolve_setup(config, (8, 8, 1), 10)
     model = train.build_model(config, setup)
     assert model.dtype == jnp.bfloat16
-    tx = train.create_optimizer(config, train.learning_rate_schedule(config, 8))
+    tx = train_step.create_optimizer(config, train_step.learning_rate_schedule(config, 8))
     # Traced only: the types, not the numbers, are under test.
     state = jax.eval_shape(
-        lambda: train.create_train_state(train.prng_key(0), model, (8, 8, 1), tx)
+        lambda: train_step.create_train_state(train.prng_key(0), model, (8, 8, 1), tx)
     )
     batch = {
         "image": jax.ShapeDtypeStruct((32, 8, 8, 1), jnp.uint8),
         "label": jax.ShapeDtypeStruct((32,), jnp.int32),
     }
     step = functools.partial(
-        train.train_step, config=config, setup=setup, steps_per_epoch=8,
+        train_step.train_step, config=config, setup=setup, steps_per_epoch=8,
         mean=jnp.zeros(1), std=jnp.ones(1),
     )  # fmt: skip
     new_state, metrics = jax.eval_shape(step, state, batch)
@@ -450,12 +450,12 @@ def test_one_training_step_of_each_recipe(recipe):
     assert config.autoaugment == (recipe == "xnas")
     setup = train.resolve_setup(config, (8, 8, 3), 10)
     model = train.build_model(config, setup)
-    tx = train.create_optimizer(config, train.learning_rate_schedule(config, 4))
-    state = train.create_train_state(train.prng_key(0), model, (8, 8, 3), tx)
+    tx = train_step.create_optimizer(config, train_step.learning_rate_schedule(config, 4))
+    state = train_step.create_train_state(train.prng_key(0), model, (8, 8, 3), tx)
     rng = np.random.default_rng(0)
     batch = {"image": jnp.asarray(rng.integers(0, 256, (4, 8, 8, 3), dtype=np.uint8)),
              "label": jnp.asarray([0, 1, 2, 3])}
-    step = jax.jit(functools.partial(train.train_step, config=config, setup=setup,
+    step = jax.jit(functools.partial(train_step.train_step, config=config, setup=setup,
                                      steps_per_epoch=4, mean=jnp.full(3, 0.5),
                                      std=jnp.full(3, 0.25)))
     new_state, metrics = step(state, batch)

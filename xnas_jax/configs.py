@@ -27,8 +27,8 @@ from xnas_jax.spaces.nb201 import network as nb201
 from xnas_jax.data import specs
 
 __all__ = [
-    "SearchConfig", "TrainConfig", "ConfigError", "FLAGS", "VOLATILE", "RECIPES",
-    "RECIPE_FIELDS", "recipe_config", "recipe_settings", "build_parser", "config_from_args",
+    "SearchConfig", "TrainConfig", "ConfigError", "with_data_defaults", "FLAGS", "VOLATILE",
+    "RECIPES", "RECIPE_FIELDS", "recipe_config", "recipe_settings", "build_parser", "config_from_args",
     "fingerprint", "SEARCH_DEFAULTS", "parse_command_line",
 ]
 
@@ -120,13 +120,9 @@ class SearchConfig:
         return tuple(int(s) for s in self.seeds)
 
     def resolved(self) -> SearchConfig:
-        """The config with the dataset's defaults filled in where a field is None.
-
-        ``crop_padding`` stays None until the image size is known
-        (:func:`xnas_jax.data.specs.default_crop_padding`).
-        """
+        """The config with the dataset's and the space's defaults filled in where a field is
+        None (known before any data is read; the rest: :func:`with_data_defaults`)."""
         defaults = dict(SEARCH_DEFAULTS.get(self.dataset, SEARCH_DEFAULTS["*"]))
-        defaults["flip"] = specs.DATASETS[self.dataset].flip
         try:
             space = spaces.get_space(self.space)
         except ValueError as error:
@@ -328,6 +324,30 @@ VOLATILE = frozenset({
     "max_test_examples", "genotype", "single_trace", "devices", "coordinator_address",
     "num_processes", "process_id",
 })  # fmt: skip
+
+
+def with_data_defaults(config: SearchConfig | TrainConfig, *, data_shards: int | None = None,
+                       image_shape: Sequence[int] | None = None) -> Any:
+    """The config with the defaults that depend on the data filled in where a field is None.
+
+    The one place they are resolved, for search and training alike:
+    ``data_shards`` (one per process: ``shards.default_count`` of the mesh,
+    passed before loading), then from the images' shape ``crop_padding`` and
+    (training) ``cutout``, and ``flip`` from the dataset (natural images for a
+    dataset known by its shape only).
+    """
+    values: dict[str, Any] = {}
+    if config.data_shards is None and data_shards is not None:
+        values["data_shards"] = data_shards
+    if image_shape is not None:
+        if config.crop_padding is None:
+            values["crop_padding"] = specs.default_crop_padding(image_shape)
+        if getattr(config, "cutout", 0) is None:
+            values["cutout"] = specs.default_cutout(image_shape)
+    if config.flip is None:
+        values["flip"] = (specs.DATASETS[config.dataset].flip if config.dataset in specs.DATASETS
+                          else True)
+    return dataclasses.replace(config, **values)
 
 
 def fingerprint(config: SearchConfig | TrainConfig) -> dict[str, Any]:

@@ -21,23 +21,20 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
 import time
-from pathlib import Path
-from typing import Any, NamedTuple, Sequence
+from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from PIL import Image
 
-from xnas_jax import (cli, configs, loop, optimizers, parallel, plotting, runs, search_step,
-                      spaces)
+from xnas_jax import (cli, configs, loop, optimizers, parallel, runs, search_report,
+                      search_step, spaces)
 from xnas_jax.spaces.darts import genotypes
 from xnas_jax.checkpointing import CheckpointError
 from xnas_jax.configs import SearchConfig
-from xnas_jax.data import order, shards, specs
+from xnas_jax.data import loading, shards, specs
 from xnas_jax.search_step import SearchState
 from xnas_jax.spaces.ops import count_params
 from xnas_jax.spaces.darts.supernet import VARIABLES_LAYOUT
@@ -142,90 +139,31 @@ def make_mesh(config: SearchConfig):
 # ------------------------------------------------------------------ data
 
 
-class SearchData(NamedTuple):
-    """This process's training shards on the devices, each search's split, and what the step
-    needs."""
-
-    data: shards.DeviceShards  # the shards of the training set, split over ``data``
-    layout: shards.ShardLayout
-    shard_size: int  # the examples of each shard
-    # (S, ceil(n/2)) / (S, floor(n/2)): each search's halves, as indices into
-    # every shard of n examples: one trains the network weights (Algorithm 1
-    # line 4), the other rewards the experts (lines 5-13).
-    weight_halves: np.ndarray
-    arch_halves: np.ndarray
-    preprocess: search_step.Preprocess
-    image_shape: tuple[int, ...]
-    num_classes: int
-    steps_per_epoch: int
-
-
-def load_data(config: SearchConfig, mesh, log=print) -> tuple[SearchConfig, SearchData]:
-    """Loads, subsets and splits this process's data shards (one split per seed).
-
-    The training set is cut into ``config.data_shards`` shards
-    (:mod:`xnas_jax.data.shards`; default: one per process), and each process
-    reads only the shards that its devices hold.  Each search's split into
-    weight and architecture halves is the same within every shard; a batch
-    takes ``batch_size / K`` examples of each shard.  Also fills the crop
-    padding and the shard count into the config.
+def load_data(config: SearchConfig, mesh,
+              log=print) -> tuple[SearchConfig, loading.SearchData]:
+    """This process's shards of the training set, split per seed
+    (:func:`xnas_jax.data.loading.load_search_data`), and the config with the data's
+    defaults filled in.
 
     Raises:
       DatasetError, MeshError, ValueError: missing data, or images, batch and
         shards that do not fit the network or the mesh.
     """
-    if config.data_shards is None:
-        config = dataclasses.replace(config, data_shards=shards.default_count(mesh))
-    count = config.data_shards
-    layout = shards.layout(mesh, count, {"--batch-size": config.batch_size})
-    if config.max_train_examples and config.max_train_examples < count:
-        raise ValueError(f"--max-train-examples {config.max_train_examples} is fewer than "
-                         f"--data-shards {count}")
+    config = configs.with_data_defaults(config, data_shards=shards.default_count(mesh))
+    data = loading.load_search_data(config, mesh, log)
+    check_image_size(data.image_shape, config)
+    return configs.with_data_defaults(config, image_shape=data.image_shape), data
 
-    def prepare(dataset):
-        if config.train_per_class:
-            dataset = order.balanced_subset(dataset, max(config.train_per_class // count, 1),
-                                            seed=0)
-        if config.max_train_examples:
-            # One subset for every seed: it defines the data, the seeds vary the rest.
-            dataset = order.subset(dataset, config.max_train_examples // count, seed=0)
-        return order.downsample(dataset, config.downsample)
 
-    started = time.perf_counter()
-    split = shards.load_split(config.dataset, "train", config.data_dir, config.cache_dir,
-                              layout, mesh, prepare, equal=True)
-    log(f"loaded {config.dataset} in {time.perf_counter() - started:.1f} s: "
-        f"{shards.describe(split)}")
-    image_shape = split.image_shape
-    check_image_size(image_shape, config)
-    if config.crop_padding is None:
-        config = dataclasses.replace(config, crop_padding=specs.default_crop_padding(image_shape))
-    n = split.size
-    if n < 2:
-        raise ValueError(f"a search needs at least 2 training images per data shard, "
-                         f"{config.dataset} has {n}")
-    halves = [order.search_split_indices(n, seed) for seed in config.seed_list]
-    weight_halves = np.stack([w for w, _ in halves])
-    arch_halves = np.stack([a for _, a in halves])
-    per_shard = config.batch_size // count
-    steps_per_epoch = min(weight_halves.shape[1], arch_halves.shape[1]) // per_shard
-    if steps_per_epoch < 1:
-        raise ValueError(f"--batch-size {config.batch_size} is larger than half of the "
-                         f"{n * count} training images")
-    if config.max_steps_per_epoch:
-        steps_per_epoch = min(steps_per_epoch, config.max_steps_per_epoch)
-    preprocess = search_step.Preprocess(tuple(float(m) for m in split.mean),
-                                        tuple(float(s) for s in split.std),
-                                        config.crop_padding, bool(config.flip))
-    return config, SearchData(shards.to_devices(split, layout, mesh), layout, n, weight_halves,
-                              arch_halves, preprocess, image_shape, split.num_classes,
-                              steps_per_epoch)
+def preprocess(config: SearchConfig, data: loading.SearchData) -> search_step.Preprocess:
+    """How the step augments and normalizes the data's uint8 batches."""
+    return search_step.Preprocess(data.mean, data.std, config.crop_padding, bool(config.flip))
 
 
 # ------------------------------------------------------------------ state
 
 
-def create_train_state(config: SearchConfig, data: SearchData, mesh):
+def create_train_state(config: SearchConfig, data: loading.SearchData, mesh):
     """The supernet, its optimizers and the initial states of the searches (seed axis first).
 
     Returns:
@@ -279,12 +217,6 @@ class _Steps:
 
 # ------------------------------------------------------------------ loop
 
-def _step_scalars(cell_types: Sequence[str]) -> tuple[str, ...]:
-    """Per-step values written to TensorBoard (every --log-every steps)."""
-    return ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "reward_abs_max",
-            *(f"clipped_{k}" for k in cell_types), *(f"active_{k}" for k in cell_types))
-
-
 def train_and_evaluate(config: SearchConfig) -> dict[str, Any]:
     """Runs a whole search (or several seeds at once) and writes its outputs.
 
@@ -310,7 +242,8 @@ def train_and_evaluate(config: SearchConfig) -> dict[str, Any]:
                   resolved={"mesh": parallel.describe(mesh)}) as run:
         model, state, weight_tx, arch_tx, arch_rates = create_train_state(config, data, mesh)
         state, step = run.restore(state)
-        steps = _Steps(config, model, weight_tx, arch_tx, data.preprocess, mesh, run.print,
+        steps = _Steps(config, model, weight_tx, arch_tx, preprocess(config, data), mesh,
+                       run.print,
                        warmup_steps=config.warmup_epochs * data.steps_per_epoch)
         seeds = config.seed_list
         run.print(
@@ -330,7 +263,7 @@ def train_and_evaluate(config: SearchConfig) -> dict[str, Any]:
         record = run.records[-1] if run.records else None
         if record is None:
             raise ValueError("the search ran no epoch")
-        _write_outputs(config, run, state)
+        search_report.write_outputs(config, run, _host_results(state))
         run.finish(step=record["step"], val_accuracy=record["val_accuracy"])
     return record
 
@@ -339,7 +272,7 @@ def _quiet(*args: Any) -> None:
     pass
 
 
-def _epoch_batches(config: SearchConfig, data: SearchData, epoch: int):
+def _epoch_batches(config: SearchConfig, data: loading.SearchData, epoch: int):
     """(steps, S, B) per-device indices of each search's two batches of an epoch (each
     search has its own split and orders: seed s's weight half by s, its other half by
     s + 1)."""
@@ -352,7 +285,7 @@ def _epoch_batches(config: SearchConfig, data: SearchData, epoch: int):
     return half(data.weight_halves, 0), half(data.arch_halves, 1)
 
 
-def _search_loop(config: SearchConfig, data: SearchData, run: runs.Run, steps: _Steps,
+def _search_loop(config: SearchConfig, data: loading.SearchData, run: runs.Run, steps: _Steps,
                  state: SearchState, step: int, mesh,
                  arch_rates: dict[str, float]) -> SearchState:
     """The epochs from ``step`` on (:func:`xnas_jax.loop.run_epochs`)."""
@@ -371,280 +304,39 @@ def _search_loop(config: SearchConfig, data: SearchData, run: runs.Run, steps: _
         return step_fn, batch
 
     def end_epoch(epoch: loop.Epoch, state):
-        record = _epoch_records(config, epoch.index + 1, epoch.step, _host_results(state),
+        record = search_report.epoch_records(config, epoch.index + 1, epoch.step, _host_results(state),
                                 epoch.metrics, dict(computed), epoch.seconds,
                                 steps.compile_seconds, run.records)
         # The images of this process's steps only (a resumed epoch ran fewer).
         record["images_per_second"] = (2 * config.batch_size * len(seeds)
                                        * (data.steps_per_epoch - epoch.first)
                                        / max(epoch.seconds, 1e-9))
-        run.scalars(epoch.step, {**_seed_scalars(seeds, "epoch", {
-            k: np.asarray([r[k] for r in _per_seed(record)])
+        run.scalars(epoch.step, {**search_report.seed_scalars(seeds, "epoch", {
+            k: np.asarray([r[k] for r in search_report.per_seed(record)])
             for k in ("entropy", "val_accuracy")}),
             "epoch/images_per_second": record["images_per_second"]})
-        _epoch_board(config, run, epoch.index, data.steps_per_epoch, record, arch_rates)
-        return record, _epoch_line(record)
+        search_report.write_board(
+            config, run, epoch.index,
+            float(weight_schedule(config, data.steps_per_epoch * config.epochs)(
+                epoch.index * data.steps_per_epoch)), record, arch_rates)
+        return record, search_report.epoch_line(record)
 
     def postfix(per_step):
         return {"loss": f"{per_step[-1]['train_loss'].mean():.3f}",
                 "val": f"{per_step[-1]['val_loss'].mean():.3f}"}
 
-    names = _step_scalars(sorted(state.arch))
+    names = search_report.step_scalar_names(sorted(state.arch))
     return loop.run_epochs(
         run, state, step, epochs=config.epochs, steps_per_epoch=data.steps_per_epoch,
         start_epoch=start_epoch, end_epoch=end_epoch, log_every=config.log_every,
         postfix=postfix,
-        step_scalars=lambda m: _seed_scalars(seeds, "step", {k: m[k] for k in names}))
+        step_scalars=lambda m: search_report.seed_scalars(seeds, "step", {k: m[k] for k in names}))
 
 
 def _host_results(state: SearchState) -> dict[str, Any]:
     """The searches' mixture weights, accumulated rewards and active masks, on the host."""
     return parallel.to_host({"arch": state.arch, "rewards": state.rewards,
                              "active": optimizers.active_experts(state.arch_opt_state)})
-
-
-def _epoch_board(config: SearchConfig, run: runs.Run, epoch: int, steps_per_epoch: int,
-                 record: dict[str, Any], arch_rates: dict[str, float]) -> None:
-    """TensorBoard's view of an epoch beyond its scalars: the learning rates of both
-    optimizers (at the epoch's first step), and per search the mixture weights u of
-    each cell type (an image of the edges and a histogram) and the genotype as text."""
-    if not run.writer:
-        return
-    step = record["step"]
-    schedule = weight_schedule(config, steps_per_epoch * config.epochs)
-    run.scalars(step, {"epoch/learning_rate": float(schedule(epoch * steps_per_epoch)),
-                       **{f"epoch/arch_learning_rate/{cell}": rate
-                          for cell, rate in arch_rates.items()}})
-    space = spaces.get_space(config.space)
-    labels = space.edge_labels(config.nodes)
-    for seed, seeded in zip(config.seed_list, _per_seed(record)):
-        prefix = f"seed{seed}/" if len(config.seed_list) > 1 else ""
-        for cell, weights in seeded["arch"].items():
-            run.histogram(step, f"{prefix}arch/u/{cell}", weights)
-            run.image(step, f"{prefix}arch/edges/{cell}", plotting.figure_pixels(
-                plotting.plot_edge_weights(np.asarray(weights), config.ops, labels,
-                                           f"{cell}: u at epoch {epoch + 1}")))
-        text = space.text(seeded["genotype"])
-        run.text(step, f"{prefix}genotype", "\n".join("    " + line
-                                                      for line in text.splitlines()))
-
-
-def _per_seed(record: dict[str, Any]) -> list[dict[str, Any]]:
-    """The per-search records of an epoch record (one search: the record itself)."""
-    return record.get("seeds") or [record]
-
-
-def _seed_scalars(seeds, prefix: str, values: dict[str, np.ndarray]) -> dict[str, float]:
-    """TensorBoard tags: ``prefix/name`` for one search, ``seed<s>/prefix/name`` for several."""
-    if len(seeds) == 1:
-        return {f"{prefix}/{k}": float(np.ravel(v)[0]) for k, v in values.items()}
-    return {f"seed{seed}/{prefix}/{k}": float(np.ravel(v)[i])
-            for k, v in values.items() for i, seed in enumerate(seeds)}
-
-
-def _epoch_records(config, epoch, step, host, per_step, computed, seconds, compile_seconds,
-                   previous) -> dict[str, Any]:
-    """The log record of an epoch: one search's record, or the seeds' records and their means."""
-    seeds = config.seed_list
-    records = []
-    for i, seed in enumerate(seeds):
-        arch = {k: v[i] for k, v in host["arch"].items()}
-        rewards = {k: v[i] for k, v in host["rewards"].items()}
-        active = {k: v[i] for k, v in host["active"].items()}
-        metrics = [{k: np.ravel(v)[i] for k, v in m.items()} for m in per_step]
-        earlier = [_per_seed(r)[i] for r in previous]
-        records.append(_epoch_record(config, epoch, step, arch, rewards, active, metrics,
-                                     computed, seconds, compile_seconds, earlier))
-    if len(seeds) == 1:
-        return records[0]
-    means = {k: float(np.mean([r[k] for r in records]))
-             for k in ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "entropy")}
-    for seed, r in zip(seeds, records):
-        r["seed"] = seed
-    return {"epoch": epoch, "step": step, **means, "seconds": seconds,
-            "compile_seconds_total": compile_seconds,
-            "computed": {k: list(v) for k, v in computed.items()}, "seeds": records}
-
-
-def _epoch_record(config, epoch, step, arch, rewards, active, per_step, computed, seconds,
-                  compile_seconds, previous):
-    """One search's record of an epoch (NumPy mixture weights, rewards, active masks and
-    metrics)."""
-    count = len(per_step)
-    # float32 means, as the step computes its metrics (a resumed epoch's saved
-    # metrics come back as Python floats).
-    means = {k: float(np.mean(np.asarray([m[k] for m in per_step], np.float32)))
-             for k in per_step[0]}
-    # The first step whose update wiped out an expert (of the whole search).
-    first_wipeout = next((r["first_wipeout_step"] for r in previous
-                          if r.get("first_wipeout_step") is not None), None)
-    if first_wipeout is None:
-        total = sum(v.size for v in arch.values())
-        first_wipeout = next((step - count + 1 + i for i, m in enumerate(per_step)
-                              if sum(int(m[f"active_{k}"]) for k in arch) < total), None)
-    space = spaces.get_space(config.space)
-    evidence = _rule_rewards(config, rewards)
-    return {
-        "epoch": epoch,
-        "step": step,
-        **{k: means[k] for k in ("train_loss", "train_accuracy", "val_loss", "val_accuracy")},
-        "reward_abs_max": max(float(m["reward_abs_max"]) for m in per_step),
-        "clipped_fraction": {k: means[f"clipped_{k}"] for k in arch},
-        "active_experts": {k: int(m.sum()) for k, m in active.items()},
-        "active_fraction": float(sum(m.sum() for m in active.values()))
-        / sum(m.size for m in active.values()),
-        "first_wipeout_step": first_wipeout,
-        "active_per_step": [[int(m[f"active_{k}"]) for k in arch] for m in per_step],
-        "computed": {k: list(v) for k, v in computed.items()},
-        "entropy": search_step.expert_weights_entropy(arch),
-        "seconds": seconds,
-        "compile_seconds_total": compile_seconds,
-        "genotype": space.discretize(config, arch, evidence),
-        "selection_rule": space.selection_rule(config, arch, evidence),
-        "arch": {k: np.round(v, 6).tolist() for k, v in arch.items()},
-        "active": {k: np.asarray(m, np.int8).tolist() for k, m in active.items()},
-        "rewards": {k: np.round(v, 4).tolist() for k, v in rewards.items()},
-    }
-
-
-def _rule_rewards(config, rewards):
-    """The rewards the genotype ranks edges by: XNAS's evidence; DARTS keeps max u."""
-    return rewards if config.optimizer == "xnas" else None
-
-
-def _epoch_line(record) -> str:
-    if "seeds" in record:
-        return (
-            f"epoch {record['epoch']}: {len(record['seeds'])} seeds, mean train loss "
-            f"{record['train_loss']:.4f} | val acc "
-            + " ".join(f"{100 * r['val_accuracy']:.1f}%" for r in record["seeds"])
-            + " | active experts "
-            + " ".join("/".join(str(v) for v in r["active_experts"].values())
-                       for r in record["seeds"])
-            + f" | {record['images_per_second']:.0f} img/s"
-        )
-    return (
-        f"epoch {record['epoch']}: train loss {record['train_loss']:.4f} "
-        f"acc {100 * record['train_accuracy']:.1f}% | val loss {record['val_loss']:.4f} "
-        f"acc {100 * record['val_accuracy']:.1f}% | active experts "
-        + " ".join(f"{k} {v}" for k, v in record["active_experts"].items())
-        + " | clipped rewards "
-        + " / ".join(f"{100 * v:.0f}%" for v in record["clipped_fraction"].values())
-        + f" | {record['images_per_second']:.0f} img/s"
-    )
-
-
-def stability(genotype_dicts: Sequence[dict[str, Any]], nodes: int) -> dict[str, Any]:
-    """How many seeds agree on each kept edge, and on its operation.
-
-    Args:
-      genotype_dicts: each seed's :func:`genotypes.genotype_to_dict`.
-      nodes: intermediate nodes per cell.
-
-    Returns:
-      Per cell type, the kept edges (node, input) with the number of seeds
-      that keep them and the most common operation with its count, sorted by
-      agreement; and ``edge_agreement`` / ``op_agreement``: the mean over the
-      seeds' kept edges of the fraction of seeds that keep the same edge / the
-      same edge with the same operation.
-    """
-    seeds = len(genotype_dicts)
-    summary: dict[str, Any] = {"seeds": seeds}
-    if genotype_dicts[0].get("space") == "nb201":  # every edge is kept: agree on its op?
-        per_edge = [np.unique([g["ops"][e] for g in genotype_dicts], return_counts=True)
-                    for e in range(len(genotype_dicts[0]["ops"]))]
-        summary["cell"] = {
-            "edges": [{"edge": e, "op": str(ops[np.argmax(n)]), "op_seeds": int(n.max())}
-                      for e, (ops, n) in enumerate(per_edge)],
-            "edge_agreement": 1.0,
-            "op_agreement": float(np.mean([
-                dict(zip(*per_edge[e]))[g["ops"][e]] / seeds
-                for g in genotype_dicts for e in range(len(per_edge))])),
-        }
-        return summary
-    for cell in ("normal", "reduce"):
-        edges: dict[tuple[int, int], dict[str, int]] = {}
-        kept = []
-        for g in genotype_dicts:
-            chosen = [(op, int(inp)) for op, inp in g[cell]]
-            for index, (op, inp) in enumerate(chosen):
-                node = index // 2
-                ops = edges.setdefault((node, inp), {})
-                ops[op] = ops.get(op, 0) + 1
-                kept.append((node, inp, op))
-        table = []
-        for (node, inp), ops in edges.items():
-            op, count = max(ops.items(), key=lambda kv: (kv[1], kv[0]))
-            table.append({"node": node, "input": inp, "seeds": sum(ops.values()),
-                          "op": op, "op_seeds": count})
-        table.sort(key=lambda r: (-r["seeds"], -r["op_seeds"], r["node"], r["input"]))
-        summary[cell] = {
-            "edges": table,
-            "edge_agreement": float(np.mean([sum(edges[(n, i)].values()) / seeds
-                                             for n, i, _ in kept])),
-            "op_agreement": float(np.mean([edges[(n, i)][op] / seeds for n, i, op in kept])),
-        }
-    return summary
-
-
-def _write_outputs(config: SearchConfig, run: runs.Run, state: SearchState) -> None:
-    """The genotype(s) and plots; with several seeds, one folder per seed, the best seed's
-    genotype at the top and ``seeds.json`` (per-seed results and their stability)."""
-    host = _host_results(state)
-    if not run.writer:
-        return
-    out_dir, seeds = run.directory, config.seed_list
-    results = []
-    for i, seed in enumerate(seeds):
-        arch = {k: v[i] for k, v in host["arch"].items()}
-        rewards = {k: v[i] for k, v in host["rewards"].items()}
-        history = [_per_seed(r)[i] for r in run.records]
-        folder = out_dir if len(seeds) == 1 else out_dir / f"seed_{seed}"
-        genotype = _write_seed(config, folder, arch, rewards, history)
-        for picture in spaces.get_space(config.space).pictures():  # the cells, drawn
-            prefix = f"seed{seed}/" if len(seeds) > 1 else ""
-            with Image.open(folder / picture) as image:
-                run.image(history[-1]["step"], f"{prefix}cell/{Path(picture).stem}",
-                          np.asarray(image.convert("RGB")))
-        results.append({"seed": seed, "val_accuracy": history[-1]["val_accuracy"],
-                        "genotype": genotype,
-                        "text": spaces.get_space(config.space).text(genotype)})
-    best = max(range(len(seeds)), key=lambda i: (results[i]["val_accuracy"], -i))
-    if len(seeds) > 1:
-        space = spaces.get_space(config.space)
-        for name in space.files():
-            shutil.copyfile(out_dir / f"seed_{seeds[best]}" / name, out_dir / name)
-        agreement = stability([r["genotype"] for r in results], config.nodes)
-        (out_dir / "seeds.json").write_text(json.dumps({
-            "best_seed": seeds[best], "seeds": results, "stability": agreement}, indent=2) + "\n")
-        if config.space == "darts":
-            plotting.plot_seed_agreement(agreement, out_dir / "stability.png")
-        for r in results:
-            run.print(f"seed {r['seed']}: val acc {100 * r['val_accuracy']:.1f}%")
-        run.print(_stability_text(agreement))
-        run.print(f"best seed {seeds[best]} (final validation accuracy)")
-    run.print(f"genotype ({out_dir / 'genotype.json'}):\n{results[best]['text']}")
-
-
-def _write_seed(config, folder, arch, rewards, history) -> dict[str, Any]:
-    """One search's genotype files, cell pictures and plots; returns its genotype dict."""
-    folder.mkdir(parents=True, exist_ok=True)
-    genotype = spaces.get_space(config.space).write(config, folder, arch,
-                                                    _rule_rewards(config, rewards))
-    for cell in arch:
-        plotting.plot_arch_trajectories(history, config.ops, cell, folder / f"arch_{cell}.png")
-    plotting.plot_active_experts(history, folder / "active_experts.png")
-    plotting.plot_losses(history, folder / "losses.png")
-    return genotype
-
-
-def _stability_text(agreement: dict[str, Any]) -> str:
-    lines = [f"stability over {agreement['seeds']} seeds:"]
-    for cell in [c for c in ("normal", "reduce", "cell") if c in agreement]:
-        part = agreement[cell]
-        lines.append(f"  {cell}: {100 * part['edge_agreement']:.0f}% of kept edges and "
-                     f"{100 * part['op_agreement']:.0f}% of their operations agree")
-    return "\n".join(lines)
 
 
 # ------------------------------------------------------------------ CLI

@@ -284,7 +284,7 @@ class NB201Network(nn.Module):
 class NB201EvalNetwork(NB201Network):
     """One cell's network with the interface of a training run's network.
 
-    The training step (:func:`xnas_jax.train.train_step`) calls every space's
+    The training step (:func:`xnas_jax.train_step.train_step`) calls every space's
     evaluation network as ``(images, train, drop_prob)`` and reads
     ``(logits, aux_logits)``, as DARTS's (:mod:`xnas_jax.spaces.darts.evalnet`).
     NAS-Bench-201 trains its cells with neither an auxiliary tower nor

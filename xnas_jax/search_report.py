@@ -1,0 +1,268 @@
+"""What a search reports: each epoch's record (``log.jsonl``) and printed line, its
+TensorBoard view, and the files it leaves (genotypes, plots, and with several seeds
+``seeds.json`` with their stability)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+from PIL import Image
+
+from xnas_jax import plotting, runs, search_step, spaces
+from xnas_jax.configs import SearchConfig
+
+__all__ = ["epoch_records", "epoch_line", "per_seed", "seed_scalars", "step_scalar_names",
+           "write_board", "write_outputs", "stability", "rule_rewards"]
+
+
+def step_scalar_names(cell_types: Sequence[str]) -> tuple[str, ...]:
+    """Per-step values written to TensorBoard (every --log-every steps)."""
+    return ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "reward_abs_max",
+            *(f"clipped_{k}" for k in cell_types), *(f"active_{k}" for k in cell_types))
+
+
+def write_board(config: SearchConfig, run: runs.Run, epoch: int, learning_rate: float,
+                record: dict[str, Any], arch_rates: dict[str, float]) -> None:
+    """TensorBoard's view of an epoch beyond its scalars: the learning rates of both
+    optimizers (at the epoch's first step), and per search the mixture weights u of
+    each cell type (an image of the edges and a histogram) and the genotype as text."""
+    if not run.writer:
+        return
+    step = record["step"]
+    run.scalars(step, {"epoch/learning_rate": learning_rate,
+                       **{f"epoch/arch_learning_rate/{cell}": rate
+                          for cell, rate in arch_rates.items()}})
+    space = spaces.get_space(config.space)
+    labels = space.edge_labels(config.nodes)
+    for seed, seeded in zip(config.seed_list, per_seed(record)):
+        prefix = f"seed{seed}/" if len(config.seed_list) > 1 else ""
+        for cell, weights in seeded["arch"].items():
+            run.histogram(step, f"{prefix}arch/u/{cell}", weights)
+            run.image(step, f"{prefix}arch/edges/{cell}", plotting.figure_pixels(
+                plotting.plot_edge_weights(np.asarray(weights), config.ops, labels,
+                                           f"{cell}: u at epoch {epoch + 1}")))
+        text = space.text(seeded["genotype"])
+        run.text(step, f"{prefix}genotype", "\n".join("    " + line
+                                                      for line in text.splitlines()))
+
+
+def per_seed(record: dict[str, Any]) -> list[dict[str, Any]]:
+    """The per-search records of an epoch record (one search: the record itself)."""
+    return record.get("seeds") or [record]
+
+
+def seed_scalars(seeds, prefix: str, values: dict[str, np.ndarray]) -> dict[str, float]:
+    """TensorBoard tags: ``prefix/name`` for one search, ``seed<s>/prefix/name`` for several."""
+    if len(seeds) == 1:
+        return {f"{prefix}/{k}": float(np.ravel(v)[0]) for k, v in values.items()}
+    return {f"seed{seed}/{prefix}/{k}": float(np.ravel(v)[i])
+            for k, v in values.items() for i, seed in enumerate(seeds)}
+
+
+def epoch_records(config, epoch, step, host, per_step, computed, seconds, compile_seconds,
+                   previous) -> dict[str, Any]:
+    """The log record of an epoch: one search's record, or the seeds' records and their means."""
+    seeds = config.seed_list
+    records = []
+    for i, seed in enumerate(seeds):
+        arch = {k: v[i] for k, v in host["arch"].items()}
+        rewards = {k: v[i] for k, v in host["rewards"].items()}
+        active = {k: v[i] for k, v in host["active"].items()}
+        metrics = [{k: np.ravel(v)[i] for k, v in m.items()} for m in per_step]
+        earlier = [per_seed(r)[i] for r in previous]
+        records.append(_epoch_record(config, epoch, step, arch, rewards, active, metrics,
+                                     computed, seconds, compile_seconds, earlier))
+    if len(seeds) == 1:
+        return records[0]
+    means = {k: float(np.mean([r[k] for r in records]))
+             for k in ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "entropy")}
+    for seed, r in zip(seeds, records):
+        r["seed"] = seed
+    return {"epoch": epoch, "step": step, **means, "seconds": seconds,
+            "compile_seconds_total": compile_seconds,
+            "computed": {k: list(v) for k, v in computed.items()}, "seeds": records}
+
+
+def _epoch_record(config, epoch, step, arch, rewards, active, per_step, computed, seconds,
+                  compile_seconds, previous):
+    """One search's record of an epoch (NumPy mixture weights, rewards, active masks and
+    metrics)."""
+    count = len(per_step)
+    # float32 means, as the step computes its metrics (a resumed epoch's saved
+    # metrics come back as Python floats).
+    means = {k: float(np.mean(np.asarray([m[k] for m in per_step], np.float32)))
+             for k in per_step[0]}
+    # The first step whose update wiped out an expert (of the whole search).
+    first_wipeout = next((r["first_wipeout_step"] for r in previous
+                          if r.get("first_wipeout_step") is not None), None)
+    if first_wipeout is None:
+        total = sum(v.size for v in arch.values())
+        first_wipeout = next((step - count + 1 + i for i, m in enumerate(per_step)
+                              if sum(int(m[f"active_{k}"]) for k in arch) < total), None)
+    space = spaces.get_space(config.space)
+    evidence = rule_rewards(config, rewards)
+    return {
+        "epoch": epoch,
+        "step": step,
+        **{k: means[k] for k in ("train_loss", "train_accuracy", "val_loss", "val_accuracy")},
+        "reward_abs_max": max(float(m["reward_abs_max"]) for m in per_step),
+        "clipped_fraction": {k: means[f"clipped_{k}"] for k in arch},
+        "active_experts": {k: int(m.sum()) for k, m in active.items()},
+        "active_fraction": float(sum(m.sum() for m in active.values()))
+        / sum(m.size for m in active.values()),
+        "first_wipeout_step": first_wipeout,
+        "active_per_step": [[int(m[f"active_{k}"]) for k in arch] for m in per_step],
+        "computed": {k: list(v) for k, v in computed.items()},
+        "entropy": search_step.expert_weights_entropy(arch),
+        "seconds": seconds,
+        "compile_seconds_total": compile_seconds,
+        "genotype": space.discretize(config, arch, evidence),
+        "selection_rule": space.selection_rule(config, arch, evidence),
+        "arch": {k: np.round(v, 6).tolist() for k, v in arch.items()},
+        "active": {k: np.asarray(m, np.int8).tolist() for k, m in active.items()},
+        "rewards": {k: np.round(v, 4).tolist() for k, v in rewards.items()},
+    }
+
+
+def rule_rewards(config, rewards):
+    """The rewards the genotype ranks edges by: XNAS's evidence; DARTS keeps max u."""
+    return rewards if config.optimizer == "xnas" else None
+
+
+def epoch_line(record) -> str:
+    if "seeds" in record:
+        return (
+            f"epoch {record['epoch']}: {len(record['seeds'])} seeds, mean train loss "
+            f"{record['train_loss']:.4f} | val acc "
+            + " ".join(f"{100 * r['val_accuracy']:.1f}%" for r in record["seeds"])
+            + " | active experts "
+            + " ".join("/".join(str(v) for v in r["active_experts"].values())
+                       for r in record["seeds"])
+            + f" | {record['images_per_second']:.0f} img/s"
+        )
+    return (
+        f"epoch {record['epoch']}: train loss {record['train_loss']:.4f} "
+        f"acc {100 * record['train_accuracy']:.1f}% | val loss {record['val_loss']:.4f} "
+        f"acc {100 * record['val_accuracy']:.1f}% | active experts "
+        + " ".join(f"{k} {v}" for k, v in record["active_experts"].items())
+        + " | clipped rewards "
+        + " / ".join(f"{100 * v:.0f}%" for v in record["clipped_fraction"].values())
+        + f" | {record['images_per_second']:.0f} img/s"
+    )
+
+
+def stability(genotype_dicts: Sequence[dict[str, Any]], nodes: int) -> dict[str, Any]:
+    """How many seeds agree on each kept edge, and on its operation.
+
+    Args:
+      genotype_dicts: each seed's :func:`genotypes.genotype_to_dict`.
+      nodes: intermediate nodes per cell.
+
+    Returns:
+      Per cell type, the kept edges (node, input) with the number of seeds
+      that keep them and the most common operation with its count, sorted by
+      agreement; and ``edge_agreement`` / ``op_agreement``: the mean over the
+      seeds' kept edges of the fraction of seeds that keep the same edge / the
+      same edge with the same operation.
+    """
+    seeds = len(genotype_dicts)
+    summary: dict[str, Any] = {"seeds": seeds}
+    if genotype_dicts[0].get("space") == "nb201":  # every edge is kept: agree on its op?
+        per_edge = [np.unique([g["ops"][e] for g in genotype_dicts], return_counts=True)
+                    for e in range(len(genotype_dicts[0]["ops"]))]
+        summary["cell"] = {
+            "edges": [{"edge": e, "op": str(ops[np.argmax(n)]), "op_seeds": int(n.max())}
+                      for e, (ops, n) in enumerate(per_edge)],
+            "edge_agreement": 1.0,
+            "op_agreement": float(np.mean([
+                dict(zip(*per_edge[e]))[g["ops"][e]] / seeds
+                for g in genotype_dicts for e in range(len(per_edge))])),
+        }
+        return summary
+    for cell in ("normal", "reduce"):
+        edges: dict[tuple[int, int], dict[str, int]] = {}
+        kept = []
+        for g in genotype_dicts:
+            chosen = [(op, int(inp)) for op, inp in g[cell]]
+            for index, (op, inp) in enumerate(chosen):
+                node = index // 2
+                ops = edges.setdefault((node, inp), {})
+                ops[op] = ops.get(op, 0) + 1
+                kept.append((node, inp, op))
+        table = []
+        for (node, inp), ops in edges.items():
+            op, count = max(ops.items(), key=lambda kv: (kv[1], kv[0]))
+            table.append({"node": node, "input": inp, "seeds": sum(ops.values()),
+                          "op": op, "op_seeds": count})
+        table.sort(key=lambda r: (-r["seeds"], -r["op_seeds"], r["node"], r["input"]))
+        summary[cell] = {
+            "edges": table,
+            "edge_agreement": float(np.mean([sum(edges[(n, i)].values()) / seeds
+                                             for n, i, _ in kept])),
+            "op_agreement": float(np.mean([edges[(n, i)][op] / seeds for n, i, op in kept])),
+        }
+    return summary
+
+
+def write_outputs(config: SearchConfig, run: runs.Run, host: dict[str, Any]) -> None:
+    """The genotype(s) and plots of the searches' final ``host`` results (mixture weights
+    and rewards); with several seeds, one folder per seed, the best seed's genotype at the
+    top and ``seeds.json`` (per-seed results and their stability)."""
+    if not run.writer:
+        return
+    out_dir, seeds = run.directory, config.seed_list
+    results = []
+    for i, seed in enumerate(seeds):
+        arch = {k: v[i] for k, v in host["arch"].items()}
+        rewards = {k: v[i] for k, v in host["rewards"].items()}
+        history = [per_seed(r)[i] for r in run.records]
+        folder = out_dir if len(seeds) == 1 else out_dir / f"seed_{seed}"
+        genotype = _write_seed(config, folder, arch, rewards, history)
+        for picture in spaces.get_space(config.space).pictures():  # the cells, drawn
+            prefix = f"seed{seed}/" if len(seeds) > 1 else ""
+            with Image.open(folder / picture) as image:
+                run.image(history[-1]["step"], f"{prefix}cell/{Path(picture).stem}",
+                          np.asarray(image.convert("RGB")))
+        results.append({"seed": seed, "val_accuracy": history[-1]["val_accuracy"],
+                        "genotype": genotype,
+                        "text": spaces.get_space(config.space).text(genotype)})
+    best = max(range(len(seeds)), key=lambda i: (results[i]["val_accuracy"], -i))
+    if len(seeds) > 1:
+        space = spaces.get_space(config.space)
+        for name in space.files():
+            shutil.copyfile(out_dir / f"seed_{seeds[best]}" / name, out_dir / name)
+        agreement = stability([r["genotype"] for r in results], config.nodes)
+        (out_dir / "seeds.json").write_text(json.dumps({
+            "best_seed": seeds[best], "seeds": results, "stability": agreement}, indent=2) + "\n")
+        if config.space == "darts":
+            plotting.plot_seed_agreement(agreement, out_dir / "stability.png")
+        for r in results:
+            run.print(f"seed {r['seed']}: val acc {100 * r['val_accuracy']:.1f}%")
+        run.print(_stability_text(agreement))
+        run.print(f"best seed {seeds[best]} (final validation accuracy)")
+    run.print(f"genotype ({out_dir / 'genotype.json'}):\n{results[best]['text']}")
+
+
+def _write_seed(config, folder, arch, rewards, history) -> dict[str, Any]:
+    """One search's genotype files, cell pictures and plots; returns its genotype dict."""
+    folder.mkdir(parents=True, exist_ok=True)
+    genotype = spaces.get_space(config.space).write(config, folder, arch,
+                                                    rule_rewards(config, rewards))
+    for cell in arch:
+        plotting.plot_arch_trajectories(history, config.ops, cell, folder / f"arch_{cell}.png")
+    plotting.plot_active_experts(history, folder / "active_experts.png")
+    plotting.plot_losses(history, folder / "losses.png")
+    return genotype
+
+
+def _stability_text(agreement: dict[str, Any]) -> str:
+    lines = [f"stability over {agreement['seeds']} seeds:"]
+    for cell in [c for c in ("normal", "reduce", "cell") if c in agreement]:
+        part = agreement[cell]
+        lines.append(f"  {cell}: {100 * part['edge_agreement']:.0f}% of kept edges and "
+                     f"{100 * part['op_agreement']:.0f}% of their operations agree")
+    return "\n".join(lines)
