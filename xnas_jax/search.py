@@ -259,11 +259,11 @@ def train_and_evaluate(config: SearchConfig) -> dict[str, Any]:
             + (f", seeds {','.join(map(str, seeds))}" if len(seeds) > 1 else "")
             + (f", mesh seed {mesh.shape[parallel.SEED]} x data {mesh.shape[parallel.DATA]}"
                if mesh.devices.size > 1 else ""))
-        state = _search_loop(config, data, run, steps, state, step, mesh, arch_rates)
+        state = _search_loop(config, space, data, run, steps, state, step, mesh, arch_rates)
         record = run.records[-1] if run.records else None
         if record is None:
             raise ValueError("the search ran no epoch")
-        search_report.write_outputs(config, run, _host_results(state))
+        search_report.write_outputs(config, space, run, _host_results(state))
         run.finish(step=record["step"], val_accuracy=record["val_accuracy"])
     return record
 
@@ -285,8 +285,8 @@ def _epoch_batches(config: SearchConfig, data: loading.SearchData, epoch: int):
     return half(data.weight_halves, 0), half(data.arch_halves, 1)
 
 
-def _search_loop(config: SearchConfig, data: loading.SearchData, run: runs.Run, steps: _Steps,
-                 state: SearchState, step: int, mesh,
+def _search_loop(config: SearchConfig, space: spaces.SearchSpace, data: loading.SearchData,
+                 run: runs.Run, steps: _Steps, state: SearchState, step: int, mesh,
                  arch_rates: dict[str, float]) -> SearchState:
     """The epochs from ``step`` on (:func:`xnas_jax.loop.run_epochs`)."""
     seeds = config.seed_list
@@ -304,9 +304,10 @@ def _search_loop(config: SearchConfig, data: loading.SearchData, run: runs.Run, 
         return step_fn, batch
 
     def end_epoch(epoch: loop.Epoch, state):
-        record = search_report.epoch_records(config, epoch.index + 1, epoch.step, _host_results(state),
-                                epoch.metrics, dict(computed), epoch.seconds,
-                                steps.compile_seconds, run.records)
+        record = search_report.epoch_records(config, space, epoch.index + 1, epoch.step,
+                                             _host_results(state), epoch.metrics,
+                                             dict(computed), epoch.seconds,
+                                             steps.compile_seconds, run.records)
         # The images of this process's steps only (a resumed epoch ran fewer).
         record["images_per_second"] = (2 * config.batch_size * len(seeds)
                                        * (data.steps_per_epoch - epoch.first)
@@ -316,7 +317,7 @@ def _search_loop(config: SearchConfig, data: loading.SearchData, run: runs.Run, 
             for k in ("entropy", "val_accuracy")}),
             "epoch/images_per_second": record["images_per_second"]})
         search_report.write_board(
-            config, run, epoch.index,
+            config, space, run, epoch.index,
             float(weight_schedule(config, data.steps_per_epoch * config.epochs)(
                 epoch.index * data.steps_per_epoch)), record, arch_rates)
         return record, search_report.epoch_line(record)
@@ -330,7 +331,8 @@ def _search_loop(config: SearchConfig, data: loading.SearchData, run: runs.Run, 
         run, state, step, epochs=config.epochs, steps_per_epoch=data.steps_per_epoch,
         start_epoch=start_epoch, end_epoch=end_epoch, log_every=config.log_every,
         postfix=postfix,
-        step_scalars=lambda m: search_report.seed_scalars(seeds, "step", {k: m[k] for k in names}))
+        step_scalars=lambda m: search_report.seed_scalars(seeds, "step",
+                                                          {k: m[k] for k in names}))
 
 
 def _host_results(state: SearchState) -> dict[str, Any]:

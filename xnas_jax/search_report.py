@@ -25,8 +25,9 @@ def step_scalar_names(cell_types: Sequence[str]) -> tuple[str, ...]:
             *(f"clipped_{k}" for k in cell_types), *(f"active_{k}" for k in cell_types))
 
 
-def write_board(config: SearchConfig, run: runs.Run, epoch: int, learning_rate: float,
-                record: dict[str, Any], arch_rates: dict[str, float]) -> None:
+def write_board(config: SearchConfig, space: spaces.SearchSpace, run: runs.Run, epoch: int,
+                learning_rate: float, record: dict[str, Any],
+                arch_rates: dict[str, float]) -> None:
     """TensorBoard's view of an epoch beyond its scalars: the learning rates of both
     optimizers (at the epoch's first step), and per search the mixture weights u of
     each cell type (an image of the edges and a histogram) and the genotype as text."""
@@ -36,7 +37,6 @@ def write_board(config: SearchConfig, run: runs.Run, epoch: int, learning_rate: 
     run.scalars(step, {"epoch/learning_rate": learning_rate,
                        **{f"epoch/arch_learning_rate/{cell}": rate
                           for cell, rate in arch_rates.items()}})
-    space = spaces.get_space(config.space)
     labels = space.edge_labels(config.nodes)
     for seed, seeded in zip(config.seed_list, per_seed(record)):
         prefix = f"seed{seed}/" if len(config.seed_list) > 1 else ""
@@ -63,7 +63,7 @@ def seed_scalars(seeds, prefix: str, values: dict[str, np.ndarray]) -> dict[str,
             for k, v in values.items() for i, seed in enumerate(seeds)}
 
 
-def epoch_records(config, epoch, step, host, per_step, computed, seconds, compile_seconds,
+def epoch_records(config, space, epoch, step, host, per_step, computed, seconds, compile_seconds,
                    previous) -> dict[str, Any]:
     """The log record of an epoch: one search's record, or the seeds' records and their means."""
     seeds = config.seed_list
@@ -74,8 +74,8 @@ def epoch_records(config, epoch, step, host, per_step, computed, seconds, compil
         active = {k: v[i] for k, v in host["active"].items()}
         metrics = [{k: np.ravel(v)[i] for k, v in m.items()} for m in per_step]
         earlier = [per_seed(r)[i] for r in previous]
-        records.append(_epoch_record(config, epoch, step, arch, rewards, active, metrics,
-                                     computed, seconds, compile_seconds, earlier))
+        records.append(_epoch_record(config, space, epoch, step, arch, rewards, active,
+                                     metrics, computed, seconds, compile_seconds, earlier))
     if len(seeds) == 1:
         return records[0]
     means = {k: float(np.mean([r[k] for r in records]))
@@ -87,7 +87,7 @@ def epoch_records(config, epoch, step, host, per_step, computed, seconds, compil
             "computed": {k: list(v) for k, v in computed.items()}, "seeds": records}
 
 
-def _epoch_record(config, epoch, step, arch, rewards, active, per_step, computed, seconds,
+def _epoch_record(config, space, epoch, step, arch, rewards, active, per_step, computed, seconds,
                   compile_seconds, previous):
     """One search's record of an epoch (NumPy mixture weights, rewards, active masks and
     metrics)."""
@@ -103,7 +103,6 @@ def _epoch_record(config, epoch, step, arch, rewards, active, per_step, computed
         total = sum(v.size for v in arch.values())
         first_wipeout = next((step - count + 1 + i for i, m in enumerate(per_step)
                               if sum(int(m[f"active_{k}"]) for k in arch) < total), None)
-    space = spaces.get_space(config.space)
     evidence = rule_rewards(config, rewards)
     return {
         "epoch": epoch,
@@ -208,7 +207,8 @@ def stability(genotype_dicts: Sequence[dict[str, Any]], nodes: int) -> dict[str,
     return summary
 
 
-def write_outputs(config: SearchConfig, run: runs.Run, host: dict[str, Any]) -> None:
+def write_outputs(config: SearchConfig, space: spaces.SearchSpace, run: runs.Run,
+                  host: dict[str, Any]) -> None:
     """The genotype(s) and plots of the searches' final ``host`` results (mixture weights
     and rewards); with several seeds, one folder per seed, the best seed's genotype at the
     top and ``seeds.json`` (per-seed results and their stability)."""
@@ -221,18 +221,17 @@ def write_outputs(config: SearchConfig, run: runs.Run, host: dict[str, Any]) -> 
         rewards = {k: v[i] for k, v in host["rewards"].items()}
         history = [per_seed(r)[i] for r in run.records]
         folder = out_dir if len(seeds) == 1 else out_dir / f"seed_{seed}"
-        genotype = _write_seed(config, folder, arch, rewards, history)
-        for picture in spaces.get_space(config.space).pictures():  # the cells, drawn
+        genotype = _write_seed(config, space, folder, arch, rewards, history)
+        for picture in space.pictures():  # the cells, drawn
             prefix = f"seed{seed}/" if len(seeds) > 1 else ""
             with Image.open(folder / picture) as image:
                 run.image(history[-1]["step"], f"{prefix}cell/{Path(picture).stem}",
                           np.asarray(image.convert("RGB")))
         results.append({"seed": seed, "val_accuracy": history[-1]["val_accuracy"],
                         "genotype": genotype,
-                        "text": spaces.get_space(config.space).text(genotype)})
+                        "text": space.text(genotype)})
     best = max(range(len(seeds)), key=lambda i: (results[i]["val_accuracy"], -i))
     if len(seeds) > 1:
-        space = spaces.get_space(config.space)
         for name in space.files():
             shutil.copyfile(out_dir / f"seed_{seeds[best]}" / name, out_dir / name)
         agreement = stability([r["genotype"] for r in results], config.nodes)
@@ -247,11 +246,10 @@ def write_outputs(config: SearchConfig, run: runs.Run, host: dict[str, Any]) -> 
     run.print(f"genotype ({out_dir / 'genotype.json'}):\n{results[best]['text']}")
 
 
-def _write_seed(config, folder, arch, rewards, history) -> dict[str, Any]:
+def _write_seed(config, space, folder, arch, rewards, history) -> dict[str, Any]:
     """One search's genotype files, cell pictures and plots; returns its genotype dict."""
     folder.mkdir(parents=True, exist_ok=True)
-    genotype = spaces.get_space(config.space).write(config, folder, arch,
-                                                    rule_rewards(config, rewards))
+    genotype = space.write(config, folder, arch, rule_rewards(config, rewards))
     for cell in arch:
         plotting.plot_arch_trajectories(history, config.ops, cell, folder / f"arch_{cell}.png")
     plotting.plot_active_experts(history, folder / "active_experts.png")
