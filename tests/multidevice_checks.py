@@ -50,8 +50,8 @@ def _setup(seeds: tuple[int, ...], devices: int, optimizer: str = "xnas"):
     config = SearchConfig(**TINY, seeds=seeds, devices=devices, optimizer=optimizer).resolved()
     mesh = search.make_mesh(config)
     config, data = search.load_data(config, mesh, log=lambda *a: None)
-    model, state, weight_tx, arch_tx, _ = search.create_train_state(config, data, mesh)
-    steps = search._Steps(config, model, weight_tx, arch_tx, data.preprocess, mesh,
+    model, state, weight_tx, method = search.create_train_state(config, data, mesh)
+    steps = search._Steps(config, model, weight_tx, method, data.preprocess, mesh,
                           log=lambda *a: None)
     return config, mesh, data, parallel.to_host(state), steps
 
