@@ -27,7 +27,7 @@ from xnas_jax.spaces.nb201 import network as nb201
 from xnas_jax.data import specs
 
 __all__ = [
-    "SearchConfig", "TrainConfig", "ConfigError", "FLAGS", "VOLATILE", "RECIPES",
+    "SearchConfig", "TrainConfig", "ConfigError", "FLAGS", "VOLATILE", "RETIRED", "RECIPES",
     "RECIPE_FIELDS", "recipe_config", "recipe_settings", "build_parser", "config_from_args",
     "fingerprint", "SEARCH_DEFAULTS", "parse_command_line",
 ]
