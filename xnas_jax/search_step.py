@@ -94,8 +94,9 @@ class ArchMethod(NamedTuple):
     Everything that differs between the two lives here, so that the step
     (:func:`search_update`) and the discretization take one object: the
     optimizer of the mixture weights, what it receives, its learning rates,
-    and the evidence the genotype ranks edges by.  Close over it (it holds
-    functions and dicts: it is no static jit argument).
+    and the evidence the genotype ranks edges by.  Bind it into the function
+    that is jitted (a closure or ``functools.partial``): it holds dicts, so it
+    cannot be a static argument.
     """
 
     name: str  # "xnas" or "darts"
