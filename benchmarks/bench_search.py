@@ -292,23 +292,14 @@ class Config(NamedTuple):
     depthwise: str = "shifts"
     steps: int = 30
     repeats: int = 3
-    single_trace: bool = False  # see search_step.make_search_step
     seeds: int = 1  # searches in one program (a leading seed axis, vmapped)
     devices: int = 1  # the seed x data mesh over this many devices
     layers: int = 0  # cells of the network; 0: the preset's
 
 
-def boolean(text: str) -> bool:
-    if text.lower() in ("1", "true", "yes"):
-        return True
-    if text.lower() in ("0", "false", "no"):
-        return False
-    raise ValueError(text)
-
-
 CONFIG_TYPES = {"preset": str, "batch": int, "dtype": str, "active_fraction": float,
-                "depthwise": str, "steps": int, "repeats": int, "single_trace": boolean,
-                "seeds": int, "devices": int, "layers": int}
+                "depthwise": str, "steps": int, "repeats": int, "seeds": int, "devices": int,
+                "layers": int}
 CHOICES = {"preset": sorted(PRESETS), "dtype": list(DTYPES),
            "depthwise": ["shifts", "conv"]}
 
@@ -374,18 +365,18 @@ def prepare(config: Config, seed: int = 0) -> Prepared:
     )
     total_steps = 10_000
     weight_tx = search.weight_optimizer(configs.SearchConfig(), total_steps)
-    arch_tx, _ = search_step.xnas_arch_optimizer(len(ops), model.feedback_replicas(), total_steps,
-                                                 config.batch)
+    method = search_step.xnas_method(len(ops), model.feedback_replicas(), total_steps,
+                                     config.batch)
     seeds = list(range(seed, seed + config.seeds))
     alive = surviving_experts(config.active_fraction)
     mask = np.asarray([name in alive for name in ops], np.float32)
     started = time.perf_counter()
     state = jax.block_until_ready(search_step.create_search_states(
-        search_step.seed_keys(seeds), model, spec["image_shape"], weight_tx, arch_tx, mesh))
+        search_step.seed_keys(seeds), model, spec["image_shape"], weight_tx, method.tx, mesh))
     init_s = time.perf_counter() - started
     host = parallel.to_host(state)
     arch = jax.tree.map(lambda u: u * mask / np.sum(u * mask, -1, keepdims=True), host.arch)
-    arch_opt = jax.vmap(arch_tx.init)(arch)
+    arch_opt = jax.vmap(method.tx.init)(arch)
     by_seed = parallel.seed_sharding(mesh)
     state = state._replace(arch=jax.tree.map(lambda a: parallel.global_array(a, by_seed), arch),
                            arch_opt_state=jax.tree.map(
@@ -411,9 +402,7 @@ def prepare(config: Config, seed: int = 0) -> Prepared:
         (0.5,) * spec["image_shape"][-1], (0.25,) * spec["image_shape"][-1], spec["crop"], True
     )
     lean = model.clone(normal_ops=alive, reduce_ops=alive)
-    step = search_step.make_search_step(lean, weight_tx, arch_tx, preprocess,
-                                        feedback_clip=1.0, single_trace=config.single_trace,
-                                        mesh=mesh)
+    step = search_step.make_search_step(lean, weight_tx, method, preprocess, mesh=mesh)
     keys = parallel.global_array(search_step.seed_keys([s + 1 for s in seeds]), by_seed)
     started = time.perf_counter()
     lowered = step.lower(state, data, *orders[0], keys)
@@ -454,7 +443,6 @@ def measure(prepared: Prepared, compiled: Any, compile_s: float) -> dict[str, An
         "batch": config.batch,
         "dtype": config.dtype,
         "depthwise": config.depthwise,
-        "single_trace": config.single_trace,
         "seeds": config.seeds,
         "devices": config.devices,
         "active_fraction": len(prepared.experts) / len(ops),

@@ -117,6 +117,88 @@ def tiny_train(tmp_path_factory, compilation_cache):
     return out
 
 
+# A small supernet's per-feedback gradients (test_search_result.py, test_search_step.py).
+FEEDBACK_OPS = ("avg_pool_3x3", "skip_connect", "sep_conv_3x3", "dil_conv_3x3")
+FEEDBACK_LAYERS = 4  # cells 0 and 3 normal, 1 and 2 reduction: r_c = 2 for both types
+FEEDBACK_BATCH = 4
+
+
+@pytest.fixture(scope="session")
+def feedback_setup():
+    """``(model, loss, arch, copies, grads)``: a 4-cell supernet, the loss of a batch as a
+    function of per-feedback copies of u, unequal u with one expert wiped out on one
+    edge of the normal cell, its copies, and every feedback's gradient of the mean loss."""
+    import jax.numpy as jnp
+
+    from xnas_jax import search_step
+    from xnas_jax.feedback import per_feedback
+    from xnas_jax.spaces import ARCH
+    from xnas_jax.spaces.darts import genotypes
+    from xnas_jax.spaces.darts.supernet import SearchNetwork
+
+    model = SearchNetwork(num_classes=3, channels=2, layers=FEEDBACK_LAYERS, ops=FEEDBACK_OPS,
+                          steps=2)
+    images = jax.random.normal(jax.random.key(0), (FEEDBACK_BATCH, 8, 8, 3))
+    labels = jnp.array([0, 1, 2, 1])
+    variables = model.init(jax.random.key(1), images, train=True)
+    arch = {k: jax.nn.softmax(jax.random.normal(jax.random.key(2 + i), v.shape))
+            for i, (k, v) in enumerate(variables[ARCH].items())}
+    arch["normal"] = arch["normal"].at[0, 2].set(0.0)
+    arch["normal"] = arch["normal"] / arch["normal"].sum(-1, keepdims=True)
+
+    def loss(copies):
+        logits, _ = model.apply(
+            {"params": variables["params"], "batch_stats": variables["batch_stats"],
+             ARCH: copies}, images, train=True, mutable=["batch_stats"])
+        return search_step.cross_entropy(logits, labels)
+
+    copies = per_feedback(arch, FEEDBACK_BATCH, genotypes.cell_replicas(FEEDBACK_LAYERS))
+    grads = jax.jit(jax.grad(loss))(copies)
+    return model, loss, arch, copies, grads
+
+
+def _plain_mixture(outputs, weights, rows):
+    """sum_i u_i f_i by plain autodiff, for (N,) or (B, N) weights."""
+    out = 0.0
+    for groups, group_rows in zip(outputs, rows):
+        for g, r in enumerate(group_rows):
+            if r >= 0:
+                y = groups if groups.ndim == 4 else groups[g]
+                w = weights[..., r].astype(y.dtype)
+                out = out + y * (w if weights.ndim == 1 else w[:, None, None, None])
+    return out
+
+
+@pytest.fixture(scope="session")
+def feedback_reference(feedback_setup):
+    """The per-feedback gradients of ``feedback_setup`` by plain autodiff (no custom VJP),
+    float64."""
+    import numpy as np
+
+    from xnas_jax.spaces.darts import supernet
+
+    _, loss, _, copies, _ = feedback_setup
+    original = supernet.mixture
+    supernet.mixture = _plain_mixture
+    try:
+        grads = jax.jit(jax.grad(loss))(copies)
+    finally:
+        supernet.mixture = original
+    return {k: np.asarray(v, np.float64) for k, v in grads.items()}
+
+
+def flip_bytes(checkpoint: Path, count: int = 64) -> Path:
+    """Flips ``count`` bytes in the middle of the checkpoint's largest array file."""
+    files = [p for p in (checkpoint / "state").rglob("*") if p.is_file()]
+    target = max(files, key=lambda p: p.stat().st_size)
+    data = bytearray(target.read_bytes())
+    middle = len(data) // 2
+    for i in range(middle, middle + count):
+        data[i] ^= 0xFF
+    target.write_bytes(bytes(data))
+    return target
+
+
 def assert_usage_error(code: int, err: str, *fragments: str) -> None:
     """A CLI usage error: exit status 2 and one line ``error: ...`` naming the problem."""
     lines = err.strip().splitlines()

@@ -50,9 +50,9 @@ def _setup(seeds: tuple[int, ...], devices: int, optimizer: str = "xnas"):
     config = SearchConfig(**TINY, seeds=seeds, devices=devices, optimizer=optimizer).resolved()
     mesh = search.make_mesh(config)
     config, data = search.load_data(config, mesh, log=lambda *a: None)
-    model, state, weight_tx, arch_tx, _ = search.create_train_state(config, data, mesh)
-    steps = search._Steps(config, model, weight_tx, arch_tx, data.preprocess, mesh,
-                          log=lambda *a: None)
+    model, state, weight_tx, method = search.create_train_state(config, data, mesh)
+    steps = search.SearchSteps(config, model, weight_tx, method, search.preprocess(config, data),
+                               mesh, log=lambda *a: None)
     return config, mesh, data, parallel.to_host(state), steps
 
 
@@ -64,7 +64,7 @@ def _steps(seeds, devices, start, count, optimizer="xnas"):
     keys = parallel.global_array(search_step.seed_keys([s + 1 for s in seeds]),
                                  parallel.seed_sharding(mesh))
     split = parallel.batch_sharding(mesh, seeded=True)
-    weight_order, arch_order = search._epoch_batches(config, data, 0)
+    weight_order, arch_order = search.epoch_batches(config, data, 0)
     metrics = []
     first = int(np.asarray(initial.step if start is None else start.step)[0])
     for i in range(first, first + count):

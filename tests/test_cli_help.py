@@ -47,13 +47,28 @@ def test_search_help_gives_the_searched_ops_and_batch(capsys):
 
 
 def test_speed_switches_are_in_the_advanced_group_last():
-    for parser, switches in ((search.parser(), {"single_trace", "depthwise", "skip_wiped_out",
-                                                "dtype", "compilation_cache"}),
+    for parser, switches in ((search.parser(), {"skip_wiped_out", "dtype", "compilation_cache"}),
                              (train.parser(), {"dtype", "compilation_cache"})):
         groups = _groups(parser)
         assert groups[configs.ADVANCED] == switches
         titles = [g.title for g in parser._action_groups if g._group_actions]
         assert titles[-1] == configs.ADVANCED or titles[-2] == configs.ADVANCED  # train: summary
+
+
+def test_benchmark_switches_are_no_flags_and_runs_that_had_them_still_load(tmp_path, capsys):
+    """--single-trace and --depthwise are the benchmarks' (benchmarks/bench_search.py): a
+    run's config.json from before still loads, and its fingerprint still matches."""
+    for flag in ("--single-trace", "--depthwise"):
+        with pytest.raises(SystemExit):
+            search.parse_args([flag])
+        assert flag in capsys.readouterr().err
+    old = tmp_path / "config.json"
+    old.write_text('{"config": {"depthwise": "shifts", "single_trace": true, "seed": 3}}')
+    config = search.parse_args(["--config", str(old)])[0]
+    assert config.seed == 3
+    fingerprint = configs.fingerprint(config)
+    assert fingerprint["depthwise"] == "shifts" and "single_trace" not in fingerprint
+    assert "depthwise" not in configs.fingerprint(configs.TrainConfig())
 
 
 def test_compilation_cache_is_on_by_default_and_can_be_turned_off(tmp_path):

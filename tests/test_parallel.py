@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, strategies as st
 
 from conftest import TINY_SEARCH, assert_usage_error
-from xnas_jax import parallel, search
+from xnas_jax import parallel, search, search_report
 
 
 @given(st.integers(1, 64), st.integers(1, 64))
@@ -36,7 +36,7 @@ def test_stability_counts_seeds_per_kept_edge_and_operation():
     a = _genotype([["sep_conv_3x3", 0], ["skip_connect", 1]], same)
     b = _genotype([["sep_conv_3x3", 0], ["dil_conv_3x3", 1]], same)
     c = _genotype([["sep_conv_3x3", 1], ["skip_connect", 0]], same)
-    summary = search.stability([a, b, c], nodes=1)
+    summary = search_report.stability([a, b, c], nodes=1)
     assert summary["seeds"] == 3
     edges = {(e["node"], e["input"]): e for e in summary["normal"]["edges"]}
     assert edges[(0, 0)]["seeds"] == 3 and edges[(0, 1)]["seeds"] == 3

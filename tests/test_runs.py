@@ -16,10 +16,9 @@ import orbax.checkpoint as ocp
 import pytest
 from PIL import Image
 
-from conftest import TINY_SEARCH as SEARCH, TINY_TRAIN as TRAIN, assert_usage_error
+from conftest import TINY_SEARCH as SEARCH, TINY_TRAIN as TRAIN, assert_usage_error, flip_bytes
 from xnas_jax import configs, loop, runs, search, train
 from xnas_jax.spaces.darts import genotypes
-from xnas_jax.checkpointing import CheckpointError, Checkpointer
 from xnas_jax.data import specs
 
 def call(main, argv) -> int:
@@ -120,7 +119,9 @@ def test_both_runs_write_config_and_tensorboard_scalars(search_run, train_run):
         # The saved config is a --config file: the same settings come back.
         module = search if kind == "search" else train
         again, _ = module.parse_args(["--config", str(run_dir / runs.CONFIG_FILE)])
-        assert configs.fingerprint(again) == {
+        # (The fingerprint also keeps the retired settings that older runs recorded.)
+        assert {k: v for k, v in configs.fingerprint(again).items()
+                if k not in configs.RETIRED} == {
             k: v for k, v in written["config"].items() if k not in configs.VOLATILE}
     log = runs.read_log(search_run)
     scalars = runs.read_scalars(search_run)
@@ -211,18 +212,6 @@ def test_training_stopped_by_sigterm_resumes_bit_identically(train_run, compilat
         train_run)["epoch/test_accuracy"]
 
 
-def _flip_bytes(checkpoint: Path, count: int = 64) -> Path:
-    """Flips ``count`` bytes in the middle of the checkpoint's largest array file."""
-    files = [p for p in (checkpoint / "state").rglob("*") if p.is_file()]
-    target = max(files, key=lambda p: p.stat().st_size)
-    data = bytearray(target.read_bytes())
-    middle = len(data) // 2
-    for i in range(middle, middle + count):
-        data[i] ^= 0xFF
-    target.write_bytes(bytes(data))
-    return target
-
-
 @pytest.mark.parametrize("kind", ["search", "train"])
 def test_a_corrupt_checkpoint_is_detected_and_skipped(kind, search_run, train_run,
                                                       compilation_cache, tmp_path, capsys):
@@ -232,7 +221,7 @@ def test_a_corrupt_checkpoint_is_detected_and_skipped(kind, search_run, train_ru
     }[kind]
     copy = tmp_path / "copy"
     shutil.copytree(source, copy)
-    _flip_bytes(copy / runs.CHECKPOINT_DIR / str(steps[1]))
+    flip_bytes(copy / runs.CHECKPOINT_DIR / str(steps[1]))
     capsys.readouterr()
     assert call(main, flags + compilation_cache + ["--resume", "--out-dir", str(copy)]) == 0
     out = capsys.readouterr().out
@@ -240,34 +229,6 @@ def test_a_corrupt_checkpoint_is_detected_and_skipped(kind, search_run, train_ru
     assert f"resuming from step {steps[0]}" in out
     assert (copy / "corrupt" / str(steps[1])).is_dir()  # moved aside, not deleted
     assert_same_states(state_at(source, steps[1]), state_at(copy, steps[1]))
-
-
-def test_every_checkpoint_corrupt_means_starting_over_and_saying_so(tmp_path):
-    tree = {"w": np.arange(4096, dtype=np.float32)}
-    with Checkpointer(tmp_path / "c", fingerprint={"a": 1}) as checkpoints:
-        checkpoints.save(3, tree)
-        checkpoints.save(6, tree)
-    for step in (3, 6):
-        _flip_bytes(tmp_path / "c" / str(step))
-    said = []
-    with Checkpointer(tmp_path / "c", fingerprint={"a": 1}, resume=True,
-                      tolerate_corrupt=True) as checkpoints:
-        assert checkpoints.restore_latest_good(tree, log=said.append) is None
-    assert sorted(p.name for p in (tmp_path / "corrupt").iterdir()) == ["3", "6"]
-    assert "resuming from step 3" in said[0] and "starting over" in said[1]
-
-
-def test_checksums_catch_bytes_that_still_decode(tmp_path):
-    tree = {"w": np.arange(12, dtype=np.float32).reshape(3, 4)}
-    with Checkpointer(tmp_path / "c", fingerprint={}) as checkpoints:
-        checkpoints.save(1, tree)
-    record = tmp_path / "c" / "1" / "metadata" / "metadata"
-    saved = json.loads(record.read_text())
-    saved["checksums"]["['w']"] = "0" * 64  # as if the array's bytes had changed
-    record.write_text(json.dumps(saved))
-    with Checkpointer(tmp_path / "c", fingerprint={}, resume=True) as checkpoints:
-        with pytest.raises(CheckpointError, match=r"array \['w'\] does not match"):
-            checkpoints.restore_latest(tree)
 
 
 # ------------------------------------------------------------------ one configuration path

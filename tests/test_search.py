@@ -177,28 +177,6 @@ def darts_search(tmp_path_factory, compilation_cache):
     return search_into(tmp_path_factory.mktemp("darts"), DARTS + compilation_cache)
 
 
-@pytest.mark.slow
-def test_single_trace_gives_the_same_search(darts_search, compilation_cache, tmp_path, capsys):
-    """Both passes as one two-iteration loop: the same run to float32 rounding.
-
-    Compared with the DARTS baseline, whose weights move continuously: XNAS's
-    wipeout is a threshold decision, which rounding can flip when an expert
-    sits at the threshold (the runs then differ by that expert's weight).
-    """
-    code, _, err = run_main(DARTS + compilation_cache + ["--out-dir", str(tmp_path),
-                                                         "--single-trace"], capsys)
-    assert code == 0, err
-    # The same cell (the strengths written beside it agree to rounding).
-    assert (genotypes.load_genotype(tmp_path / "genotype.json")
-            == genotypes.load_genotype(darts_search / "genotype.json"))
-    a, b = final_state(darts_search, 3), final_state(tmp_path, 3)
-    for key in ("params", "arch", "batch_stats"):
-        for x, y in zip(jax.tree.leaves(a[key]), jax.tree.leaves(b[key])):
-            np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-5)
-    losses = [[r["val_loss"] for r in read_log(out)] for out in (darts_search, tmp_path)]
-    np.testing.assert_allclose(losses[0], losses[1], rtol=1e-5)
-
-
 def test_darts_baseline_runs_on_the_same_supernet(darts_search):
     (record,) = read_log(darts_search)
     # Softmax weights are never exactly 0: nothing is wiped out, nothing skipped.
@@ -324,28 +302,6 @@ def test_resume_with_other_settings_or_a_corrupt_checkpoint(tiny_search, tmp_pat
     assert (copy / "corrupt" / "6").is_dir()
     assert (copy / "genotype.json").read_text() == (tiny_search / "genotype.json").read_text()
 
-
-def test_arch_optimizer_counts_rounds_as_the_paper():
-    # The paper's CIFAR-10 search: 25k validation images, 50 epochs, batch 96,
-    # 8 cells (6 normal + 2 reduction), 8 experts, L = 1 -> 7.5e-4 and 1.3e-3.
-    steps = 50 * (25_000 // 96)
-    replicas = genotypes.cell_replicas(8)
-    tx, rates = search_step.xnas_arch_optimizer(8, replicas, steps, 96)
-    assert abs(rates["normal"] - 7.5e-4) < 1e-5 and abs(rates["reduce"] - 1.3e-3) < 1e-5
-    # One step is one round of B * r_c feedbacks, each clipped to [-L, L]:
-    # log v moves by eta_c times the sum of the clipped rewards.
-    rng = np.random.default_rng(0)
-    grads = {k: rng.normal(0, 1.5, (r, 96, 14, 8)).astype(np.float32)
-             for k, r in replicas.items()}
-    u = {k: np.full((14, 8), 1 / 8, np.float32) for k in replicas}
-    state = tx.init(u)
-    _, state = jax.jit(tx.update)(grads, state, u)
-    for kind in replicas:
-        summed = np.clip(-grads[kind].astype(np.float64), -1, 1).sum((0, 1))
-        assert np.abs(summed - (-grads[kind].astype(np.float64)).sum((0, 1))).max() > 1
-        expected = rates[kind] * summed
-        np.testing.assert_allclose(np.asarray(state.log_weights[kind]),
-                                   expected - expected.max(-1, keepdims=True), atol=1e-5)
 
 def test_warmup_keeps_u_uniform_then_plays_the_rounds(compilation_cache, tmp_path):
     """--warmup-epochs 1 of 2: u, the rewards and the active set stay as they began for the

@@ -1,4 +1,5 @@
-"""Tests of the evaluation trainer, its command line and the checkpoint layer.
+"""Tests of the evaluation trainer and its command line (the checkpoint layer:
+test_checkpointing.py).
 
 One tiny run (digits 8x8, C=4, 3 cells, a few steps per epoch) is shared by
 the module; the resume test continues a copy of it.
@@ -13,7 +14,6 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -21,11 +21,10 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from xnas_jax import checkpointing, configs, optimizers, runs, spaces, train, train_step
+from xnas_jax import configs, optimizers, runs, spaces, train, train_step
 from xnas_jax.spaces.darts import genotypes
 from xnas_jax.spaces.nb201 import network as nb201
 from xnas_jax.data import datasets
-from xnas_jax.checkpointing import CheckpointError, Checkpointer
 from conftest import TINY_TRAIN as TINY_FLAGS, assert_usage_error
 
 def run_main(argv, capsys) -> tuple[int, str, str]:
@@ -266,118 +265,6 @@ def test_command_line_exit_code():
         line for line in result.stderr.strip().splitlines() if line.startswith("error: ")
     ]
     assert "unknown genotype 'NOPE'" in result.stderr
-
-
-# --------------------------------------------------------------------------
-# The checkpoint layer.
-
-
-class _OptState(NamedTuple):
-    count: jax.Array
-    trace: dict
-
-
-def _tree(scale: float = 1.0):
-    return {
-        "params": {"w": jnp.full((3, 4), scale, jnp.float32), "b": jnp.zeros(4)},
-        "opt_state": (_OptState(jnp.array(3, jnp.int32), {"w": jnp.ones((3, 4))}),),
-    }
-
-
-FINGERPRINT = {"lr": 0.1, "channels": [4, 8]}
-
-
-def test_checkpoint_round_trip_and_retention(tmp_path):
-    with Checkpointer(tmp_path, fingerprint=FINGERPRINT, max_to_keep=2) as checkpoints:
-        assert checkpoints.restore_latest(_tree()) is None
-        for step in (1, 2, 3):
-            checkpoints.save(step, _tree(step), {"epoch": step, "test_accuracy": 0.5})
-        assert checkpoints.steps == [2, 3]
-    # A second process resumes: same fingerprint (tuples compare as lists).
-    with Checkpointer(tmp_path, fingerprint={"lr": 0.1, "channels": (4, 8)}, resume=True) as again:
-        restored = again.restore_latest(_tree(0.0))
-        assert restored.step == 3 and restored.metadata == {"epoch": 3, "test_accuracy": 0.5}
-        assert isinstance(restored.tree["opt_state"][0], _OptState)
-        np.testing.assert_array_equal(restored.tree["params"]["w"], np.full((3, 4), 3.0))
-        assert again.metadata(2)["epoch"] == 2
-
-
-def test_checkpoint_refuses_to_overwrite(tmp_path):
-    with Checkpointer(tmp_path, fingerprint=FINGERPRINT) as checkpoints:
-        checkpoints.save(1, _tree())
-    with pytest.raises(CheckpointError, match=r"already holds checkpoints.*--resume") as error:
-        Checkpointer(tmp_path, fingerprint=FINGERPRINT)
-    assert str(tmp_path) in str(error.value)
-    with Checkpointer(tmp_path, fingerprint=FINGERPRINT, resume=True) as checkpoints:
-        with pytest.raises(CheckpointError, match="already exists"):
-            checkpoints.save(1, _tree(5.0))
-        restored = checkpoints.restore_latest(_tree())
-    np.testing.assert_array_equal(restored.tree["params"]["w"], np.ones((3, 4)))
-
-
-def test_checkpoint_incompatible_fingerprint(tmp_path):
-    with Checkpointer(tmp_path, fingerprint=FINGERPRINT) as checkpoints:
-        checkpoints.save(1, _tree())
-    expected = r"incompatible run \(lr: saved 0.1, now 0.2\)"
-    with pytest.raises(CheckpointError, match=expected) as error:
-        Checkpointer(tmp_path, fingerprint={**FINGERPRINT, "lr": 0.2}, resume=True)
-    assert str(tmp_path / "1") in str(error.value)
-
-
-def test_checkpoint_incompatible_shapes(tmp_path):
-    with Checkpointer(tmp_path, fingerprint=FINGERPRINT) as checkpoints:
-        checkpoints.save(1, _tree())
-    other = _tree()
-    other["params"]["w"] = jnp.ones((3, 5))
-    other["params"]["extra"] = jnp.ones(2)
-    with Checkpointer(tmp_path, fingerprint=FINGERPRINT, resume=True) as checkpoints:
-        with pytest.raises(CheckpointError, match="another structure") as error:
-            checkpoints.restore_latest(other)
-    message = str(error.value)
-    assert str(tmp_path / "1") in message
-    assert "['params']['w']: saved [[3, 4], \"float32\"], now [[3, 5], \"float32\"]" in message
-    assert "['params']['extra']: saved (absent)" in message
-
-
-def test_checkpoint_corrupt_data(tmp_path):
-    with Checkpointer(tmp_path, fingerprint=FINGERPRINT) as checkpoints:
-        checkpoints.save(1, _tree())
-        checkpoints.save(2, _tree(2.0))
-    for path in (tmp_path / "2" / "state").rglob("*"):
-        if path.is_file() and path.parent.name == "d":
-            path.write_bytes(b"garbage")
-    with Checkpointer(tmp_path, fingerprint=FINGERPRINT, resume=True) as checkpoints:
-        with pytest.raises(CheckpointError, match="corrupt or unreadable") as error:
-            checkpoints.restore_latest(_tree())
-    assert str(tmp_path / "2") in str(error.value)
-    assert (tmp_path / "1").is_dir() and (tmp_path / "2").is_dir()  # nothing deleted
-
-
-def test_checkpoint_corrupt_metadata(tmp_path):
-    with Checkpointer(tmp_path, fingerprint=FINGERPRINT) as checkpoints:
-        checkpoints.save(1, _tree())
-    (tmp_path / "1" / "metadata" / "metadata").write_text("{not json")
-    with pytest.raises(CheckpointError, match="corrupt or unreadable") as error:
-        Checkpointer(tmp_path, fingerprint=FINGERPRINT, resume=True)
-    assert str(tmp_path / "1") in str(error.value)
-
-
-def test_tree_signature():
-    signature = checkpointing.tree_signature(_tree())
-    assert signature["['params']['w']"] == [[3, 4], "float32"]
-    assert signature["['opt_state'][0].count"] == [[], "int32"]
-
-
-def test_checkpoint_typed_prng_keys(tmp_path):
-    tree = {"rng": jax.random.key(7, impl="threefry2x32"), "w": jnp.ones(2)}
-    assert checkpointing.tree_signature(tree)["['rng']"] == [[], "key<fry>"]
-    with Checkpointer(tmp_path, fingerprint={}) as checkpoints:
-        checkpoints.save(1, tree)
-        restored = checkpoints.restore_latest(
-            {"rng": jax.random.key(0, impl="threefry2x32"), "w": jnp.zeros(2)})
-    np.testing.assert_array_equal(
-        jax.random.key_data(restored.tree["rng"]), jax.random.key_data(tree["rng"])
-    )
 
 
 # --------------------------------------------------------------------------

@@ -28,7 +28,7 @@ def test_one_seed_per_device_runs_the_plain_program():
 @pytest.mark.skipif(jax.__version__ != "0.10.2", reason="the crash was found with jax 0.10.2")
 def test_the_vmapped_block_of_one_seed_crashes_xla():
     # The bug the workaround avoids.  Should this fail with status 0, XLA was fixed and
-    # search_step.vmap_seeds may vmap a block of one again.
+    # parallel.vmap_seeds may vmap a block of one again.
     result = _repro("vmap")
     assert result.returncode == -signal.SIGSEGV, (result.returncode, result.stdout,
                                                   result.stderr[-3000:])

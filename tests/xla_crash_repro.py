@@ -17,7 +17,7 @@ product of two (2, 2, 16, 8, 8, 4) arrays over their first axis.
   pass of a cell's input edges (seed x nodes x inputs x B x H x W x C,
   summed over the nodes that read each input), so only cells of two nodes
   or more crash, and only with one seed per device group.
-* ``plain``: the fix, :func:`xnas_jax.search_step.vmap_seeds`: a block of
+* ``plain``: the fix, :func:`xnas_jax.parallel.vmap_seeds`: a block of
   one seed runs the function unbatched.  Prints the largest difference from
   the same sums on one device and exits 0.
 
@@ -38,7 +38,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from jax.sharding import Mesh, PartitionSpec as P  # noqa: E402
 
-from xnas_jax.search_step import vmap_seeds  # noqa: E402
+from xnas_jax.parallel import vmap_seeds  # noqa: E402
 
 
 def seed_sums(a: jax.Array, b: jax.Array) -> jax.Array:

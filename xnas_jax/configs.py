@@ -28,7 +28,8 @@ from xnas_jax.data import specs
 
 __all__ = [
     "SearchConfig", "TrainConfig", "ConfigError", "with_data_defaults", "FLAGS", "VOLATILE",
-    "RECIPES", "RECIPE_FIELDS", "recipe_config", "recipe_settings", "build_parser", "config_from_args",
+    "RETIRED", "RECIPES", "RECIPE_FIELDS", "recipe_config", "recipe_settings", "build_parser",
+    "config_from_args",
     "fingerprint", "SEARCH_DEFAULTS", "parse_command_line",
 ]
 
@@ -69,7 +70,6 @@ class SearchConfig:
     nodes: int = 4
     ops: tuple[str, ...] | None = None
     dtype: str = "float32"
-    depthwise: str = "shifts"
     # Schedule.
     epochs: int | None = None
     batch_size: int = 96
@@ -94,7 +94,6 @@ class SearchConfig:
     skip_cap: int | None = None
     normalized_rewards: bool = False
     skip_wiped_out: bool = True
-    single_trace: bool = False
     # Run.
     out_dir: str | None = None
     runs_root: str = "runs/search"
@@ -321,7 +320,7 @@ def recipe_settings(config: TrainConfig) -> dict[str, Any]:
 VOLATILE = frozenset({
     "out_dir", "runs_root", "resume", "log_every", "keep_checkpoints", "progress",
     "compilation_cache", "cache_dir", "data_dir", "test_data_dir", "eval_batch_size",
-    "max_test_examples", "genotype", "single_trace", "devices", "coordinator_address",
+    "max_test_examples", "genotype", "devices", "coordinator_address",
     "num_processes", "process_id",
 })  # fmt: skip
 
@@ -350,12 +349,22 @@ def with_data_defaults(config: SearchConfig | TrainConfig, *, data_shards: int |
     return dataclasses.replace(config, **values)
 
 
+# Search settings that left the command line (benchmark switches, the same
+# results either way), with the value every run now has (None: never part of
+# the fingerprint).  The config.json and the checkpoints of a run made before
+# still hold them: a --config file's are ignored, and the fingerprint keeps
+# the value, so that such a run resumes.
+RETIRED = {"depthwise": "shifts", "single_trace": None}
+
+
 def fingerprint(config: SearchConfig | TrainConfig) -> dict[str, Any]:
     """The settings that make two runs the same run (checked on resume)."""
     return {
-        key: (list(value) if isinstance(value, tuple) else value)
-        for key, value in dataclasses.asdict(config).items()
-        if key not in VOLATILE
+        **({k: v for k, v in RETIRED.items() if v is not None}
+           if isinstance(config, SearchConfig) else {}),
+        **{key: (list(value) if isinstance(value, tuple) else value)
+           for key, value in dataclasses.asdict(config).items()
+           if key not in VOLATILE},
     }
 
 
@@ -466,8 +475,6 @@ FLAGS: dict[str, Flag] = {
                 f"{len(nb201.NB201_OPS)}"),
     "dtype": Flag(ADVANCED, "computation dtype (parameters stay float32); bfloat16 is faster "
                   "on GPUs and TPUs and rounds more", choices=tuple(kernels.DTYPES)),
-    "depthwise": Flag(ADVANCED, "depthwise convolution as shifted slices (custom VJP) or "
-                      "XLA's grouped convolution: the same function", choices=("shifts", "conv")),
     "genotype": Flag("network", f"the cell: a published DARTS name "
                      f"({', '.join(genotypes.PUBLISHED)}), an nb201 cell string "
                      f"'|op~0|+|op~0|op~1|', a search's genotype.json, or a JSON string"),
@@ -551,8 +558,6 @@ FLAGS: dict[str, Flag] = {
                                "weigh in (--space nb201; the outputs are unchanged)"),
     "skip_wiped_out": Flag(ADVANCED, "leave out experts wiped out on every edge (the same "
                            "results, less work)"),
-    "single_trace": Flag(ADVANCED, "both passes as one loop: half the compile time, more work "
-                         "per step"),
     # Run.
     "eval_batch_size": Flag("run", "batch size of the test evaluation", cli.positive_int),
     "out_dir": Flag("run", "the run folder (a finished run's folder is never reused)",
@@ -709,6 +714,8 @@ def _read_config_file(path: str, config_class: type,
     if not isinstance(values, dict):
         raise ConfigError(f"--config {path!r} must hold a mapping of settings")
     names = {f.name for f in dataclasses.fields(config_class)}
+    if config_class is SearchConfig:
+        values = {k: v for k, v in values.items() if k not in RETIRED}
     unknown = sorted(set(values) - names)
     if unknown:
         raise ConfigError(f"--config {path!r}: unknown settings {', '.join(unknown)}")

@@ -22,9 +22,10 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Any
+from typing import Any, Callable, Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
@@ -34,7 +35,7 @@ __all__ = [
     "DATA", "SEED", "MeshError", "initialize_distributed", "mesh_shape", "make_mesh",
     "describe", "check_batch", "replicated", "seed_sharding", "batch_sharding",
     "global_array", "to_host", "gather_from_processes", "is_writer", "broadcast_text",
-    "barrier",
+    "barrier", "vmap_seeds", "replicated_draws", "seeded_step",
 ]
 
 SEED, DATA = "seed", "data"
@@ -208,3 +209,88 @@ def barrier(name: str) -> None:
     """Waits until every process reaches this point (nothing with one process)."""
     if jax.process_count() > 1:
         multihost_utils.sync_global_devices(name)
+
+
+# ------------------------------------------------------------------ several searches
+
+
+def vmap_seeds(fn: Callable[..., Any], block: int) -> Callable[..., Any]:
+    """``fn`` over the leading seed axis of a block of ``block`` seeds (one device group's).
+
+    A block of several seeds is vmapped; a block of one seed runs ``fn``
+    unbatched (the seed axis taken off the arguments and put back on the
+    results), the program a one-seed search runs.  Why not vmap a block of
+    one: it gives every tensor a unit leading axis, and XLA's CPU backend
+    (jaxlib 0.10.2, its YNNPACK reduce fusion) dies with a segmentation fault
+    on a product of two rank-7 operands with a unit axis summed over one
+    middle axis -- which the cell's input edges make in the backward pass
+    (seed 1 x nodes x inputs x B x H x W x C, summed over the nodes that read
+    each input).  See docs/reliability.md and tests/test_xla_crash.py.
+    """
+    if block != 1:
+        return jax.vmap(fn)
+
+    def one(*args):
+        return jax.tree.map(lambda a: a[None], fn(*jax.tree.map(lambda a: a[0], args)))
+
+    return one
+
+
+def replicated_draws(mesh: Mesh) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Wraps a random draw so that every device of ``mesh`` draws all of its numbers.
+
+    Each device then draws what one device would: "rbg" draws that GSPMD
+    splits over devices come out different, and a search must not depend on
+    the mesh.  For the ``draws`` argument of :func:`xnas_jax.data.augment.augment`.
+    """
+    return lambda draw: jax.shard_map(draw, mesh=mesh, in_specs=P(), out_specs=P(),
+                                      check_vma=False)
+
+
+def seeded_step(
+    update: Callable[..., tuple[Any, Any]],
+    per_seed_inputs: Callable[..., Sequence[Any]],
+    mesh: Mesh,
+    arg_shardings: Sequence[NamedSharding] = (),
+) -> Callable[..., tuple[Any, Any]]:
+    """The jitted ``step(states, *args)`` of S searches from one search's ``update``.
+
+    ``update(state, *inputs) -> (state, metrics)`` is one search's step on
+    its own inputs; ``per_seed_inputs(states, *args)`` gives each search's
+    inputs, a list of S tuples (traced inside the step, one seed at a time:
+    random draws belong here).  ``states`` (and the metrics) carry a leading
+    seed axis, split over the mesh's ``seed`` axis; every leaf of an input
+    is a batch, split over ``data`` (GSPMD turns its reductions into
+    reductions over the global batch).  ``arg_shardings`` are the
+    shardings of ``args``.  The states are donated.
+
+    Seed s's results are those of ``update`` on seed s alone, whatever the
+    seeds beside it and the mesh.  One search (S = 1) runs the plain
+    ``update``, without vmap.
+    """
+
+    def step(states, *args):
+        inputs = per_seed_inputs(states, *args)
+        if len(inputs) == 1:  # one search: the plain step, with an axis of 1
+            return vmap_seeds(lambda state: update(state, *inputs[0]), 1)(states)
+        # The random draws of each seed outside vmap (per_seed_inputs, one
+        # seed at a time): batched "rbg" keys draw other numbers than the
+        # same keys one at a time, and a search must not depend on the seeds
+        # it runs beside.
+        stacked = jax.tree.map(lambda *a: jnp.stack(a), *inputs)
+        stacked = jax.lax.with_sharding_constraint(stacked, batch_sharding(mesh, seeded=True))
+        # Each device group vmaps its own seeds (shard_map over ``seed``; the
+        # batch stays split over ``data`` by GSPMD): left to GSPMD, the seed
+        # axis that vmap folds into the convolutions' feature groups was
+        # partitioned wrongly (XLA CPU, jax 0.10.2: other losses).  A group
+        # of one seed runs the plain step (:func:`vmap_seeds`: XLA crashes).
+        by_seed = P(SEED)
+        block = len(inputs) // mesh.shape[SEED]
+        return jax.shard_map(vmap_seeds(update, block), mesh=mesh,
+                             in_specs=(by_seed,) * (1 + len(inputs[0])),
+                             out_specs=by_seed, axis_names={SEED},
+                             check_vma=False)(states, *stacked)
+
+    seeds = seed_sharding(mesh)
+    return jax.jit(step, in_shardings=(seeds, *arg_shardings), out_shardings=(seeds, seeds),
+                   donate_argnums=(0,))

@@ -65,27 +65,6 @@ def weight_optimizer(config: SearchConfig, total_steps: int) -> optax.GradientTr
                                        grad_clip=config.grad_clip)
 
 
-def arch_optimizer(config: SearchConfig, total_steps: int):
-    """The architecture optimizer and the per-cell-type learning rates used.
-
-    ``total_steps`` are the steps that play architecture rounds (those after
-    the warm-up): XNAS's horizon T.
-    """
-    space = spaces.get_space(config.space)
-    if config.optimizer == "darts":
-        tx = optimizers.darts(config.darts_learning_rate, config.darts_weight_decay)
-        return tx, {kind: config.darts_learning_rate for kind in space.cell_types}
-    model = build_model(config, 2)  # r_c does not depend on the classes
-    return search_step.xnas_arch_optimizer(
-        num_experts=len(config.ops), replicas=model.feedback_replicas(),
-        total_steps=total_steps, feedbacks_per_step=config.batch_size,
-        reward_bound=config.reward_bound, wipeout_factor=config.wipeout_factor,
-        learning_rates={"normal": config.arch_learning_rate_normal,
-                        "reduce": config.arch_learning_rate_reduce,
-                        "cell": config.arch_learning_rate_normal},
-    )
-
-
 def check_arch_settings(config: SearchConfig) -> None:
     """The warm-up leaves rounds to play, and the skip remedies have a space that has them.
 
@@ -167,26 +146,29 @@ def create_train_state(config: SearchConfig, data: loading.SearchData, mesh):
     """The supernet, its optimizers and the initial states of the searches (seed axis first).
 
     Returns:
-      ``(model, state, weight_tx, arch_tx, arch_learning_rates)``.
+      ``(model, state, weight_tx, method)``: the architecture method
+      (:func:`search_step.make_arch_method`) plays its rounds over the steps
+      after the warm-up, XNAS's horizon T.
     """
     total_steps = data.steps_per_epoch * config.epochs
     model = build_model(config, data.num_classes)
     weight_tx = weight_optimizer(config, total_steps)
-    arch_tx, arch_rates = arch_optimizer(
-        config, total_steps - config.warmup_epochs * data.steps_per_epoch)
+    method = search_step.make_arch_method(
+        config, model.feedback_replicas(),
+        total_steps - config.warmup_epochs * data.steps_per_epoch)
     state = search_step.create_search_states(search_step.seed_keys(config.seed_list), model,
-                                             data.image_shape, weight_tx, arch_tx, mesh)
-    return model, state, weight_tx, arch_tx, arch_rates
+                                             data.image_shape, weight_tx, method.tx, mesh)
+    return model, state, weight_tx, method
 
 
-class _Steps:
+class SearchSteps:
     """The compiled search step for each set of surviving experts (compiled once per set)."""
 
-    def __init__(self, config: SearchConfig, model, weight_tx, arch_tx, preprocess, mesh, log,
-                 warmup_steps: int = 0):
+    def __init__(self, config: SearchConfig, model, weight_tx, method: search_step.ArchMethod,
+                 preprocess, mesh, log, warmup_steps: int = 0):
         self.config, self.model, self.log, self.mesh = config, model, log, mesh
         self.warmup_steps = warmup_steps
-        self.weight_tx, self.arch_tx, self.preprocess = weight_tx, arch_tx, preprocess
+        self.weight_tx, self.method, self.preprocess = weight_tx, method, preprocess
         self.compiled: dict[Any, Any] = {}
         self.compile_seconds = 0.0
 
@@ -202,11 +184,8 @@ class _Steps:
             self.log(f"compiling the search step ({experts} experts)...")
             started = time.perf_counter()
             jitted = search_step.make_search_step(
-                search_step.with_computed(self.model, computed), self.weight_tx, self.arch_tx,
-                self.preprocess,
-                feedback_clip=config.reward_bound if config.optimizer == "xnas" else None,
-                single_trace=config.single_trace, mesh=self.mesh,
-                warmup_steps=self.warmup_steps,
+                search_step.with_computed(self.model, computed), self.weight_tx, self.method,
+                self.preprocess, mesh=self.mesh, warmup_steps=self.warmup_steps,
             )
             self.compiled[key] = jitted.lower(state, *example_args).compile()
             seconds = time.perf_counter() - started
@@ -240,9 +219,10 @@ def train_and_evaluate(config: SearchConfig) -> dict[str, Any]:
                   resume=config.resume, keep_checkpoints=config.keep_checkpoints,
                   progress=config.progress, fresh=config.out_dir is None,
                   resolved={"mesh": parallel.describe(mesh)}) as run:
-        model, state, weight_tx, arch_tx, arch_rates = create_train_state(config, data, mesh)
+        model, state, weight_tx, method = create_train_state(config, data, mesh)
+        arch_rates = method.learning_rates
         state, step = run.restore(state)
-        steps = _Steps(config, model, weight_tx, arch_tx, preprocess(config, data), mesh,
+        steps = SearchSteps(config, model, weight_tx, method, preprocess(config, data), mesh,
                        run.print,
                        warmup_steps=config.warmup_epochs * data.steps_per_epoch)
         seeds = config.seed_list
@@ -272,7 +252,7 @@ def _quiet(*args: Any) -> None:
     pass
 
 
-def _epoch_batches(config: SearchConfig, data: loading.SearchData, epoch: int):
+def epoch_batches(config: SearchConfig, data: loading.SearchData, epoch: int):
     """(steps, S, B) per-device indices of each search's two batches of an epoch (each
     search has its own split and orders: seed s's weight half by s, its other half by
     s + 1)."""
@@ -286,7 +266,7 @@ def _epoch_batches(config: SearchConfig, data: loading.SearchData, epoch: int):
 
 
 def _search_loop(config: SearchConfig, space: spaces.SearchSpace, data: loading.SearchData,
-                 run: runs.Run, steps: _Steps, state: SearchState, step: int, mesh,
+                 run: runs.Run, steps: SearchSteps, state: SearchState, step: int, mesh,
                  arch_rates: dict[str, float]) -> SearchState:
     """The epochs from ``step`` on (:func:`xnas_jax.loop.run_epochs`)."""
     seeds = config.seed_list
@@ -296,7 +276,7 @@ def _search_loop(config: SearchConfig, space: spaces.SearchSpace, data: loading.
     computed: dict[str, tuple[str, ...]] = {}
 
     def start_epoch(epoch, state):
-        weight_order, arch_order = _epoch_batches(config, data, epoch)
+        weight_order, arch_order = epoch_batches(config, data, epoch)
         batch = lambda i: (data.data, parallel.global_array(weight_order[i], split),  # noqa: E731
                            parallel.global_array(arch_order[i], split), keys)
         step_fn, experts = steps(state, batch(0))

@@ -128,8 +128,9 @@ def _epoch_record(config, space, epoch, step, arch, rewards, active, per_step, c
 
 
 def rule_rewards(config, rewards):
-    """The rewards the genotype ranks edges by: XNAS's evidence; DARTS keeps max u."""
-    return rewards if config.optimizer == "xnas" else None
+    """The evidence the genotype ranks edges by: the architecture method's
+    (:func:`search_step.selection_evidence`; XNAS: the rewards, DARTS: None, max u)."""
+    return search_step.selection_evidence(config.optimizer, rewards)
 
 
 def epoch_line(record) -> str:

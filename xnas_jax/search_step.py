@@ -13,14 +13,21 @@ First-order alternating optimization (XNAS paper section 4.1, Algorithm 1):
    accumulates the rewards, which the genotype ranks edges by.
 
 Batch norm runs in training mode in both passes (as in DARTS's search) and its
-running statistics follow both.  Everything -- batch gathering from the
-device-resident dataset, augmentation, normalization, both passes, both
-optimizer updates -- is one jitted function with the state donated.
+running statistics follow both.
+
+The parts: :func:`search_update` is one search's step on preprocessed
+batches, a pure function; :class:`ArchMethod` (:func:`make_arch_method`) is
+everything that differs between XNAS and the softmax baseline;
+:func:`make_search_step` composes them with the batch gathering from the
+device-resident dataset, augmentation and normalization, and runs several
+searches at once on a mesh (:func:`xnas_jax.parallel.seeded_step`): one
+jitted function with the state donated.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+import functools
+from typing import TYPE_CHECKING, Any, Callable, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -36,6 +43,9 @@ from jax.sharding import PartitionSpec as P
 
 from xnas_jax.spaces import ARCH
 from xnas_jax.spaces.darts.supernet import SearchNetwork
+
+if TYPE_CHECKING:
+    from xnas_jax.configs import SearchConfig
 
 
 class SearchState(NamedTuple):
@@ -78,7 +88,44 @@ class Preprocess(NamedTuple):
     flip: bool
 
 
-def xnas_arch_optimizer(
+class ArchMethod(NamedTuple):
+    """A search's architecture method: XNAS or the softmax (DARTS) baseline, built once.
+
+    Everything that differs between the two lives here, so that the step
+    (:func:`search_update`) and the discretization take one object: the
+    optimizer of the mixture weights, what it receives, its learning rates,
+    and the evidence the genotype ranks edges by.  Bind it into the function
+    that is jitted (a closure or ``functools.partial``): it holds dicts, so it
+    cannot be a static argument.
+    """
+
+    name: str  # "xnas" or "darts"
+    tx: optax.GradientTransformation  # on the ``arch`` collection
+    # XNAS's L: ``tx`` receives every feedback's own gradient and clips each
+    # reward to [-L, L] (Algorithm 1 line 9).  None: ``tx`` receives the
+    # batch's dL/du (the softmax baseline), and the rewards are summed unclipped.
+    feedback_clip: float | None
+    learning_rates: dict[str, float]  # per cell type, the rate ``tx`` uses
+
+    def selection_evidence(self, rewards: Any) -> Any | None:
+        """The evidence the genotype ranks edges by (:func:`selection_evidence`)."""
+        return selection_evidence(self.name, rewards)
+
+
+def selection_evidence(method: str, rewards: Any) -> Any | None:
+    """What a search's genotype ranks edges by: the accumulated rewards, or None for u.
+
+    XNAS ranks by the rewards each expert accumulated while active: at the
+    horizon the wipeout leaves one-hot weights (Algorithm 1 lines 12-13),
+    which tie every edge.  The softmax baseline keeps DARTS's rule, the
+    largest weight u.
+    """
+    if method not in ("xnas", "darts"):
+        raise ValueError(f"unknown architecture method {method!r}")
+    return rewards if method == "xnas" else None
+
+
+def xnas_method(
     num_experts: int,
     replicas: dict[str, int],
     total_steps: int,
@@ -86,7 +133,7 @@ def xnas_arch_optimizer(
     reward_bound: float = 1.0,
     wipeout_factor: float = 1.0,
     learning_rates: dict[str, float | None] | None = None,
-) -> tuple[optax.GradientTransformation, dict[str, float]]:
+) -> ArchMethod:
     """XNAS on the search's per-feedback gradients: one round per step, eta* per cell type.
 
     The paper counts one feedback per image and per cell: a forecaster of cell
@@ -102,22 +149,52 @@ def xnas_arch_optimizer(
     Args:
       num_experts: N, the experts searched.
       replicas: per cell type, r_c (the supernet's ``feedback_replicas()``).
-      total_steps: search steps of the run (the rounds T).
+      total_steps: search steps that play a round (the rounds T).
       feedbacks_per_step: B, validation images per step.
       reward_bound: L, the bound of one feedback's reward.
       wipeout_factor: zeta.
       learning_rates: per cell type, a rate to use instead of eta*_c.
 
     Returns:
-      The transform and the learning rate of each cell type.
+      The method, with the learning rate of each cell type.
     """
     given = {kind: (learning_rates or {}).get(kind) for kind in replicas}
     rates = {kind: float(given[kind]) if given[kind] is not None
              else optimizers.theoretical_learning_rate(
                  num_experts, total_steps, reward_bound, feedbacks_per_step * replicas[kind])
              for kind in replicas}
-    return optimizers.xnas(given, reward_bound, total_steps, wipeout_factor,
-                           feedback_axes=2), rates
+    tx = optimizers.xnas(given, reward_bound, total_steps, wipeout_factor, feedback_axes=2)
+    return ArchMethod("xnas", tx, reward_bound, rates)
+
+
+def darts_method(learning_rate: float, weight_decay: float,
+                 cell_types: tuple[str, ...]) -> ArchMethod:
+    """The DARTS baseline: Adam on softmax logits (:func:`xnas_jax.darts`) on the batch's dL/du."""
+    return ArchMethod("darts", optimizers.darts(learning_rate, weight_decay), None,
+                      {kind: learning_rate for kind in cell_types})
+
+
+def make_arch_method(config: SearchConfig, replicas: dict[str, int],
+                     total_steps: int) -> ArchMethod:
+    """The architecture method of a (resolved) search config.
+
+    ``replicas`` are the cells r_c that share each cell type's mixture
+    weights (the supernet's ``feedback_replicas()``), ``total_steps`` the
+    steps that play architecture rounds (those after the warm-up): XNAS's
+    horizon T.  ``--reward-bound`` enters the search here only.
+    """
+    if config.optimizer == "darts":
+        return darts_method(config.darts_learning_rate, config.darts_weight_decay,
+                            tuple(replicas))
+    if config.optimizer != "xnas":
+        raise ValueError(f"unknown --optimizer {config.optimizer!r}")
+    return xnas_method(
+        num_experts=len(config.ops), replicas=replicas, total_steps=total_steps,
+        feedbacks_per_step=config.batch_size, reward_bound=config.reward_bound,
+        wipeout_factor=config.wipeout_factor,
+        learning_rates={"normal": config.arch_learning_rate_normal,
+                        "reduce": config.arch_learning_rate_reduce,
+                        "cell": config.arch_learning_rate_normal})
 
 
 def feedback_rewards(
@@ -153,8 +230,7 @@ def feedback_rewards(
 
 
 def arch_round(
-    arch_tx: optax.GradientTransformation,
-    feedback_clip: float | None,
+    method: ArchMethod,
     feedback_grads: dict[str, jax.Array],
     arch: dict[str, jax.Array],
     opt_state: optax.OptState,
@@ -165,7 +241,7 @@ def arch_round(
     ``feedback_grads`` are each image's own validation-loss gradient
     ``dl_b/du`` in each cell, (r_c, B, E, N)
     (:func:`xnas_jax.feedback.feedback_value_and_grad`).  With a
-    ``feedback_clip`` L, ``arch_tx`` (:func:`xnas_arch_optimizer`) receives
+    ``method.feedback_clip`` L, ``method.tx`` (:func:`xnas_method`) receives
     them and clips each reward itself; without, it receives the batch's
     ``dL/du``, their mean (the softmax baseline).  The
     active experts come from ``opt_state``, never from ``u > 0``.
@@ -177,12 +253,12 @@ def arch_round(
       per cell type).
     """
     active = optimizers.active_experts(opt_state)
-    summed, clipped = feedback_rewards(feedback_grads, active, feedback_clip)
-    if feedback_clip is None:
+    summed, clipped = feedback_rewards(feedback_grads, active, method.feedback_clip)
+    if method.feedback_clip is None:
         grads = {k: g.sum((0, 1)) / g.shape[1] for k, g in feedback_grads.items()}
     else:
         grads = feedback_grads
-    updates, opt_state = arch_tx.update(grads, opt_state, arch)
+    updates, opt_state = method.tx.update(grads, opt_state, arch)
     arch = optax.apply_updates(arch, updates)
     totals = jax.tree.map(jnp.add, totals, summed)
     reward_max = jnp.max(jnp.stack([jnp.max(jnp.abs(g)) for g in feedback_grads.values()]))
@@ -259,35 +335,83 @@ def preprocess_batch(key: jax.Array, images: jax.Array, config: Preprocess,
     return augment.normalize(images, jnp.asarray(config.mean), jnp.asarray(config.std))
 
 
-def vmap_seeds(fn: Callable[..., Any], block: int) -> Callable[..., Any]:
-    """``fn`` over the leading seed axis of a block of ``block`` seeds (one device group's).
+def _supernet_loss(model: nn.Module, params: Any, arch: Any, batch_stats: Any,
+                   images: jax.Array, labels: jax.Array) -> tuple[jax.Array, tuple[Any, Any]]:
+    """The batch-mean loss in training mode, with the accuracy and the new BN statistics."""
+    logits, updates = model.apply(
+        {"params": params, ARCH: arch, "batch_stats": batch_stats},
+        images,
+        train=True,
+        mutable=["batch_stats"],
+    )
+    loss = cross_entropy(logits, labels)
+    accuracy = jnp.mean(jnp.argmax(logits, -1) == labels)
+    return loss, (accuracy, updates["batch_stats"])
 
-    A block of several seeds is vmapped; a block of one seed runs ``fn``
-    unbatched (the seed axis taken off the arguments and put back on the
-    results), the program a one-seed search runs.  Why not vmap a block of
-    one: it gives every tensor a unit leading axis, and XLA's CPU backend
-    (jaxlib 0.10.2, its YNNPACK reduce fusion) dies with a segmentation fault
-    on a product of two rank-7 operands with a unit axis summed over one
-    middle axis -- which the cell's input edges make in the backward pass
-    (seed 1 x nodes x inputs x B x H x W x C, summed over the nodes that read
-    each input).  See docs/reliability.md and tests/test_xla_crash.py.
+
+def search_update(
+    state: SearchState,
+    train_batch: tuple[jax.Array, jax.Array],
+    val_batch: tuple[jax.Array, jax.Array],
+    *,
+    model: nn.Module,
+    method: ArchMethod,
+    weight_tx: optax.GradientTransformation,
+    warmup_steps: int = 0,
+) -> tuple[SearchState, dict[str, jax.Array]]:
+    """One search step on preprocessed batches: the weight pass, then the architecture round.
+
+    A pure function of one search's state and its two batches of
+    ``(images, labels)`` (normalized float images; :func:`preprocess_batch`),
+    in the form of the Flax examples' ``train_step``; jit it with the
+    keywords bound.  :func:`make_search_step` runs it for each of several
+    searches on a mesh, from the device-resident data.
+
+    1. Algorithm 1 line 4: w descends the training loss of ``train_batch``
+       (``weight_tx``).
+    2. Lines 5-13: the supernet predicts ``val_batch`` with the updated w;
+       autodiff through one copy of u per image and per cell
+       (:func:`xnas_jax.feedback.feedback_value_and_grad`) gives every
+       feedback's gradient, and :func:`arch_round` plays ``method``'s round.
+
+    Batch norm runs in training mode in both passes and its running
+    statistics follow both.  During the first ``warmup_steps`` steps no
+    round is played: u, its optimizer's state and the accumulated rewards
+    are kept as they were.
+
+    Returns:
+      The new state (its step count one higher), and the step's metrics:
+      both passes' losses and accuracies and the round's metrics.
     """
-    if block != 1:
-        return jax.vmap(fn)
-
-    def one(*args):
-        return jax.tree.map(lambda a: a[None], fn(*jax.tree.map(lambda a: a[0], args)))
-
-    return one
+    loss_fn = functools.partial(_supernet_loss, model)
+    # Algorithm 1 line 4: update w on the training loss.
+    (train_loss, (train_acc, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state.params, state.arch, state.batch_stats, *train_batch)
+    updates, weight_opt_state = weight_tx.update(grads, state.weight_opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    # Lines 5-13: predict the validation batch, per-feedback rewards, EG + wipeout.
+    (val_loss, (val_acc, batch_stats)), arch_grads = feedback.feedback_value_and_grad(
+        lambda copies: loss_fn(params, copies, batch_stats, *val_batch), state.arch,
+        val_batch[0].shape[0], model.feedback_replicas(), has_aux=True)
+    old_parts = (state.arch, state.arch_opt_state, state.rewards)
+    arch_parts, arch_metrics = arch_round(method, arch_grads, *old_parts)
+    if warmup_steps:  # no round is played during the warm-up
+        arch_parts = jax.tree.map(lambda old, new: jnp.where(state.step < warmup_steps, old, new),
+                                  old_parts, arch_parts)
+    arch, arch_opt_state, rewards = arch_parts
+    new_state = SearchState(step=state.step + 1, params=params, batch_stats=batch_stats,
+                            arch=arch, weight_opt_state=weight_opt_state,
+                            arch_opt_state=arch_opt_state, rewards=rewards)
+    metrics = dict(train_loss=train_loss, train_accuracy=train_acc, val_loss=val_loss,
+                   val_accuracy=val_acc, **arch_metrics)
+    return new_state, metrics
 
 
 def make_search_step(
     model: SearchNetwork,
     weight_tx: optax.GradientTransformation,
-    arch_tx: optax.GradientTransformation,
+    method: ArchMethod,
     preprocess: Preprocess,
-    feedback_clip: float | None = None,
-    single_trace: bool = False,
     mesh: Mesh | None = None,
     warmup_steps: int = 0,
 ) -> Callable[..., tuple[SearchState, dict[str, jax.Array]]]:
@@ -302,172 +426,52 @@ def make_search_step(
     (S,) base PRNG keys, folded with the state's step count for the step's
     augmentation.  The metrics have a leading seed axis too.
 
-    On ``mesh`` (default: one device) the seeds are split over its ``seed``
-    axis and vmapped within it; each batch is split over ``data`` and every
-    batch reduction (loss, batch-norm moments, summed rewards) is over the
-    global batch.  One search (S = 1) runs the plain step, without vmap.
-    The state is donated.
-
-    The architecture pass differentiates the validation loss with respect to
-    one copy of u per feedback (:func:`xnas_jax.feedback.per_feedback`), so
-    every image's reward in every cell is known (:func:`feedback_rewards`).
+    Each search's step is :func:`search_update` on its two batches, gathered
+    from the device-resident shards and preprocessed (augmented and
+    normalized) inside the program; :func:`xnas_jax.parallel.seeded_step`
+    runs it for every seed on ``mesh`` (default: one device): seeds split
+    over its ``seed`` axis, each batch over ``data``, every batch reduction
+    (loss, batch-norm moments, summed rewards) over the global batch.  The
+    state is donated.
 
     Args:
       model: the supernet (with the experts to compute).
       weight_tx: the network-weight optimizer.
-      arch_tx: the architecture optimizer (on the ``arch`` collection).
+      method: the architecture method (:func:`make_arch_method`).
       preprocess: augmentation and normalization of the uint8 batches.
-      feedback_clip: XNAS's L: each feedback's reward is clipped to [-L, L]
-        and ``arch_tx`` receives the negated sum of the clipped rewards
-        (:func:`xnas_arch_optimizer`).  None: ``arch_tx`` receives ``dL/du``
-        of the batch-mean loss (the DARTS baseline).
-      single_trace: run the two passes as the two iterations of one loop, so
-        the supernet's forward and backward pass is traced and compiled once
-        instead of twice.  Each iteration then differentiates with respect to
-        both w and u and keeps the gradient it needs, so a step does the
-        unused gradient's work as well.  Same results either way.
-      warmup_steps: the first steps train the network weights only: the
-        architecture state (u, its optimizer's state and the accumulated
-        rewards) is kept as it was, so u stays at its initial weights.
+      mesh: the ``seed x data`` mesh.
+      warmup_steps: the first steps train the network weights only
+        (:func:`search_update`).
 
     Returns:
-      The jitted step, returning the new state and a dict of metrics.
+      The jitted step, returning the new states and a dict of metrics.
     """
-
-    def loss_fn(params, arch, batch_stats, images, labels):
-        logits, updates = model.apply(
-            {"params": params, ARCH: arch, "batch_stats": batch_stats},
-            images,
-            train=True,
-            mutable=["batch_stats"],
-        )
-        loss = cross_entropy(logits, labels)
-        accuracy = jnp.mean(jnp.argmax(logits, -1) == labels)
-        return loss, (accuracy, updates["batch_stats"])
-
-    def weight_update(grads, state_parts):
-        params, opt_state = state_parts
-        updates, opt_state = weight_tx.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state
-
-    def arch_update(feedback_grads, state_parts, step):
-        new_parts, metrics = arch_round(arch_tx, feedback_clip, feedback_grads, *state_parts)
-        if warmup_steps:  # no round is played during the warm-up
-            new_parts = jax.tree.map(lambda old, new: jnp.where(step < warmup_steps, old, new),
-                                     state_parts, new_parts)
-        return new_parts, metrics
-
-    def two_passes(state: SearchState, train, val):
-        # Algorithm 1 line 4: update w on the training loss.
-        (train_loss, (train_acc, batch_stats)), grads = jax.value_and_grad(
-            loss_fn, has_aux=True
-        )(state.params, state.arch, state.batch_stats, *train)
-        params, weight_opt_state = weight_update(grads, (state.params, state.weight_opt_state))
-        # Lines 5-13: predict the validation batch, per-feedback rewards, EG + wipeout.
-        (val_loss, (val_acc, batch_stats)), arch_grads = feedback.feedback_value_and_grad(
-            lambda copies: loss_fn(params, copies, batch_stats, *val), state.arch,
-            val[0].shape[0], model.feedback_replicas(), has_aux=True)
-        arch_parts, arch_metrics = arch_update(
-            arch_grads, (state.arch, state.arch_opt_state, state.rewards), state.step)
-        metrics = dict(train_loss=train_loss, train_accuracy=train_acc, val_loss=val_loss,
-                       val_accuracy=val_acc, **arch_metrics)
-        return (params, batch_stats, weight_opt_state) + arch_parts, metrics
-
-    def one_loop(state: SearchState, train, val):
-        # The same two passes as the iterations 0 (w) and 1 (u) of one loop.
-        def body(carry, xs):
-            weights, batch_stats, archs = carry
-            is_arch, images, labels = xs
-            batch = images.shape[0]
-            copies = feedback.per_feedback(archs[0], batch, model.feedback_replicas())
-            (loss, (accuracy, batch_stats)), (grads, arch_grads) = jax.value_and_grad(
-                loss_fn, argnums=(0, 1), has_aux=True
-            )(weights[0], copies, batch_stats, images, labels)
-            arch_grads = jax.tree.map(lambda g: batch * g, arch_grads)  # each image's dl_b/du
-            pick = lambda old, new: jax.tree.map(  # noqa: E731
-                lambda a, b: jnp.where(is_arch, a, b), old, new
-            )
-            weights = pick(weights, weight_update(grads, weights))
-            new_archs, arch_metrics = arch_update(arch_grads, archs, state.step)
-            archs = pick(new_archs, archs)
-            return (weights, batch_stats, archs), (loss, accuracy, arch_metrics)
-
-        stacked = jax.tree.map(lambda a, b: jnp.stack([a, b]), train, val)
-        carry = (
-            (state.params, state.weight_opt_state),
-            state.batch_stats,
-            (state.arch, state.arch_opt_state, state.rewards),
-        )
-        carry, (losses, accuracies, arch_metrics) = jax.lax.scan(
-            body, carry, (jnp.array([False, True]), *stacked)
-        )
-        (params, weight_opt_state), batch_stats, arch_parts = carry
-        metrics = dict(train_loss=losses[0], train_accuracy=accuracies[0], val_loss=losses[1],
-                       val_accuracy=accuracies[1], **jax.tree.map(lambda m: m[1], arch_metrics))
-        return (params, batch_stats, weight_opt_state) + arch_parts, metrics
-
     mesh = mesh or parallel.make_mesh(1, 1)
+    update = functools.partial(search_update, model=model, method=method, weight_tx=weight_tx,
+                               warmup_steps=warmup_steps)
     split_batch = NamedSharding(mesh, P(parallel.DATA))
-    # Every device draws all of a batch's random numbers, as one device
-    # would: "rbg" draws that GSPMD splits over devices come out different.
-    replicate = lambda draw: jax.shard_map(draw, mesh=mesh, in_specs=P(),  # noqa: E731
-                                           out_specs=P(), check_vma=False)
+    draws = parallel.replicated_draws(mesh)
 
-    def batches(gathered, key_data, count):
-        """One search's two preprocessed batches; the key is folded with the step count."""
-        key = jax.random.fold_in(jax.random.wrap_key_data(key_data, impl=KEY_IMPL), count)
-        return tuple((preprocess_batch(half_key, images, preprocess, replicate), labels)
-                     for half_key, (images, labels) in zip(jax.random.split(key), gathered))
-
-    def update(state: SearchState, train, val):
-        passes = one_loop if single_trace else two_passes
-        (params, batch_stats, weight_opt_state, arch, arch_opt_state, rewards), metrics = passes(
-            state, train, val
-        )
-        new_state = SearchState(
-            step=state.step + 1,
-            params=params,
-            batch_stats=batch_stats,
-            arch=arch,
-            weight_opt_state=weight_opt_state,
-            arch_opt_state=arch_opt_state,
-            rewards=rewards,
-        )
-        return new_state, metrics
-
-    def seeded(states, data, weight_idx, arch_idx, keys):
+    def batches(states: SearchState, data, weight_idx, arch_idx, keys):
+        """Each search's two preprocessed batches; its key is folded with its step count."""
         # Each device takes its part of every search's batches from its own data shards.
         gathered = [shards.gather(data, idx, mesh) for idx in (weight_idx, arch_idx)]
-        one_seed = lambda s: [jax.lax.with_sharding_constraint(  # noqa: E731
-            (images[s], labels[s]), split_batch) for images, labels in gathered]
-        if weight_idx.shape[0] == 1:  # one search: the plain step, with an axis of 1
-            plain = lambda state: update(state, *batches(one_seed(0), keys[0], state.step))  # noqa: E731
-            return vmap_seeds(plain, 1)(states)
-        # The random draws of each seed outside vmap: batched "rbg" keys draw
-        # other numbers than the same keys one at a time, and a search must
-        # not depend on the seeds it runs beside.
-        per_seed = [batches(one_seed(s), keys[s], states.step[s])
-                    for s in range(weight_idx.shape[0])]
-        stacked = jax.tree.map(lambda *a: jnp.stack(a), *per_seed)
-        stacked = jax.lax.with_sharding_constraint(
-            stacked, parallel.batch_sharding(mesh, seeded=True))
-        # Each device group vmaps its own seeds (shard_map over ``seed``; the
-        # batch stays split over ``data`` by GSPMD): left to GSPMD, the seed
-        # axis that vmap folds into the convolutions' feature groups was
-        # partitioned wrongly (XLA CPU, jax 0.10.2: other losses).  A group
-        # of one seed runs the plain step (:func:`vmap_seeds`: XLA crashes).
-        by_seed = P(parallel.SEED)
-        block = weight_idx.shape[0] // mesh.shape[parallel.SEED]
-        return jax.shard_map(vmap_seeds(update, block), mesh=mesh,
-                             in_specs=(by_seed, by_seed, by_seed),
-                             out_specs=by_seed, axis_names={parallel.SEED},
-                             check_vma=False)(states, *stacked)
+
+        def one_seed(s):
+            halves = [jax.lax.with_sharding_constraint((images[s], labels[s]), split_batch)
+                      for images, labels in gathered]
+            key = jax.random.fold_in(jax.random.wrap_key_data(keys[s], impl=KEY_IMPL),
+                                     states.step[s])
+            return tuple((preprocess_batch(half_key, images, preprocess, draws), labels)
+                         for half_key, (images, labels) in zip(jax.random.split(key), halves))
+
+        return [one_seed(s) for s in range(weight_idx.shape[0])]
 
     seeds = parallel.seed_sharding(mesh)
     indices = parallel.batch_sharding(mesh, seeded=True)
     data_blocks = NamedSharding(mesh, P(parallel.DATA))
-    return jax.jit(seeded, in_shardings=(seeds, data_blocks, indices, indices, seeds),
-                   out_shardings=(seeds, seeds), donate_argnums=(0,))
+    return parallel.seeded_step(update, batches, mesh,
+                                arg_shardings=(data_blocks, indices, indices, seeds))
 
 
 def computed_experts(

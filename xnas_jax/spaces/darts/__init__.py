@@ -40,7 +40,7 @@ class DartsSpace:
         return SearchNetwork(
             num_classes=num_classes, channels=config.channels, layers=config.layers,
             ops=tuple(config.ops), steps=config.nodes,
-            dtype=kernels.dtype_from_name(config.dtype), depthwise=config.depthwise)
+            dtype=kernels.dtype_from_name(config.dtype))
 
     def edges(self, nodes: int) -> tuple[tuple[int, int], ...]:
         """The (source, node) of every edge of a cell (sources 0, 1: the cell's inputs)."""
