@@ -70,6 +70,12 @@ def test_a_reduced_study_runs_every_group_and_resumes(tmp_path, capsys):
     assert quality_study.main(argv) == 0
     assert " s\n" not in capsys.readouterr().out  # no run line
     assert json.loads(out.read_text())["runs"] == report["runs"]
+    assert report["complete"]
+    # --report-only with a larger plan runs nothing and says the report is partial.
+    assert quality_study.main([*argv, "--seeds", "2", "--report-only"]) == 0
+    partial = json.loads(out.read_text())
+    assert " s\n" not in capsys.readouterr().out
+    assert not partial["complete"] and partial["runs"] == report["runs"]
 
 
 def test_the_searches_read_the_data_dir_of_the_flag_or_xnas_data_dir(tmp_path, monkeypatch):
