@@ -136,9 +136,10 @@ class SearchConfig:
         except ValueError as error:
             raise ConfigError(f"--space: {error}" if self.space not in spaces.SPACES
                               else str(error)) from None
-        if self.warmup_epochs >= self.epochs:
+        epochs = filled.get("epochs", self.epochs)
+        if self.warmup_epochs >= epochs:
             raise ConfigError(f"--warmup-epochs {self.warmup_epochs} leaves no architecture "
-                              f"round in {self.epochs} epochs: it must be less than --epochs")
+                              f"round in {epochs} epochs: it must be less than --epochs")
         for name in ("skip_cap", "normalized_rewards"):
             if getattr(self, name) not in (None, False) and self.space != "nb201":
                 raise ConfigError(f"--{name.replace('_', '-')} is implemented for --space "

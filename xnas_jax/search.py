@@ -58,11 +58,39 @@ def summary(config: SearchConfig) -> dict[str, Any]:
         "mixture_weights": {k: list(v.shape) for k, v in shapes["arch"].items()},
         "mixture_weight_count": count_params(shapes["arch"]),
         "seeds": list(config.seed_list),
-        "mesh": parallel.describe(parallel.make_mesh(len(config.seed_list), config.devices)),
+        "mesh": parallel.describe(make_mesh(config)),
     }
 
 
+def make_mesh(config: SearchConfig):
+    """The ``seed x data`` mesh of a config; checks that the batch splits over it.
+
+    Raises:
+      MeshError: too many devices asked for, or a batch that does not split.
+    """
+    mesh = parallel.make_mesh(len(config.seed_list), config.devices)
+    parallel.check_batch(mesh, config.batch_size)
+    return mesh
+
+
 # ------------------------------------------------------------------ data
+
+
+def load_data(config: SearchConfig, space: spaces.SearchSpace, mesh,
+              log=print) -> tuple[SearchConfig, loading.SearchData]:
+    """This process's shards of the training set, split per seed
+    (:func:`xnas_jax.data.loading.load_search_data`), and the config with the data's
+    defaults filled in (:func:`xnas_jax.configs.with_data_defaults`).
+
+    Raises:
+      DatasetError, MeshError, ValueError: missing data, or images, batch and
+        shards that do not fit the network or the mesh.
+    """
+    data = loading.load_search_data(config, mesh, log)
+    space.check_image_size(data.image_shape, config.layers)
+    return configs.with_data_defaults(config, data_shards=data.layout.count,
+                                      image_shape=data.image_shape), data
+
 
 
 def preprocess(config: SearchConfig, data: loading.SearchData) -> search_step.Preprocess:
@@ -139,13 +167,10 @@ def train_and_evaluate(config: SearchConfig) -> dict[str, Any]:
     """
     config = config.resolved()
     space = spaces.get_space(config.space)
-    mesh = parallel.make_mesh(len(config.seed_list), config.devices)
-    parallel.check_batch(mesh, config.batch_size)
+    mesh = make_mesh(config)
     directory = runs.locate_run(config.out_dir, config.runs_root, config.resume)
-    data = loading.load_search_data(config, mesh, print if parallel.is_writer() else _quiet)
-    space.check_image_size(data.image_shape, config.layers)
-    config = configs.with_data_defaults(config, data_shards=data.layout.count,
-                                        image_shape=data.image_shape)
+    config, data = load_data(config, space, mesh,
+                             log=print if parallel.is_writer() else _quiet)
     config_fingerprint = {**configs.fingerprint(config), "supernet_layout": VARIABLES_LAYOUT,
                           "search_state_layout": search_step.STATE_LAYOUT}
     with runs.Run(directory, kind="search", config=dataclasses.asdict(config),
