@@ -44,7 +44,7 @@ import jax
 import numpy as np
 
 import experiments
-from xnas_jax import cli, configs, parallel, search, search_step
+from xnas_jax import cli, configs, parallel, search_step
 from xnas_jax.spaces.darts import genotypes
 from xnas_jax.data import shards
 from xnas_jax.data.specs import ArrayDataset
@@ -364,7 +364,7 @@ def prepare(config: Config, seed: int = 0) -> Prepared:
         depthwise=config.depthwise,
     )
     total_steps = 10_000
-    weight_tx = search.weight_optimizer(configs.SearchConfig(), total_steps)
+    weight_tx = search_step.weight_optimizer(configs.SearchConfig(), total_steps)
     method = search_step.xnas_method(len(ops), model.feedback_replicas(), total_steps,
                                      config.batch)
     seeds = list(range(seed, seed + config.seeds))

@@ -60,8 +60,8 @@ def step_cost(autoaugment: bool, steps: int = 5, repeats: int = 3) -> dict[str, 
     flags = ["--recipe", "xnas", "--dataset", "cifar10", "--channels", "8", "--layers", "8",
              "--epochs", "4"] + ([] if autoaugment else ["--no-autoaugment"])
     config, _ = train.parse_args(flags)
-    setup = train.resolve_setup(config, (32, 32, 3), 10)
-    model = train.build_model(config, setup)
+    setup = train_step.resolve_setup(config, (32, 32, 3), 10)
+    model = train_step.build_model(config, setup)
     tx = train_step.create_optimizer(config, train_step.learning_rate_schedule(config, 31))
     state = train_step.create_train_state(train.prng_key(0), model, (32, 32, 3), tx)
     rng = np.random.default_rng(0)

@@ -44,7 +44,7 @@ import numpy as np
 from tqdm import tqdm
 
 import experiments
-from xnas_jax import cli, configs, train, train_step
+from xnas_jax import cli, configs, train_step
 from xnas_jax.configs import TrainConfig
 from xnas_jax.spaces.nb201 import network as nb201
 from xnas_jax.data import datasets, order, specs
@@ -130,7 +130,7 @@ def cell_programs(config: TableConfig, data: ProxyData, genotype: Sequence[str])
     :func:`xnas_jax.train_step.eval_step`, the steps of ``python -m xnas_jax.train``.
 
     The network is the one training builds through the nb201 space
-    (:func:`xnas_jax.train.build_model`): it holds only the cell's own ops,
+    (:func:`xnas_jax.train_step.build_model`): it holds only the cell's own ops,
     the same function and gradients as the supernet with one-hot mixture
     weights (tested).  One compiled program per cell and seed (the training
     step draws its augmentation from the config's seed): on this CPU a
@@ -145,8 +145,8 @@ def cell_programs(config: TableConfig, data: ProxyData, genotype: Sequence[str])
     steps_per_epoch = len(data.train_labels) // config.batch_size
     runs = {seed: train_config(config, genotype, seed) for seed in config.seeds}
     first = runs[config.seeds[0]]
-    setup = train.resolve_setup(first, image_shape, data.num_classes)
-    model = train.build_model(first, setup)
+    setup = train_step.resolve_setup(first, image_shape, data.num_classes)
+    model = train_step.build_model(first, setup)
     tx = train_step.create_optimizer(first, train_step.learning_rate_schedule(first, steps_per_epoch))
     mean, std = jnp.asarray(data.mean), jnp.asarray(data.std)
 

@@ -24,9 +24,10 @@ import orbax.checkpoint as ocp
 import pytest
 
 from conftest import TEST_XLA_FLAGS
-from xnas_jax import parallel, search, search_step
+from xnas_jax import parallel, search, search_step, spaces
 from xnas_jax.spaces.darts import genotypes
 from xnas_jax.configs import SearchConfig
+from xnas_jax.data import loading
 
 pytestmark = pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 devices (XLA_FLAGS)")
 
@@ -49,8 +50,10 @@ def _setup(seeds: tuple[int, ...], devices: int, optimizer: str = "xnas"):
     """Config, mesh, data and the compiled steps of a tiny search (shared by the checks)."""
     config = SearchConfig(**TINY, seeds=seeds, devices=devices, optimizer=optimizer).resolved()
     mesh = search.make_mesh(config)
-    config, data = search.load_data(config, mesh, log=lambda *a: None)
-    model, state, weight_tx, method = search.create_train_state(config, data, mesh)
+    config, data = search.load_data(config, spaces.get_space(config.space), mesh,
+                                   log=lambda *a: None)
+    model, state, weight_tx, method = search.create_train_state(
+        config, spaces.get_space(config.space), data, mesh)
     steps = search.SearchSteps(config, model, weight_tx, method, search.preprocess(config, data),
                                mesh, log=lambda *a: None)
     return config, mesh, data, parallel.to_host(state), steps
@@ -64,7 +67,8 @@ def _steps(seeds, devices, start, count, optimizer="xnas"):
     keys = parallel.global_array(search_step.seed_keys([s + 1 for s in seeds]),
                                  parallel.seed_sharding(mesh))
     split = parallel.batch_sharding(mesh, seeded=True)
-    weight_order, arch_order = search.epoch_batches(config, data, 0)
+    weight_order, arch_order = loading.search_batches(data, config.seed_list, 0,
+                                                       config.batch_size)
     metrics = []
     first = int(np.asarray(initial.step if start is None else start.step)[0])
     for i in range(first, first + count):

@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 
 from conftest import TINY_SEARCH as SEARCH, TINY_TRAIN as TRAIN, assert_usage_error, flip_bytes
-from xnas_jax import configs, loop, runs, search, train
+from xnas_jax import configs, loop, runs, search, train, train_step
 from xnas_jax.spaces.darts import genotypes
 from xnas_jax.data import specs
 
@@ -241,7 +241,7 @@ def test_flips_agree_between_search_and_training_for_every_dataset():
     for name, flip in expected.items():
         searched = configs.with_data_defaults(configs.SearchConfig(dataset=name).resolved(),
                                               image_shape=(32, 32, 3)).flip
-        trained = train.resolve_setup(configs.TrainConfig(dataset=name), (32, 32, 3), 10).flip
+        trained = train_step.resolve_setup(configs.TrainConfig(dataset=name), (32, 32, 3), 10).flip
         assert searched == trained == flip, name
 
 

@@ -19,7 +19,7 @@ import pytest
 import xnas_jax
 from conftest import FEEDBACK_BATCH as BATCH, FEEDBACK_LAYERS as LAYERS, FEEDBACK_OPS as OPS
 from conftest import TINY_SEARCH
-from xnas_jax import parallel, search, search_step
+from xnas_jax import parallel, search, search_step, spaces
 from xnas_jax.data import shards
 from xnas_jax.data.datasets import ArrayDataset
 from xnas_jax.prng import KEY_IMPL
@@ -210,8 +210,8 @@ def one_step():
     the preprocessed batches."""
     config = search.parse_args(TINY_SEARCH)[0].resolved()
     image_shape, classes, batch, pool = (8, 8, 1), 10, config.batch_size, 64
-    model = search.build_model(config, classes)
-    weight_tx = search.weight_optimizer(config, 6)
+    model = spaces.get_space(config.space).build(config, classes)
+    weight_tx = search_step.weight_optimizer(config, 6)
     methods = {name: search_step.make_arch_method(dataclasses.replace(config, optimizer=name),
                                                   model.feedback_replicas(), 6)
                for name in ("xnas", "darts")}

@@ -129,8 +129,8 @@ def test_power_cosine_flags():
 
 def test_bfloat16_step_keeps_float32_state():
     config, _ = train.parse_args(TINY_FLAGS + ["--dtype", "bfloat16"])
-    setup = train.resolve_setup(config, (8, 8, 1), 10)
-    model = train.build_model(config, setup)
+    setup = train_step.resolve_setup(config, (8, 8, 1), 10)
+    model = train_step.build_model(config, setup)
     assert model.dtype == jnp.bfloat16
     tx = train_step.create_optimizer(config, train_step.learning_rate_schedule(config, 8))
     # Traced only: the types, not the numbers, are under test.
@@ -335,8 +335,8 @@ def test_one_training_step_of_each_recipe(recipe):
     config, _ = train.parse_args(["--recipe", recipe, "--dataset", "cifar10", "--channels", "2",
                                   "--layers", "3", "--batch-size", "4", "--epochs", "2"])
     assert config.autoaugment == (recipe == "xnas")
-    setup = train.resolve_setup(config, (8, 8, 3), 10)
-    model = train.build_model(config, setup)
+    setup = train_step.resolve_setup(config, (8, 8, 3), 10)
+    model = train_step.build_model(config, setup)
     tx = train_step.create_optimizer(config, train_step.learning_rate_schedule(config, 4))
     state = train_step.create_train_state(train.prng_key(0), model, (8, 8, 3), tx)
     rng = np.random.default_rng(0)
@@ -355,7 +355,7 @@ def test_one_training_step_of_each_recipe(recipe):
 def test_autoaugment_needs_rgb_images():
     config, _ = train.parse_args(["--recipe", "xnas", "--dataset", "digits"])
     with pytest.raises(configs.ConfigError, match="RGB"):
-        train.resolve_setup(config, (8, 8, 1), 10)
+        train_step.resolve_setup(config, (8, 8, 1), 10)
 
 
 # --------------------------------------------------------------------------
@@ -389,7 +389,7 @@ def test_an_nb201_genotype_trains_its_own_network(tmp_path, capsys, compilation_
     # The network: the benchmark's with the found ops, no auxiliary tower.
     assert results["params"] == results["params_with_aux"]
     config, _ = train.parse_args(flags)
-    model = train.build_model(config, train.resolve_setup(config, (8, 8, 1), 10))
+    model = train_step.build_model(config, train_step.resolve_setup(config, (8, 8, 1), 10))
     assert isinstance(model, nb201.NB201EvalNetwork)
     assert model.genotype == ("nor_conv_3x3", "skip_connect", "avg_pool_3x3")
     params = saved_state(out, 4)["params"]

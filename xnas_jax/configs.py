@@ -120,14 +120,30 @@ class SearchConfig:
 
     def resolved(self) -> SearchConfig:
         """The config with the dataset's and the space's defaults filled in where a field is
-        None (known before any data is read; the rest: :func:`with_data_defaults`)."""
+        None (known before any data is read; the rest: :func:`with_data_defaults`), checked
+        against its space.
+
+        Raises:
+          ConfigError: an unknown space or operation, a warm-up that leaves no
+            architecture round, or a skip remedy in a space that has none (one line).
+        """
         defaults = dict(SEARCH_DEFAULTS.get(self.dataset, SEARCH_DEFAULTS["*"]))
         try:
             space = spaces.get_space(self.space)
+            defaults["ops"] = space.default_ops
+            filled = {k: v for k, v in defaults.items() if getattr(self, k) is None}
+            space.validate_ops(filled.get("ops", self.ops))
         except ValueError as error:
-            raise ConfigError(f"--space: {error}") from None
-        defaults["ops"] = space.default_ops
-        filled = {k: v for k, v in defaults.items() if getattr(self, k) is None}
+            raise ConfigError(f"--space: {error}" if self.space not in spaces.SPACES
+                              else str(error)) from None
+        epochs = filled.get("epochs", self.epochs)
+        if self.warmup_epochs >= epochs:
+            raise ConfigError(f"--warmup-epochs {self.warmup_epochs} leaves no architecture "
+                              f"round in {epochs} epochs: it must be less than --epochs")
+        for name in ("skip_cap", "normalized_rewards"):
+            if getattr(self, name) not in (None, False) and self.space != "nb201":
+                raise ConfigError(f"--{name.replace('_', '-')} is implemented for --space "
+                                  f"nb201, not {self.space}")
         seeds = self.seed_list
         return dataclasses.replace(self, **filled, seed=seeds[0], seeds=seeds)
 

@@ -1,9 +1,9 @@
 """The epoch loop that the search and the training share.
 
 Both are the same loop over a run folder (:class:`xnas_jax.runs.Run`): each
-epoch draws its batches (:func:`shard_batches`, a pure function of seed,
-epoch and shard, so a resumed run sees the batches it would have seen),
-runs a compiled step over them with a progress bar, and ends with a record
+epoch draws its batches (:func:`xnas_jax.data.loading.shard_batches`, a pure
+function of seed, epoch and shard, so a resumed run sees the batches it
+would have seen), runs a compiled step over them with a progress bar, and ends with a record
 that is logged, checkpointed and printed, in that order.  A stop request
 (SIGINT, SIGTERM) saves the step in flight together with the epoch's
 per-step metrics so far, and a resumed epoch logs what an uninterrupted one
@@ -20,26 +20,8 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from xnas_jax import parallel, runs
-from xnas_jax.data import order, shards
 
-__all__ = ["Epoch", "shard_batches", "run_epochs", "mean_metrics"]
-
-
-def shard_batches(layout: shards.ShardLayout, pool: np.ndarray, seed: int, epoch: int,
-                  batch_size: int, steps: int, shard_size: int) -> np.ndarray:
-    """(steps, B) per-device indices of an epoch's batches drawn from ``pool``.
-
-    ``pool`` holds the indices, into every shard of ``shard_size`` examples,
-    that the run draws from (a search's half, or every example).  Each shard
-    has its own order (:func:`order.epoch_permutation`), and a batch takes
-    ``B / K`` examples of each of the K shards.
-    """
-    per_shard = batch_size // layout.count
-    pool = np.asarray(pool)
-    return layout.device_indices(np.stack([
-        pool[order.batch_indices(order.epoch_permutation(seed, epoch, len(pool), shard),
-                                 per_shard)[:steps]]
-        for shard in range(layout.count)], axis=1), shard_size)
+__all__ = ["Epoch", "run_epochs", "mean_metrics"]
 
 
 class Epoch(NamedTuple):

@@ -26,58 +26,16 @@ from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
-import numpy as np
-import optax
 
 from xnas_jax import (cli, configs, loop, optimizers, parallel, runs, search_report,
                       search_step, spaces)
 from xnas_jax.spaces.darts import genotypes
 from xnas_jax.checkpointing import CheckpointError
 from xnas_jax.configs import SearchConfig
-from xnas_jax.data import loading, shards, specs
+from xnas_jax.data import loading, specs
 from xnas_jax.search_step import SearchState
 from xnas_jax.spaces.ops import count_params
 from xnas_jax.spaces.darts.supernet import VARIABLES_LAYOUT
-
-
-def build_model(config: SearchConfig, num_classes: int):
-    """The supernet of a (resolved) config, in its search space."""
-    return spaces.get_space(config.space).build(config, num_classes)
-
-
-def check_image_size(image_shape: Sequence[int], config: SearchConfig) -> None:
-    """The images fit the space's network (its reductions), else a one-line ValueError."""
-    spaces.get_space(config.space).check_image_size(image_shape, config.layers)
-
-
-def weight_schedule(config: SearchConfig, total_steps: int) -> optax.Schedule:
-    """The network weights' learning rate at each step: DARTS's cosine annealing."""
-    return optax.cosine_decay_schedule(
-        config.learning_rate, max(total_steps, 1),
-        alpha=config.learning_rate_min / config.learning_rate)
-
-
-def weight_optimizer(config: SearchConfig, total_steps: int) -> optax.GradientTransformation:
-    """DARTS's search optimizer of the network weights: SGD with a cosine-annealed rate."""
-    schedule = weight_schedule(config, total_steps)
-    return optimizers.weight_optimizer(schedule, momentum=config.momentum,
-                                       weight_decay=config.weight_decay,
-                                       grad_clip=config.grad_clip)
-
-
-def check_arch_settings(config: SearchConfig) -> None:
-    """The warm-up leaves rounds to play, and the skip remedies have a space that has them.
-
-    Raises:
-      ValueError: one line naming the setting.
-    """
-    if config.warmup_epochs >= config.epochs:
-        raise ValueError(f"--warmup-epochs {config.warmup_epochs} leaves no architecture round "
-                         f"in {config.epochs} epochs: it must be less than --epochs")
-    for name in ("skip_cap", "normalized_rewards"):
-        if getattr(config, name) not in (None, False) and config.space != "nb201":
-            raise ValueError(f"--{name.replace('_', '-')} is implemented for --space nb201, "
-                             f"not {config.space}")
 
 
 def summary(config: SearchConfig) -> dict[str, Any]:
@@ -85,7 +43,7 @@ def summary(config: SearchConfig) -> dict[str, Any]:
     spec = specs.DATASETS[config.dataset]
     if spec.image_shape is None or spec.num_classes is None:
         raise ValueError(f"--summary needs a dataset of known shape, not {config.dataset!r}")
-    model = build_model(config, spec.num_classes)
+    model = spaces.get_space(config.space).build(config, spec.num_classes)
     shapes = jax.eval_shape(
         lambda: model.init(jax.random.key(0), jnp.zeros((2, *spec.image_shape)), train=True)
     )
@@ -118,20 +76,21 @@ def make_mesh(config: SearchConfig):
 # ------------------------------------------------------------------ data
 
 
-def load_data(config: SearchConfig, mesh,
+def load_data(config: SearchConfig, space: spaces.SearchSpace, mesh,
               log=print) -> tuple[SearchConfig, loading.SearchData]:
     """This process's shards of the training set, split per seed
     (:func:`xnas_jax.data.loading.load_search_data`), and the config with the data's
-    defaults filled in.
+    defaults filled in (:func:`xnas_jax.configs.with_data_defaults`).
 
     Raises:
       DatasetError, MeshError, ValueError: missing data, or images, batch and
         shards that do not fit the network or the mesh.
     """
-    config = configs.with_data_defaults(config, data_shards=shards.default_count(mesh))
     data = loading.load_search_data(config, mesh, log)
-    check_image_size(data.image_shape, config)
-    return configs.with_data_defaults(config, image_shape=data.image_shape), data
+    space.check_image_size(data.image_shape, config.layers)
+    return configs.with_data_defaults(config, data_shards=data.layout.count,
+                                      image_shape=data.image_shape), data
+
 
 
 def preprocess(config: SearchConfig, data: loading.SearchData) -> search_step.Preprocess:
@@ -142,7 +101,8 @@ def preprocess(config: SearchConfig, data: loading.SearchData) -> search_step.Pr
 # ------------------------------------------------------------------ state
 
 
-def create_train_state(config: SearchConfig, data: loading.SearchData, mesh):
+def create_train_state(config: SearchConfig, space: spaces.SearchSpace,
+                       data: loading.SearchData, mesh):
     """The supernet, its optimizers and the initial states of the searches (seed axis first).
 
     Returns:
@@ -151,11 +111,11 @@ def create_train_state(config: SearchConfig, data: loading.SearchData, mesh):
       after the warm-up, XNAS's horizon T.
     """
     total_steps = data.steps_per_epoch * config.epochs
-    model = build_model(config, data.num_classes)
-    weight_tx = weight_optimizer(config, total_steps)
+    model = space.build(config, data.num_classes)
     method = search_step.make_arch_method(
         config, model.feedback_replicas(),
         total_steps - config.warmup_epochs * data.steps_per_epoch)
+    weight_tx = search_step.weight_optimizer(config, total_steps)
     state = search_step.create_search_states(search_step.seed_keys(config.seed_list), model,
                                              data.image_shape, weight_tx, method.tx, mesh)
     return model, state, weight_tx, method
@@ -207,11 +167,10 @@ def train_and_evaluate(config: SearchConfig) -> dict[str, Any]:
     """
     config = config.resolved()
     space = spaces.get_space(config.space)
-    space.validate_ops(config.ops)
-    check_arch_settings(config)
     mesh = make_mesh(config)
     directory = runs.locate_run(config.out_dir, config.runs_root, config.resume)
-    config, data = load_data(config, mesh, log=print if parallel.is_writer() else _quiet)
+    config, data = load_data(config, space, mesh,
+                             log=print if parallel.is_writer() else _quiet)
     config_fingerprint = {**configs.fingerprint(config), "supernet_layout": VARIABLES_LAYOUT,
                           "search_state_layout": search_step.STATE_LAYOUT}
     with runs.Run(directory, kind="search", config=dataclasses.asdict(config),
@@ -219,31 +178,14 @@ def train_and_evaluate(config: SearchConfig) -> dict[str, Any]:
                   resume=config.resume, keep_checkpoints=config.keep_checkpoints,
                   progress=config.progress, fresh=config.out_dir is None,
                   resolved={"mesh": parallel.describe(mesh)}) as run:
-        model, state, weight_tx, method = create_train_state(config, data, mesh)
-        arch_rates = method.learning_rates
+        model, state, weight_tx, method = create_train_state(config, space, data, mesh)
         state, step = run.restore(state)
-        steps = SearchSteps(config, model, weight_tx, method, preprocess(config, data), mesh,
-                       run.print,
-                       warmup_steps=config.warmup_epochs * data.steps_per_epoch)
-        seeds = config.seed_list
-        run.print(
-            f"search in {run.directory}: {config.dataset} "
-            f"({data.weight_halves.shape[1] * data.layout.count} + "
-            f"{data.arch_halves.shape[1] * data.layout.count} images "
-            f"{'x'.join(map(str, data.image_shape))}), "
-            f"{config.space} space, {config.layers} cells"
-            + (" per stage" if config.space == "nb201" else "")
-            + f" of C={config.channels}, {config.epochs} epochs x "
-            f"{data.steps_per_epoch} steps of batch {config.batch_size}, {config.optimizer} "
-            "(arch lr " + ", ".join(f"{k} {v:.3g}" for k, v in arch_rates.items()) + ")"
-            + (f", seeds {','.join(map(str, seeds))}" if len(seeds) > 1 else "")
-            + (f", mesh seed {mesh.shape[parallel.SEED]} x data {mesh.shape[parallel.DATA]}"
-               if mesh.devices.size > 1 else ""))
-        state = _search_loop(config, space, data, run, steps, state, step, mesh, arch_rates)
+        state = _search_loop(config, space, data, run, model, weight_tx, method, state, step,
+                             mesh)
         record = run.records[-1] if run.records else None
         if record is None:
             raise ValueError("the search ran no epoch")
-        search_report.write_outputs(config, space, run, _host_results(state))
+        search_report.write_outputs(config, space, method, run, state)
         run.finish(step=record["step"], val_accuracy=record["val_accuracy"])
     return record
 
@@ -252,23 +194,18 @@ def _quiet(*args: Any) -> None:
     pass
 
 
-def epoch_batches(config: SearchConfig, data: loading.SearchData, epoch: int):
-    """(steps, S, B) per-device indices of each search's two batches of an epoch (each
-    search has its own split and orders: seed s's weight half by s, its other half by
-    s + 1)."""
-    def half(halves, offset):
-        return np.stack([loop.shard_batches(data.layout, halves[s], seed + offset, epoch,
-                                            config.batch_size, data.steps_per_epoch,
-                                            data.shard_size)
-                         for s, seed in enumerate(config.seed_list)], axis=1)
-
-    return half(data.weight_halves, 0), half(data.arch_halves, 1)
-
-
 def _search_loop(config: SearchConfig, space: spaces.SearchSpace, data: loading.SearchData,
-                 run: runs.Run, steps: SearchSteps, state: SearchState, step: int, mesh,
-                 arch_rates: dict[str, float]) -> SearchState:
-    """The epochs from ``step`` on (:func:`xnas_jax.loop.run_epochs`)."""
+                 run: runs.Run, model, weight_tx, method: search_step.ArchMethod,
+                 state: SearchState, step: int, mesh) -> SearchState:
+    """The epochs from ``step`` on (:func:`xnas_jax.loop.run_epochs`), after a line that
+    says what runs."""
+    arch_rates = method.learning_rates
+    steps = SearchSteps(config, model, weight_tx, method, preprocess(config, data), mesh,
+                        run.print, warmup_steps=config.warmup_epochs * data.steps_per_epoch)
+    line = search_report.opening_line(config, data, run.directory, arch_rates,
+                                      mesh.shape[parallel.SEED], mesh.shape[parallel.DATA])
+    schedule = search_step.weight_schedule(config, data.steps_per_epoch * config.epochs)
+    run.print(line)
     seeds = config.seed_list
     keys = parallel.global_array(search_step.seed_keys([s + 1 for s in seeds]),
                                  parallel.seed_sharding(mesh))
@@ -276,7 +213,8 @@ def _search_loop(config: SearchConfig, space: spaces.SearchSpace, data: loading.
     computed: dict[str, tuple[str, ...]] = {}
 
     def start_epoch(epoch, state):
-        weight_order, arch_order = epoch_batches(config, data, epoch)
+        weight_order, arch_order = loading.search_batches(data, config.seed_list, epoch,
+                                                           config.batch_size)
         batch = lambda i: (data.data, parallel.global_array(weight_order[i], split),  # noqa: E731
                            parallel.global_array(arch_order[i], split), keys)
         step_fn, experts = steps(state, batch(0))
@@ -284,41 +222,18 @@ def _search_loop(config: SearchConfig, space: spaces.SearchSpace, data: loading.
         return step_fn, batch
 
     def end_epoch(epoch: loop.Epoch, state):
-        record = search_report.epoch_records(config, space, epoch.index + 1, epoch.step,
-                                             _host_results(state), epoch.metrics,
-                                             dict(computed), epoch.seconds,
-                                             steps.compile_seconds, run.records)
-        # The images of this process's steps only (a resumed epoch ran fewer).
-        record["images_per_second"] = (2 * config.batch_size * len(seeds)
-                                       * (data.steps_per_epoch - epoch.first)
-                                       / max(epoch.seconds, 1e-9))
-        run.scalars(epoch.step, {**search_report.seed_scalars(seeds, "epoch", {
-            k: np.asarray([r[k] for r in search_report.per_seed(record)])
-            for k in ("entropy", "val_accuracy")}),
-            "epoch/images_per_second": record["images_per_second"]})
-        search_report.write_board(
-            config, space, run, epoch.index,
-            float(weight_schedule(config, data.steps_per_epoch * config.epochs)(
-                epoch.index * data.steps_per_epoch)), record, arch_rates)
-        return record, search_report.epoch_line(record)
+        return search_report.end_epoch(
+            config, space, method, run, epoch, search_step.host_results(state),
+            dict(computed), steps.compile_seconds, data.steps_per_epoch, arch_rates, schedule)
 
     def postfix(per_step):
         return {"loss": f"{per_step[-1]['train_loss'].mean():.3f}",
                 "val": f"{per_step[-1]['val_loss'].mean():.3f}"}
 
-    names = search_report.step_scalar_names(sorted(state.arch))
     return loop.run_epochs(
         run, state, step, epochs=config.epochs, steps_per_epoch=data.steps_per_epoch,
         start_epoch=start_epoch, end_epoch=end_epoch, log_every=config.log_every,
-        postfix=postfix,
-        step_scalars=lambda m: search_report.seed_scalars(seeds, "step",
-                                                          {k: m[k] for k in names}))
-
-
-def _host_results(state: SearchState) -> dict[str, Any]:
-    """The searches' mixture weights, accumulated rewards and active masks, on the host."""
-    return parallel.to_host({"arch": state.arch, "rewards": state.rewards,
-                             "active": optimizers.active_experts(state.arch_opt_state)})
+        postfix=postfix, step_scalars=search_report.step_scalars(seeds, sorted(state.arch)))
 
 
 # ------------------------------------------------------------------ CLI
@@ -348,14 +263,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         parallel.initialize_distributed(config.coordinator_address, config.num_processes,
                                         config.process_id)
         resolved = config.resolved()
-        spaces.get_space(resolved.space).validate_ops(resolved.ops)
+        space = spaces.get_space(resolved.space)
         spec_shape = specs.DATASETS[config.dataset].image_shape
         if args.summary:
-            check_image_size(spec_shape or (32, 32), resolved)
+            space.check_image_size(spec_shape or (32, 32), resolved.layers)
             print(json.dumps(summary(resolved)))
             return
         if spec_shape is not None:  # fail fast, before loading anything
-            check_image_size(spec_shape, resolved)
+            space.check_image_size(spec_shape, resolved.layers)
         cli.use_compilation_cache(config.compilation_cache)
         train_and_evaluate(config)
     except (specs.DatasetError, CheckpointError, genotypes.GenotypeError, ValueError) as error:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 from PIL import Image
@@ -15,39 +15,101 @@ from PIL import Image
 from xnas_jax import plotting, runs, search_step, spaces
 from xnas_jax.configs import SearchConfig
 
-__all__ = ["epoch_records", "epoch_line", "per_seed", "seed_scalars", "step_scalar_names",
-           "write_board", "write_outputs", "stability", "rule_rewards"]
+__all__ = ["opening_line", "end_epoch", "epoch_records", "epoch_line", "per_seed",
+           "seed_scalars", "step_scalars", "board", "write_board", "write_outputs", "stability"]
 
 
-def step_scalar_names(cell_types: Sequence[str]) -> tuple[str, ...]:
-    """Per-step values written to TensorBoard (every --log-every steps)."""
-    return ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "reward_abs_max",
-            *(f"clipped_{k}" for k in cell_types), *(f"active_{k}" for k in cell_types))
+def opening_line(config: SearchConfig, data: Any, directory: Path,
+                 arch_rates: dict[str, float], seed_groups: int, data_groups: int) -> str:
+    """The line a search prints before its first step: data, network, length, method and
+    rates, seeds and the mesh (``seed_groups x data_groups`` devices)."""
+    seeds = config.seed_list
+    return (
+        f"search in {directory}: {config.dataset} "
+        f"({data.weight_halves.shape[1] * data.layout.count} + "
+        f"{data.arch_halves.shape[1] * data.layout.count} images "
+        f"{'x'.join(map(str, data.image_shape))}), "
+        f"{config.space} space, {config.layers} cells"
+        + (" per stage" if config.space == "nb201" else "")
+        + f" of C={config.channels}, {config.epochs} epochs x "
+        f"{data.steps_per_epoch} steps of batch {config.batch_size}, {config.optimizer} "
+        "(arch lr " + ", ".join(f"{k} {v:.3g}" for k, v in arch_rates.items()) + ")"
+        + (f", seeds {','.join(map(str, seeds))}" if len(seeds) > 1 else "")
+        + (f", mesh seed {seed_groups} x data {data_groups}"
+           if seed_groups * data_groups > 1 else ""))
 
 
-def write_board(config: SearchConfig, space: spaces.SearchSpace, run: runs.Run, epoch: int,
-                learning_rate: float, record: dict[str, Any],
-                arch_rates: dict[str, float]) -> None:
-    """TensorBoard's view of an epoch beyond its scalars: the learning rates of both
-    optimizers (at the epoch's first step), and per search the mixture weights u of
-    each cell type (an image of the edges and a histogram) and the genotype as text."""
-    if not run.writer:
-        return
-    step = record["step"]
-    run.scalars(step, {"epoch/learning_rate": learning_rate,
-                       **{f"epoch/arch_learning_rate/{cell}": rate
-                          for cell, rate in arch_rates.items()}})
+def end_epoch(config: SearchConfig, space: spaces.SearchSpace,
+              method: search_step.ArchMethod, run: runs.Run, epoch: Any,
+              host: dict[str, Any], computed: dict[str, tuple[str, ...]],
+              compile_seconds: float, steps_per_epoch: int, arch_rates: dict[str, float],
+              schedule: Any) -> tuple[dict[str, Any], str]:
+    """An epoch's record and line (:func:`xnas_jax.loop.run_epochs`'s ``end_epoch``), with
+    its TensorBoard scalars and view (:func:`board`, :func:`write_board`).
+
+    ``epoch`` is the loop's :class:`xnas_jax.loop.Epoch`, ``host`` the searches' results
+    on the host (:func:`xnas_jax.search_step.host_results`) and ``schedule`` the network
+    weights' learning rate.
+    """
+    seeds = config.seed_list
+    record = epoch_records(config, space, method, epoch.index + 1, epoch.step, host, epoch.metrics,
+                           computed, epoch.seconds, compile_seconds, run.records)
+    # The images of this process's steps only (a resumed epoch ran fewer).
+    record["images_per_second"] = (2 * config.batch_size * len(seeds)
+                                   * (steps_per_epoch - epoch.first) / max(epoch.seconds, 1e-9))
+    scalars = {**seed_scalars(seeds, "epoch", {
+        k: np.asarray([r[k] for r in per_seed(record)]) for k in ("entropy", "val_accuracy")}),
+        "epoch/images_per_second": record["images_per_second"],
+        # The learning rates of both optimizers (at the epoch's first step).
+        "epoch/learning_rate": float(schedule(epoch.index * steps_per_epoch)),
+        **{f"epoch/arch_learning_rate/{cell}": rate for cell, rate in arch_rates.items()}}
+    line = epoch_line(record)
+    if run.writer:
+        write_board(run, epoch.step, scalars, board(config, space, epoch.index, record))
+    return record, line
+
+
+def step_scalars(seeds: Sequence[int],
+                 cell_types: Sequence[str]) -> Callable[[dict[str, Any]], dict[str, float]]:
+    """The per-step TensorBoard values of a step's metrics (every --log-every steps)."""
+    names = ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "reward_abs_max",
+             *(f"clipped_{k}" for k in cell_types), *(f"active_{k}" for k in cell_types))
+    return lambda metrics: seed_scalars(seeds, "step", {k: metrics[k] for k in names})
+
+
+def board(config: SearchConfig, space: spaces.SearchSpace, epoch: int,
+          record: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """TensorBoard's view of an epoch beyond its scalars, per search: the mixture weights
+    u of each cell type (a histogram and an image of the edges) and the genotype as text.
+
+    Returns ``{"histograms": {tag: values}, "images": {tag: pixels}, "texts": {tag:
+    text}}``, for :func:`write_board`.
+    """
+    view: dict[str, dict[str, Any]] = {"histograms": {}, "images": {}, "texts": {}}
     labels = space.edge_labels(config.nodes)
     for seed, seeded in zip(config.seed_list, per_seed(record)):
         prefix = f"seed{seed}/" if len(config.seed_list) > 1 else ""
         for cell, weights in seeded["arch"].items():
-            run.histogram(step, f"{prefix}arch/u/{cell}", weights)
-            run.image(step, f"{prefix}arch/edges/{cell}", plotting.figure_pixels(
+            view["histograms"][f"{prefix}arch/u/{cell}"] = weights
+            view["images"][f"{prefix}arch/edges/{cell}"] = plotting.figure_pixels(
                 plotting.plot_edge_weights(np.asarray(weights), config.ops, labels,
-                                           f"{cell}: u at epoch {epoch + 1}")))
+                                           f"{cell}: u at epoch {epoch + 1}"))
         text = space.text(seeded["genotype"])
-        run.text(step, f"{prefix}genotype", "\n".join("    " + line
-                                                      for line in text.splitlines()))
+        view["texts"][f"{prefix}genotype"] = "\n".join("    " + line
+                                                       for line in text.splitlines())
+    return view
+
+
+def write_board(run: runs.Run, step: int, scalars: dict[str, float],
+                view: dict[str, dict[str, Any]]) -> None:
+    """Writes an epoch's scalars and its :func:`board` to TensorBoard."""
+    run.scalars(step, scalars)
+    for tag, values in view["histograms"].items():
+        run.histogram(step, tag, values)
+    for tag, pixels in view["images"].items():
+        run.image(step, tag, pixels)
+    for tag, text in view["texts"].items():
+        run.text(step, tag, text)
 
 
 def per_seed(record: dict[str, Any]) -> list[dict[str, Any]]:
@@ -63,7 +125,7 @@ def seed_scalars(seeds, prefix: str, values: dict[str, np.ndarray]) -> dict[str,
             for k, v in values.items() for i, seed in enumerate(seeds)}
 
 
-def epoch_records(config, space, epoch, step, host, per_step, computed, seconds, compile_seconds,
+def epoch_records(config, space, method, epoch, step, host, per_step, computed, seconds, compile_seconds,
                    previous) -> dict[str, Any]:
     """The log record of an epoch: one search's record, or the seeds' records and their means."""
     seeds = config.seed_list
@@ -74,7 +136,7 @@ def epoch_records(config, space, epoch, step, host, per_step, computed, seconds,
         active = {k: v[i] for k, v in host["active"].items()}
         metrics = [{k: np.ravel(v)[i] for k, v in m.items()} for m in per_step]
         earlier = [per_seed(r)[i] for r in previous]
-        records.append(_epoch_record(config, space, epoch, step, arch, rewards, active,
+        records.append(_epoch_record(config, space, method, epoch, step, arch, rewards, active,
                                      metrics, computed, seconds, compile_seconds, earlier))
     if len(seeds) == 1:
         return records[0]
@@ -87,7 +149,7 @@ def epoch_records(config, space, epoch, step, host, per_step, computed, seconds,
             "computed": {k: list(v) for k, v in computed.items()}, "seeds": records}
 
 
-def _epoch_record(config, space, epoch, step, arch, rewards, active, per_step, computed, seconds,
+def _epoch_record(config, space, method, epoch, step, arch, rewards, active, per_step, computed, seconds,
                   compile_seconds, previous):
     """One search's record of an epoch (NumPy mixture weights, rewards, active masks and
     metrics)."""
@@ -103,7 +165,7 @@ def _epoch_record(config, space, epoch, step, arch, rewards, active, per_step, c
         total = sum(v.size for v in arch.values())
         first_wipeout = next((step - count + 1 + i for i, m in enumerate(per_step)
                               if sum(int(m[f"active_{k}"]) for k in arch) < total), None)
-    evidence = rule_rewards(config, rewards)
+    evidence = method.selection_evidence(rewards)
     return {
         "epoch": epoch,
         "step": step,
@@ -125,12 +187,6 @@ def _epoch_record(config, space, epoch, step, arch, rewards, active, per_step, c
         "active": {k: np.asarray(m, np.int8).tolist() for k, m in active.items()},
         "rewards": {k: np.round(v, 4).tolist() for k, v in rewards.items()},
     }
-
-
-def rule_rewards(config, rewards):
-    """The evidence the genotype ranks edges by: the architecture method's
-    (:func:`search_step.selection_evidence`; XNAS: the rewards, DARTS: None, max u)."""
-    return search_step.selection_evidence(config.optimizer, rewards)
 
 
 def epoch_line(record) -> str:
@@ -208,11 +264,12 @@ def stability(genotype_dicts: Sequence[dict[str, Any]], nodes: int) -> dict[str,
     return summary
 
 
-def write_outputs(config: SearchConfig, space: spaces.SearchSpace, run: runs.Run,
-                  host: dict[str, Any]) -> None:
-    """The genotype(s) and plots of the searches' final ``host`` results (mixture weights
-    and rewards); with several seeds, one folder per seed, the best seed's genotype at the
+def write_outputs(config: SearchConfig, space: spaces.SearchSpace,
+                  method: search_step.ArchMethod, run: runs.Run, state: Any) -> None:
+    """The genotype(s) and plots of the searches' final state (its mixture weights and
+    rewards); with several seeds, one folder per seed, the best seed's genotype at the
     top and ``seeds.json`` (per-seed results and their stability)."""
+    host = search_step.host_results(state)  # every process takes part in the read
     if not run.writer:
         return
     out_dir, seeds = run.directory, config.seed_list
@@ -222,7 +279,8 @@ def write_outputs(config: SearchConfig, space: spaces.SearchSpace, run: runs.Run
         rewards = {k: v[i] for k, v in host["rewards"].items()}
         history = [per_seed(r)[i] for r in run.records]
         folder = out_dir if len(seeds) == 1 else out_dir / f"seed_{seed}"
-        genotype = _write_seed(config, space, folder, arch, rewards, history)
+        genotype = _write_seed(config, space, folder, arch,
+                               method.selection_evidence(rewards), history)
         for picture in space.pictures():  # the cells, drawn
             prefix = f"seed{seed}/" if len(seeds) > 1 else ""
             with Image.open(folder / picture) as image:
@@ -247,10 +305,10 @@ def write_outputs(config: SearchConfig, space: spaces.SearchSpace, run: runs.Run
     run.print(f"genotype ({out_dir / 'genotype.json'}):\n{results[best]['text']}")
 
 
-def _write_seed(config, space, folder, arch, rewards, history) -> dict[str, Any]:
+def _write_seed(config, space, folder, arch, evidence, history) -> dict[str, Any]:
     """One search's genotype files, cell pictures and plots; returns its genotype dict."""
     folder.mkdir(parents=True, exist_ok=True)
-    genotype = space.write(config, folder, arch, rule_rewards(config, rewards))
+    genotype = space.write(config, folder, arch, evidence)
     for cell in arch:
         plotting.plot_arch_trajectories(history, config.ops, cell, folder / f"arch_{cell}.png")
     plotting.plot_active_experts(history, folder / "active_experts.png")

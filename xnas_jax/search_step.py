@@ -112,6 +112,21 @@ class ArchMethod(NamedTuple):
         return selection_evidence(self.name, rewards)
 
 
+def weight_schedule(config: Any, total_steps: int) -> optax.Schedule:
+    """The network weights' learning rate at each step: DARTS's cosine annealing."""
+    return optax.cosine_decay_schedule(
+        config.learning_rate, max(total_steps, 1),
+        alpha=config.learning_rate_min / config.learning_rate)
+
+
+def weight_optimizer(config: Any, total_steps: int) -> optax.GradientTransformation:
+    """DARTS's search optimizer of the network weights: SGD with a cosine-annealed rate."""
+    schedule = weight_schedule(config, total_steps)
+    return optimizers.weight_optimizer(schedule, momentum=config.momentum,
+                                       weight_decay=config.weight_decay,
+                                       grad_clip=config.grad_clip)
+
+
 def selection_evidence(method: str, rewards: Any) -> Any | None:
     """What a search's genotype ranks edges by: the accumulated rewards, or None for u.
 
@@ -491,6 +506,12 @@ def computed_experts(
         alive = table.reshape(-1, table.shape[-1]).any(axis=0)
         result[kind] = tuple(name for name, keep in zip(ops, alive) if keep)
     return result
+
+
+def host_results(state: SearchState) -> dict[str, Any]:
+    """The searches' mixture weights, accumulated rewards and active masks, on the host."""
+    return parallel.to_host({"arch": state.arch, "rewards": state.rewards,
+                             "active": optimizers.active_experts(state.arch_opt_state)})
 
 
 def expert_weights_entropy(arch: dict[str, Any]) -> float:

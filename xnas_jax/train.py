@@ -21,7 +21,6 @@ and runs them in the shared epoch loop (:mod:`xnas_jax.loop`) over the run
 harness (:mod:`xnas_jax.runs`: run folder, ``config.json``, ``log.jsonl``,
 TensorBoard scalars, step-numbered checkpoints, stop on SIGINT/SIGTERM with
 exact resume), and writes ``results.json``.
-
 ``--summary`` prints the parameter count and multiply-adds as one JSON line
 without touching any data.
 """
@@ -36,140 +35,20 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from xnas_jax import cli, configs, loop, parallel, runs, spaces
+from xnas_jax import cli, configs, loop, parallel, runs
 from xnas_jax import train_step as steps
-from xnas_jax.spaces.darts import evalnet
-from xnas_jax.spaces import kernels
 from xnas_jax.checkpointing import CheckpointError
 from xnas_jax.configs import ConfigError, TrainConfig
 from xnas_jax.data import loading, shards, specs
 from xnas_jax.prng import prng_key
 
-__all__ = [
-    "Setup",
-    "read_cell",
-    "resolve_setup",
-    "train_and_evaluate",
-    "summary",
-    "parse_args",
-    "main",
-]
+__all__ = ["train_and_evaluate", "parse_args", "main"]
 
-# Shapes known without data, for --summary only (no loader exists for them).
-_SUMMARY_ONLY_DATASETS = {"imagenet": ((224, 224, 3), 1000)}
 RESULTS_FILE = "results.json"
-
-
-@dataclasses.dataclass(frozen=True)
-class Setup:
-    """What a config resolves to once the data's shape is known."""
-
-    genotype: dict[str, Any]  # the cell, JSON-ready, in its space's form.
-    genotype_name: str  # a published name, an nb201 cell string, or "custom".
-    space: str  # the cell's search space, which builds the network.
-    variant: str  # the evaluation network (--network): cifar, imagenet, nb201.
-    channels: int
-    layers: int
-    image_shape: tuple[int, int, int]  # (H, W, C)
-    num_classes: int
-    crop_padding: int
-    flip: bool
-    cutout: int
-
-
-# --------------------------------------------------------------------------
-# Configuration.
-
-
-def read_cell(config: TrainConfig) -> spaces.FoundCell:
-    """The cell of ``config.genotype`` and its space (:func:`xnas_jax.spaces.read_genotype`).
-
-    Raises:
-      ValueError: one line, for a genotype that no space reads or a space
-        that cannot train.
-    """
-    cell = spaces.read_genotype(config.genotype)
-    spaces.training_space(cell.space)
-    return cell
-
-
-def resolve_setup(
-    config: TrainConfig, image_shape: Sequence[int], num_classes: int,
-    cell: spaces.FoundCell | None = None,
-) -> Setup:
-    """Fills the size- and data-dependent defaults of ``config``.
-
-    ``cell`` is :func:`read_cell` of the config, read here when not given.
-    The network's default channels and layers are the space's
-    (``networks``), or those of ``--size``.
-    """
-    cell = read_cell(config) if cell is None else cell
-    if config.size is not None:
-        size = evalnet.SIZES[config.size]
-        variant, channels, layers = size.variant, size.channels, size.layers
-    else:
-        variant = config.network
-        channels, layers = spaces.training_space(cell.space).networks[variant]
-    channels = config.channels if config.channels is not None else channels
-    layers = config.layers if config.layers is not None else layers
-    data = configs.with_data_defaults(config, image_shape=image_shape)
-    if config.autoaugment and image_shape[-1] != 3:
-        raise ConfigError(
-            f"AutoAugment's CIFAR-10 policy needs RGB images, not {image_shape[-1]} channel(s): "
-            "pass --no-autoaugment"
-        )
-    return Setup(
-        genotype=cell.genotype,
-        genotype_name=cell.name,
-        space=cell.space,
-        variant=variant,
-        channels=channels,
-        layers=layers,
-        image_shape=tuple(int(d) for d in image_shape),
-        num_classes=int(num_classes),
-        crop_padding=data.crop_padding,
-        flip=data.flip,
-        cutout=data.cutout,
-    )
-
-
-def build_model(config: TrainConfig, setup: Setup) -> nn.Module:
-    """The evaluation network of a run, as the cell's space builds it.
-
-    Whatever the space, the network is called as ``(images, train=...,
-    drop_prob=...)`` and returns ``(logits, aux_logits)``.
-    """
-    try:
-        return spaces.training_space(setup.space).evaluation_network(
-            setup.genotype,
-            setup.num_classes,
-            network=setup.variant,
-            channels=setup.channels,
-            layers=setup.layers,
-            auxiliary=config.auxiliary_weight > 0,
-            dtype=kernels.dtype_from_name(config.dtype),
-        )
-    except ValueError as error:
-        raise ConfigError(str(error)) from None
-
-
-def _network_summary(model: nn.Module, setup: Setup) -> dict[str, int]:
-    """Parameters and multiply-adds (:func:`evalnet.network_summary`, which counts any
-    network of the training interface); a network that does not fit the images is a
-    ConfigError."""
-    try:
-        return evalnet.network_summary(model, setup.image_shape)
-    except ValueError as error:
-        raise ConfigError(f"images of shape {setup.image_shape}: {error}") from None
-
-
-# --------------------------------------------------------------------------
-# The loop.
 
 
 def train_and_evaluate(config: TrainConfig) -> dict[str, Any]:
@@ -183,16 +62,16 @@ def train_and_evaluate(config: TrainConfig) -> dict[str, Any]:
         bad genotype, missing data, checkpoints that cannot be continued, or
         settings that do not fit the data.
     """
-    cell = read_cell(config)
+    cell = steps.read_cell(config)
     mesh = parallel.make_mesh(1, config.devices)
     parallel.check_batch(mesh, config.batch_size)
     parallel.check_batch(mesh, config.eval_batch_size, "--eval-batch-size")
     directory = runs.locate_run(config.out_dir, config.runs_root, config.resume)
     config = configs.with_data_defaults(config, data_shards=shards.default_count(mesh))
     layout, train_data, test_data = loading.load_train_data(config, mesh)
-    setup = resolve_setup(config, train_data.image_shape, train_data.num_classes, cell)
-    model = build_model(config, setup)
-    stats = _network_summary(model, setup)
+    setup = steps.resolve_setup(config, train_data.image_shape, train_data.num_classes, cell)
+    model = steps.build_model(config, setup)
+    stats = steps.network_summary(model, setup)
     mean, std = jnp.asarray(train_data.mean), jnp.asarray(train_data.std)
     steps_per_epoch = train_data.size // (config.batch_size // layout.count)
     if config.max_steps_per_epoch is not None:
@@ -202,7 +81,7 @@ def train_and_evaluate(config: TrainConfig) -> dict[str, Any]:
         raise ConfigError(
             f"--cycles {config.cycles} exceeds the run's {config.epochs * steps_per_epoch} steps")
     schedule = steps.learning_rate_schedule(config, steps_per_epoch)
-    resolved = {f.name: getattr(setup, f.name) for f in dataclasses.fields(Setup)
+    resolved = {f.name: getattr(setup, f.name) for f in dataclasses.fields(steps.Setup)
                 if f.name not in ("genotype",)}
     resolved["mesh"] = parallel.describe(mesh)
     with runs.Run(directory, kind="train",
@@ -233,15 +112,11 @@ def train_and_evaluate(config: TrainConfig) -> dict[str, Any]:
         # instead of silently retracing.  That takes a minute or more: say so.
         run.print("compiling the training and evaluation steps...")
         compile_start = time.perf_counter()
-        example = gather(train_device, parallel.global_array(
-            np.zeros(config.batch_size, np.int32), split))
-        p_train_step = jax.jit(step_fn, donate_argnums=0, in_shardings=(everywhere, split),
-                               out_shardings=everywhere).lower(state, example).compile()
-        eval_example = gather(test_device, parallel.global_array(
-            np.zeros(config.eval_batch_size, np.int32), split))
-        eval_example["mask"] = parallel.global_array(np.ones(config.eval_batch_size, bool), split)
-        p_eval_step = jax.jit(eval_fn, in_shardings=(everywhere, split),
-                              out_shardings=everywhere).lower(state, eval_example).compile()
+        p_train_step, p_eval_step = steps.compile_steps(
+            state, mesh, step_fn, eval_fn, gather(train_device, parallel.global_array(
+                np.zeros(config.batch_size, np.int32), split)),
+            gather(test_device, parallel.global_array(
+                np.zeros(config.eval_batch_size, np.int32), split)))
         compile_time = time.perf_counter() - compile_start
         run.print(f"training in {run.directory}: {setup.genotype_name} on {config.dataset}, "
                   f"{config.epochs} epochs x {steps_per_epoch} steps of batch "
@@ -251,8 +126,9 @@ def train_and_evaluate(config: TrainConfig) -> dict[str, Any]:
         last: dict[str, Any] = {}  # the last epoch's record and test metrics
 
         def start_epoch(epoch, state):
-            batches = loop.shard_batches(layout, np.arange(train_data.size), config.seed, epoch,
-                                         config.batch_size, steps_per_epoch, train_data.size)
+            batches = loading.shard_batches(layout, np.arange(train_data.size), config.seed,
+                                            epoch, config.batch_size, steps_per_epoch,
+                                            train_data.size)
             return p_train_step, lambda i: (
                 gather(train_device, parallel.global_array(batches[i], split)),)
 
@@ -338,53 +214,13 @@ def train_and_evaluate(config: TrainConfig) -> dict[str, Any]:
 # Summary and command line.
 
 
-def summary(
-    config: TrainConfig,
-    image_shape: Sequence[int] | None = None,
-    num_classes: int | None = None,
-) -> dict[str, Any]:
-    """Parameters and multiply-adds of the config's network, without data.
-
-    The input shape and class count come from the dataset's known spec
-    (``specs.DATASETS``), or the arguments for datasets without one.
-    """
-    cell = read_cell(config)
-    if config.dataset in _SUMMARY_ONLY_DATASETS:
-        known_shape, known_classes = _SUMMARY_ONLY_DATASETS[config.dataset]
-    else:
-        spec = specs.DATASETS[config.dataset]
-        known_shape, known_classes = spec.image_shape, spec.num_classes
-    image_shape = tuple(image_shape) if image_shape is not None else known_shape
-    num_classes = num_classes if num_classes is not None else known_classes
-    if image_shape is None or num_classes is None:
-        raise ConfigError(
-            f"the shape of {config.dataset!r} images is only known from the data: "
-            f"pass --image-size and --num-classes with --summary"
-        )
-    setup = resolve_setup(config, image_shape, num_classes, cell)
-    stats = _network_summary(build_model(config, setup), setup)
-    return {
-        "genotype": setup.genotype_name,
-        "space": setup.space,
-        "dataset": config.dataset,
-        **stats,
-        "flops_method": "analytic multiply-adds of conv and dense layers, inference network",
-        "network": setup.variant,
-        "channels": setup.channels,
-        "layers": setup.layers,
-        "num_classes": setup.num_classes,
-        "input_shape": list(setup.image_shape),
-        "recipe": {**configs.recipe_settings(config), "cutout": setup.cutout},
-    }
-
-
 def parser() -> cli.ArgumentParser:
     """The command line: every :class:`TrainConfig` field, plus ``--summary`` and its shape."""
     p = configs.build_parser(
         TrainConfig, prog="python -m xnas_jax.train",
         description="Train the evaluation network of a cell (XNAS section 4.2). Each run "
         "writes a new folder under --runs-root.",
-        choices={"dataset": sorted(specs.DATASETS) + sorted(_SUMMARY_ONLY_DATASETS)})
+        choices={"dataset": sorted(specs.DATASETS) + sorted(steps.SUMMARY_ONLY_DATASETS)})
     g = p.add_argument_group("summary")
     g.add_argument("--summary", action="store_true",
                    help="print params and FLOPs as one JSON line and exit (reads no data)")
@@ -417,14 +253,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             image_shape = None
             if args.image_size is not None:
                 image_shape = (args.image_size, args.image_size, args.image_channels)
-            print(json.dumps(summary(config, image_shape, args.num_classes)), flush=True)
+            print(json.dumps(steps.summary(config, image_shape, args.num_classes)), flush=True)
             return 0
-        if config.dataset in _SUMMARY_ONLY_DATASETS:
+        if config.dataset in steps.SUMMARY_ONLY_DATASETS:
             cli.fail(
                 f"--dataset {config.dataset} is only known by its shape, for --summary; to train, "
                 f"pass its images as --dataset image_folder --data-dir DIR"
             )
-        read_cell(config)  # fail before touching the disk.
+        steps.read_cell(config)  # fail before touching the disk.
         parallel.initialize_distributed(config.coordinator_address, config.num_processes,
                                         config.process_id)
         cli.use_compilation_cache(config.compilation_cache)

@@ -1,5 +1,8 @@
-"""The training steps of a found cell's network, in the Flax examples' form.
+"""The network of a found cell, its state and its training steps, in the Flax
+examples' form.
 
+:func:`resolve_setup` fills what a config leaves to the data, and
+:func:`build_model` builds the network through the cell's space;
 :func:`create_train_state` builds the state and :func:`create_optimizer` its
 optimizer; :func:`train_step` and :func:`eval_step` are pure functions of
 (state, batch), which :mod:`xnas_jax.train` compiles once (the train step
@@ -10,9 +13,10 @@ normalization and cutout happen inside the compiled step.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -21,17 +25,164 @@ import numpy as np
 import optax
 from flax.training import train_state
 
-from xnas_jax import optimizers, parallel
-from xnas_jax.configs import TrainConfig
-from xnas_jax.data import augment, autoaugment, shards
+from xnas_jax import configs, optimizers, parallel, spaces
+from xnas_jax.configs import ConfigError, TrainConfig
+from xnas_jax.data import augment, autoaugment, shards, specs
 from xnas_jax.prng import prng_key
+from xnas_jax.spaces import kernels
 from xnas_jax.spaces.darts import evalnet
 
-if TYPE_CHECKING:
-    from xnas_jax.train import Setup
+__all__ = ["Setup", "read_cell", "resolve_setup", "build_model", "network_summary", "summary",
+           "SUMMARY_ONLY_DATASETS", "TrainState", "learning_rate_schedule", "create_optimizer",
+           "create_train_state", "checkpoint_tree", "train_step", "eval_step", "evaluate",
+           "compile_steps", "make_gather"]
 
-__all__ = ["TrainState", "learning_rate_schedule", "create_optimizer", "create_train_state",
-           "checkpoint_tree", "train_step", "eval_step", "evaluate", "make_gather"]
+
+# Shapes known without data, for --summary only (no loader exists for them).
+SUMMARY_ONLY_DATASETS = {"imagenet": ((224, 224, 3), 1000)}
+
+
+@dataclasses.dataclass(frozen=True)
+class Setup:
+    """What a config resolves to once the data's shape is known."""
+
+    genotype: dict[str, Any]  # the cell, JSON-ready, in its space's form.
+    genotype_name: str  # a published name, an nb201 cell string, or "custom".
+    space: str  # the cell's search space, which builds the network.
+    variant: str  # the evaluation network (--network): cifar, imagenet, nb201.
+    channels: int
+    layers: int
+    image_shape: tuple[int, int, int]  # (H, W, C)
+    num_classes: int
+    crop_padding: int
+    flip: bool
+    cutout: int
+
+
+def read_cell(config: TrainConfig) -> spaces.FoundCell:
+    """The cell of ``config.genotype`` and its space (:func:`xnas_jax.spaces.read_genotype`).
+
+    Raises:
+      ValueError: one line, for a genotype that no space reads or a space
+        that cannot train.
+    """
+    cell = spaces.read_genotype(config.genotype)
+    spaces.training_space(cell.space)
+    return cell
+
+
+def resolve_setup(
+    config: TrainConfig, image_shape: Sequence[int], num_classes: int,
+    cell: spaces.FoundCell | None = None,
+) -> Setup:
+    """Fills the size- and data-dependent defaults of ``config``.
+
+    ``cell`` is :func:`read_cell` of the config, read here when not given.
+    The network's default channels and layers are the space's
+    (``networks``), or those of ``--size``.
+    """
+    cell = read_cell(config) if cell is None else cell
+    if config.size is not None:
+        size = evalnet.SIZES[config.size]
+        variant, channels, layers = size.variant, size.channels, size.layers
+    else:
+        variant = config.network
+        channels, layers = spaces.training_space(cell.space).networks[variant]
+    channels = config.channels if config.channels is not None else channels
+    layers = config.layers if config.layers is not None else layers
+    data = configs.with_data_defaults(config, image_shape=image_shape)
+    if config.autoaugment and image_shape[-1] != 3:
+        raise ConfigError(
+            f"AutoAugment's CIFAR-10 policy needs RGB images, not {image_shape[-1]} channel(s): "
+            "pass --no-autoaugment"
+        )
+    return Setup(
+        genotype=cell.genotype,
+        genotype_name=cell.name,
+        space=cell.space,
+        variant=variant,
+        channels=channels,
+        layers=layers,
+        image_shape=tuple(int(d) for d in image_shape),
+        num_classes=int(num_classes),
+        crop_padding=data.crop_padding,
+        flip=data.flip,
+        cutout=data.cutout,
+    )
+
+
+def build_model(config: TrainConfig, setup: Setup) -> nn.Module:
+    """The evaluation network of a run, as the cell's space builds it.
+
+    Whatever the space, the network is called as ``(images, train=...,
+    drop_prob=...)`` and returns ``(logits, aux_logits)``.
+    """
+    try:
+        return spaces.training_space(setup.space).evaluation_network(
+            setup.genotype,
+            setup.num_classes,
+            network=setup.variant,
+            channels=setup.channels,
+            layers=setup.layers,
+            auxiliary=config.auxiliary_weight > 0,
+            dtype=kernels.dtype_from_name(config.dtype),
+        )
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+
+
+def network_summary(model: nn.Module, setup: Setup) -> dict[str, int]:
+    """Parameters and multiply-adds (:func:`evalnet.network_summary`, which counts any
+    network of the training interface); a network that does not fit the images is a
+    ConfigError."""
+    try:
+        return evalnet.network_summary(model, setup.image_shape)
+    except ValueError as error:
+        raise ConfigError(f"images of shape {setup.image_shape}: {error}") from None
+
+
+# --------------------------------------------------------------------------
+# The loop.
+
+
+def summary(
+    config: TrainConfig,
+    image_shape: Sequence[int] | None = None,
+    num_classes: int | None = None,
+) -> dict[str, Any]:
+    """Parameters and multiply-adds of the config's network, without data.
+
+    The input shape and class count come from the dataset's known spec
+    (``specs.DATASETS``), or the arguments for datasets without one.
+    """
+    cell = read_cell(config)
+    if config.dataset in SUMMARY_ONLY_DATASETS:
+        known_shape, known_classes = SUMMARY_ONLY_DATASETS[config.dataset]
+    else:
+        spec = specs.DATASETS[config.dataset]
+        known_shape, known_classes = spec.image_shape, spec.num_classes
+    image_shape = tuple(image_shape) if image_shape is not None else known_shape
+    num_classes = num_classes if num_classes is not None else known_classes
+    if image_shape is None or num_classes is None:
+        raise ConfigError(
+            f"the shape of {config.dataset!r} images is only known from the data: "
+            f"pass --image-size and --num-classes with --summary"
+        )
+    setup = resolve_setup(config, image_shape, num_classes, cell)
+    stats = network_summary(build_model(config, setup), setup)
+    return {
+        "genotype": setup.genotype_name,
+        "space": setup.space,
+        "dataset": config.dataset,
+        **stats,
+        "flops_method": "analytic multiply-adds of conv and dense layers, inference network",
+        "network": setup.variant,
+        "channels": setup.channels,
+        "layers": setup.layers,
+        "num_classes": setup.num_classes,
+        "input_shape": list(setup.image_shape),
+        "recipe": {**configs.recipe_settings(config), "cutout": setup.cutout},
+    }
 
 
 class TrainState(train_state.TrainState):
@@ -214,6 +365,22 @@ def evaluate(eval_fn: Callable, gather: Callable, state: TrainState, data: shard
         "loss": float(totals["loss"] / totals["count"]),
         "accuracy": float(totals["correct"] / totals["count"]),
     }
+
+
+def compile_steps(state: TrainState, mesh, train_fn: Callable, eval_fn: Callable,
+                  train_example: dict[str, jax.Array],
+                  eval_example: dict[str, jax.Array]) -> tuple[Callable, Callable]:
+    """The train and eval steps, compiled ahead of time for the example batches' shapes
+    (the eval batch gains its mask): the state replicated over ``mesh``, each batch
+    split over ``data``; the train step donates its state."""
+    everywhere, split = parallel.replicated(mesh), parallel.batch_sharding(mesh)
+    eval_example = {**eval_example, "mask": parallel.global_array(
+        np.ones(eval_example["label"].shape[0], bool), split)}
+    train = jax.jit(train_fn, donate_argnums=0, in_shardings=(everywhere, split),
+                    out_shardings=everywhere).lower(state, train_example).compile()
+    evaluate = jax.jit(eval_fn, in_shardings=(everywhere, split),
+                       out_shardings=everywhere).lower(state, eval_example).compile()
+    return train, evaluate
 
 
 def make_gather(mesh) -> Callable:

@@ -5,8 +5,8 @@ A search reads the training set and splits it, per seed, into two halves
 (:func:`load_train_data`).  The training set is cut into ``data_shards``
 shards (:mod:`xnas_jax.data.shards`), and each process reads only the shards
 that its devices hold; a batch takes ``batch_size / K`` examples of each.
-Both take a config whose ``data_shards`` is set
-(:func:`xnas_jax.configs.with_data_defaults`).
+Without ``data_shards`` there is one shard per process
+(:func:`xnas_jax.data.shards.default_count`); the layout says how many.
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ import numpy as np
 
 from xnas_jax.data import order, shards, specs
 
-__all__ = ["SearchData", "load_search_data", "load_train_data"]
+__all__ = ["SearchData", "load_search_data", "load_train_data", "shard_batches",
+           "search_batches"]
 
 
 class SearchData(NamedTuple):
@@ -48,7 +49,7 @@ def load_search_data(config: Any, mesh, log: Callable[[str], None] = print) -> S
       DatasetError, MeshError, ValueError: missing data, or a batch and shards that do
         not fit the data or the mesh.
     """
-    count = config.data_shards
+    count = config.data_shards or shards.default_count(mesh)
     layout = shards.layout(mesh, count, {"--batch-size": config.batch_size})
     if config.max_train_examples and config.max_train_examples < count:
         raise ValueError(f"--max-train-examples {config.max_train_examples} is fewer than "
@@ -100,7 +101,7 @@ def load_train_data(config: Any, mesh):
     Raises:
       DatasetError, MeshError: missing data, or a batch that does not fit.
     """
-    count = config.data_shards
+    count = config.data_shards or shards.default_count(mesh)
     layout = shards.layout(mesh, count, {"--batch-size": config.batch_size,
                                          "--eval-batch-size": config.eval_batch_size})
 
@@ -132,3 +133,33 @@ def load_train_data(config: Any, mesh):
             f"--batch-size {config.batch_size}"
         )
     return layout, train, test
+
+
+def shard_batches(layout: shards.ShardLayout, pool: np.ndarray, seed: int, epoch: int,
+                  batch_size: int, steps: int, shard_size: int) -> np.ndarray:
+    """(steps, B) per-device indices of an epoch's batches drawn from ``pool``.
+
+    ``pool`` holds the indices, into every shard of ``shard_size`` examples,
+    that the run draws from (a search's half, or every example).  Each shard
+    has its own order (:func:`order.epoch_permutation`), and a batch takes
+    ``B / K`` examples of each of the K shards.
+    """
+    per_shard = batch_size // layout.count
+    pool = np.asarray(pool)
+    return layout.device_indices(np.stack([
+        pool[order.batch_indices(order.epoch_permutation(seed, epoch, len(pool), shard),
+                                 per_shard)[:steps]]
+        for shard in range(layout.count)], axis=1), shard_size)
+
+
+def search_batches(data: SearchData, seeds: tuple[int, ...], epoch: int,
+                   batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(steps, S, B) per-device indices of each search's two batches of an epoch (each
+    search has its own split and orders: seed s's weight half by s, its other half by
+    s + 1)."""
+    def half(halves, offset):
+        return np.stack([shard_batches(data.layout, halves[s], seed + offset, epoch,
+                                       batch_size, data.steps_per_epoch, data.shard_size)
+                         for s, seed in enumerate(seeds)], axis=1)
+
+    return half(data.weight_halves, 0), half(data.arch_halves, 1)
