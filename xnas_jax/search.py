@@ -1,8 +1,10 @@
 """Architecture search with XNAS (or the DARTS baseline): ``python -m xnas_jax.search``.
 
-Data flows one way: config -> data (two halves on the device) -> supernet ->
-jitted search step (:mod:`xnas_jax.search_step`) -> the epoch loop here, over
-the run harness (:mod:`xnas_jax.runs`).
+Data flows one way: config -> data (two halves on the device,
+:mod:`xnas_jax.data.loading`) -> the space's supernet -> the jitted search
+step (:mod:`xnas_jax.search_step`) -> the shared epoch loop
+(:mod:`xnas_jax.loop`) over the run harness (:mod:`xnas_jax.runs`);
+:mod:`xnas_jax.search_report` writes what a search reports.
 
 Each run writes into its own folder (default ``runs/search/<date-time>``):
 ``genotype.json`` / ``genotype.txt`` / ``genotype.py`` (the discretized cell;
@@ -12,8 +14,8 @@ losses, accuracies, mixture weights, rewards, active experts, genotype),
 ``arch_*.png`` / ``active_experts.png`` / ``losses.png`` (plots),
 ``config.json``, ``tensorboard/`` (losses, accuracies, both optimizers'
 learning rates, u per cell type as images and histograms, the genotype as
-text each epoch, the cell drawings at the end) and ``checkpoints/``.  Ctrl-C or SIGTERM
-saves the step in flight and exits with status 130; ``--resume`` continues
+text each epoch, the cell drawings at the end) and ``checkpoints/``.  Ctrl-C or
+SIGTERM saves the step in flight and exits with status 130; ``--resume`` continues
 to the same result as an uninterrupted run.
 """
 
