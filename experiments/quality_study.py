@@ -240,7 +240,7 @@ def output_scales(proxy, study: StudyConfig, spec: dict[str, Any],
     x = (data.train_images[:images].astype(np.float32) / 255.0 - data.mean) / data.std
     model = spaces.get_space("nb201").build(config, data.num_classes)
     initial = model.init(jax.random.key(spec["seed"]), x, train=True)
-    folder = Path(config.out_dir) / "checkpoints"
+    folder = Path(config.out_dir).absolute() / "checkpoints"  # orbax takes absolute paths
     last = max(int(p.name) for p in folder.iterdir() if p.name.isdigit())
     state = ocp.StandardCheckpointer().restore(folder / str(last) / "state")
     final = {k: jax.tree.map(lambda a: np.asarray(a)[0], state[k])
