@@ -35,11 +35,12 @@ def fake_table(path):
 
 
 @pytest.mark.slow
-def test_a_reduced_study_runs_every_group_and_resumes(tmp_path, capsys):
+def test_a_reduced_study_runs_every_group_and_resumes(tmp_path, capsys, monkeypatch):
     table = fake_table(tmp_path / "table.json")
     out = tmp_path / "study.json"
+    monkeypatch.chdir(tmp_path)  # a relative --work-dir, as the default is
     argv = ["--seeds", "1", "--lengths", "4", "--batch-size", "16",
-            "--random-cells", "2", "--work-dir", str(tmp_path / "runs"), "--table", str(table),
+            "--random-cells", "2", "--work-dir", "runs", "--table", str(table),
             "--out", str(out)]
     assert quality_study.main(argv) == 0
     report = json.loads(out.read_text())
