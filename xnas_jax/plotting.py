@@ -236,6 +236,9 @@ def _finish_op_panels(fig, axes, ylabel: str, title: str, path: str | os.PathLik
     """Panels of one curve per op: the y label, one legend of the ops below, the title."""
     axes[0][0].set_ylabel(ylabel)
     handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8, frameon=False)
+    # Under the constrained layout the legend takes its own row below the panels
+    # (else it would cover their x labels); a fixed grid leaves a bottom margin for it.
+    where = "outside lower center" if fig.get_layout_engine() is not None else "lower center"
+    fig.legend(handles, labels, loc=where, ncol=len(labels), fontsize=8, frameon=False)
     fig.suptitle(title)
     fig.savefig(path, dpi=110)
