@@ -44,7 +44,7 @@ import jax
 import numpy as np
 
 import experiments
-from xnas_jax import cli, configs, parallel, search_step
+from xnas_jax import cli, configs, optimizers, parallel, prng, search_step
 from xnas_jax.spaces.darts import genotypes
 from xnas_jax.data import shards
 from xnas_jax.data.specs import ArrayDataset
@@ -364,7 +364,10 @@ def prepare(config: Config, seed: int = 0) -> Prepared:
         depthwise=config.depthwise,
     )
     total_steps = 10_000
-    weight_tx = search_step.weight_optimizer(configs.SearchConfig(), total_steps)
+    defaults = configs.SearchConfig()
+    weight_tx = optimizers.weight_optimizer(
+        search_step.weight_schedule(defaults, total_steps), momentum=defaults.momentum,
+        weight_decay=defaults.weight_decay, grad_clip=defaults.grad_clip)
     method = search_step.xnas_method(len(ops), model.feedback_replicas(), total_steps,
                                      config.batch)
     seeds = list(range(seed, seed + config.seeds))
@@ -372,7 +375,7 @@ def prepare(config: Config, seed: int = 0) -> Prepared:
     mask = np.asarray([name in alive for name in ops], np.float32)
     started = time.perf_counter()
     state = jax.block_until_ready(search_step.create_search_states(
-        search_step.seed_keys(seeds), model, spec["image_shape"], weight_tx, method.tx, mesh))
+        prng.seed_keys(seeds), model, spec["image_shape"], weight_tx, method.tx, mesh))
     init_s = time.perf_counter() - started
     host = parallel.to_host(state)
     arch = jax.tree.map(lambda u: u * mask / np.sum(u * mask, -1, keepdims=True), host.arch)
@@ -403,7 +406,7 @@ def prepare(config: Config, seed: int = 0) -> Prepared:
     )
     lean = model.clone(normal_ops=alive, reduce_ops=alive)
     step = search_step.make_search_step(lean, weight_tx, method, preprocess, mesh=mesh)
-    keys = parallel.global_array(search_step.seed_keys([s + 1 for s in seeds]), by_seed)
+    keys = parallel.global_array(prng.seed_keys([s + 1 for s in seeds]), by_seed)
     started = time.perf_counter()
     lowered = step.lower(state, data, *orders[0], keys)
     trace_s = time.perf_counter() - started

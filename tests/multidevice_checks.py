@@ -24,7 +24,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from conftest import TEST_XLA_FLAGS
-from xnas_jax import parallel, search, search_step, spaces
+from xnas_jax import configs, parallel, search, search_step, spaces
 from xnas_jax.spaces.darts import genotypes
 from xnas_jax.configs import SearchConfig
 from xnas_jax.data import loading
@@ -49,13 +49,12 @@ CLI = ["--channels", "4", "--layers", "3", "--nodes", "1", "--ops", ",".join(FEW
 def _setup(seeds: tuple[int, ...], devices: int, optimizer: str = "xnas"):
     """Config, mesh, data and the compiled steps of a tiny search (shared by the checks)."""
     config = SearchConfig(**TINY, seeds=seeds, devices=devices, optimizer=optimizer).resolved()
-    mesh = search.make_mesh(config)
-    config, data = search.load_data(config, spaces.get_space(config.space), mesh,
-                                   log=lambda *a: None)
-    model, state, weight_tx, method = search.create_train_state(
-        config, spaces.get_space(config.space), data, mesh)
-    steps = search.SearchSteps(config, model, weight_tx, method, search.preprocess(config, data),
-                               mesh, log=lambda *a: None)
+    mesh = parallel.make_mesh(len(config.seed_list), config.devices)
+    data = loading.load_search_data(config, mesh, log=lambda *a: None)
+    config = configs.with_data_defaults(config, data_shards=data.layout.count,
+                                        image_shape=data.image_shape)
+    model = spaces.get_space(config.space).build(config, data.num_classes)
+    state, steps = search_step.create_train_state(config, model, data, mesh, log=lambda *a: None)
     return config, mesh, data, parallel.to_host(state), steps
 
 
@@ -64,18 +63,11 @@ def _steps(seeds, devices, start, count, optimizer="xnas"):
     config, mesh, data, initial, steps = _setup(seeds, devices, optimizer)
     state = jax.tree.map(lambda a: parallel.global_array(a, parallel.seed_sharding(mesh)),
                          initial if start is None else start)
-    keys = parallel.global_array(search_step.seed_keys([s + 1 for s in seeds]),
-                                 parallel.seed_sharding(mesh))
-    split = parallel.batch_sharding(mesh, seeded=True)
-    weight_order, arch_order = loading.search_batches(data, config.seed_list, 0,
-                                                       config.batch_size)
     metrics = []
     first = int(np.asarray(initial.step if start is None else start.step)[0])
+    step_fn, batch = steps.start_epoch(0, state)
     for i in range(first, first + count):
-        args = (data.data, parallel.global_array(weight_order[i], split),
-                parallel.global_array(arch_order[i], split), keys)
-        step_fn, _ = steps(state, args)
-        state, m = step_fn(state, *args)
+        state, m = step_fn(state, *batch(i))
         metrics.append(parallel.to_host(m))
     return parallel.to_host(state), metrics
 

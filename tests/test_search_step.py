@@ -19,7 +19,7 @@ import pytest
 import xnas_jax
 from conftest import FEEDBACK_BATCH as BATCH, FEEDBACK_LAYERS as LAYERS, FEEDBACK_OPS as OPS
 from conftest import TINY_SEARCH
-from xnas_jax import parallel, search, search_step, spaces
+from xnas_jax import optimizers, parallel, prng, search, search_step, spaces
 from xnas_jax.data import shards
 from xnas_jax.data.datasets import ArrayDataset
 from xnas_jax.prng import KEY_IMPL
@@ -211,7 +211,9 @@ def one_step():
     config = search.parse_args(TINY_SEARCH)[0].resolved()
     image_shape, classes, batch, pool = (8, 8, 1), 10, config.batch_size, 64
     model = spaces.get_space(config.space).build(config, classes)
-    weight_tx = search_step.weight_optimizer(config, 6)
+    weight_tx = optimizers.weight_optimizer(
+        search_step.weight_schedule(config, 6), momentum=config.momentum,
+        weight_decay=config.weight_decay, grad_clip=config.grad_clip)
     methods = {name: search_step.make_arch_method(dataclasses.replace(config, optimizer=name),
                                                   model.feedback_replicas(), 6)
                for name in ("xnas", "darts")}
@@ -224,9 +226,9 @@ def one_step():
         classes, image_shape, ((0,),)), shards.ShardLayout(1, 1), mesh)
     preprocess = search_step.Preprocess((120.0,), (60.0,), 2, True)
     order = [rng.permutation(pool)[:batch].astype(np.int32)[None] for _ in range(2)]
-    key_data = search_step.seed_keys([1])
+    key_data = prng.seed_keys([1])
     initial = {name: parallel.to_host(search_step.create_search_states(
-        search_step.seed_keys([0]), model, image_shape, weight_tx, m.tx, mesh))
+        prng.seed_keys([0]), model, image_shape, weight_tx, m.tx, mesh))
         for name, m in methods.items()}
 
     step = search_step.make_search_step(model, weight_tx, methods["xnas"], preprocess, mesh)
@@ -295,3 +297,33 @@ def test_the_darts_method_differs_from_xnas_in_the_architecture_round_only(one_s
         assert int(darts_metrics[f"active_{kind}"]) == darts_state.arch[kind].size
     assert type(xnas_state.arch_opt_state) is not type(darts_state.arch_opt_state)
 
+
+
+@pytest.mark.slow
+def test_host_results_hold_what_the_reports_read(one_step):
+    """The results a search reports, on the host: u, rewards and active masks with the
+    seed axis; the evidence XNAS ranks edges by (its rewards; DARTS: None, by u); and
+    the mean normalized entropy of u, against a float64 NumPy reference."""
+    initial, (stepped, _), _, _ = one_step
+    config = search.parse_args(TINY_SEARCH)[0].resolved()
+    replicas = spaces.get_space(config.space).build(config, 10).feedback_replicas()
+    for optimizer, state in (("xnas", stepped), ("darts", initial["darts"])):
+        method = search_step.make_arch_method(dataclasses.replace(config, optimizer=optimizer),
+                                              replicas, 6)
+        host = search_step.host_results(state, method)
+        rows = np.concatenate([np.asarray(state.arch[k], np.float64) for k in sorted(state.arch)],
+                              axis=1)
+        n = rows.shape[-1]
+        plogp = np.where(rows > 0, rows * np.log(np.where(rows > 0, rows, 1)), 0)
+        np.testing.assert_allclose(host["entropy"], (-plogp.sum(-1) / np.log(n)).mean(-1),
+                                   rtol=1e-12)
+        for kind in state.arch:
+            np.testing.assert_array_equal(host["arch"][kind], state.arch[kind])
+            assert host["active"][kind].shape == state.arch[kind].shape
+        if optimizer == "xnas":
+            assert host["entropy"][0] < 1  # the step moved u off uniform
+            for kind in state.arch:
+                np.testing.assert_array_equal(host["evidence"][kind], state.rewards[kind])
+        else:
+            np.testing.assert_allclose(host["entropy"], 1.0, rtol=1e-6)  # uniform at init
+            assert host["evidence"] is None

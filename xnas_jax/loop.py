@@ -3,8 +3,9 @@
 Both are the same loop over a run folder (:class:`xnas_jax.runs.Run`): each
 epoch draws its batches (:func:`xnas_jax.data.loading.shard_batches`, a pure
 function of seed, epoch and shard, so a resumed run sees the batches it
-would have seen), runs a compiled step over them with a progress bar, and ends with a record
-that is logged, checkpointed and printed, in that order.  A stop request
+would have seen), runs a compiled step over them with a progress bar, and ends with a
+report (:class:`EpochReport`) whose summaries, record, checkpoint and line are written in
+that order.  A stop request
 (SIGINT, SIGTERM) saves the step in flight together with the epoch's
 per-step metrics so far, and a resumed epoch logs what an uninterrupted one
 does.  :mod:`xnas_jax.search` and :mod:`xnas_jax.train` pass their step,
@@ -21,7 +22,7 @@ import numpy as np
 
 from xnas_jax import parallel, runs
 
-__all__ = ["Epoch", "run_epochs", "mean_metrics"]
+__all__ = ["Epoch", "EpochReport", "run_epochs", "mean_metrics"]
 
 
 class Epoch(NamedTuple):
@@ -34,6 +35,16 @@ class Epoch(NamedTuple):
     seconds: float  # the wall time of this process's steps
 
 
+class EpochReport(NamedTuple):
+    """What the end of an epoch hands back to the loop to write."""
+
+    record: dict[str, Any]  # appended to ``log.jsonl``
+    line: str  # printed
+    # TensorBoard summaries at the epoch's last step: the keywords of
+    # :meth:`xnas_jax.runs.Run.summaries` (scalars, histograms, images, texts).
+    summaries: dict[str, Any]
+
+
 def run_epochs(
     run: runs.Run,
     state: Any,
@@ -42,7 +53,7 @@ def run_epochs(
     epochs: int,
     steps_per_epoch: int,
     start_epoch: Callable[[int, Any], tuple[Callable[..., Any], Callable[[int], Sequence[Any]]]],
-    end_epoch: Callable[[Epoch, Any], tuple[dict[str, Any], str]],
+    end_epoch: Callable[[Epoch, Any], EpochReport],
     log_every: int,
     postfix: Callable[[list[dict[str, np.ndarray]]], Mapping[str, str]],
     step_scalars: Callable[[dict[str, np.ndarray]], Mapping[str, float]],
@@ -58,8 +69,8 @@ def run_epochs(
       start_epoch: ``(epoch, state) -> (step_fn, batch)``: the compiled step
         ``step_fn(state, *batch(i)) -> (state, metrics)`` and the arguments
         of the epoch's i-th step.
-      end_epoch: ``(epoch, state) -> (record, line)``: the epoch's log record
-        and the line printed for it.
+      end_epoch: ``(epoch, state) -> EpochReport``: the epoch's log record,
+        the line printed for it and its TensorBoard summaries.
       log_every: every this many steps the progress bar shows ``postfix`` of
         the epoch's metrics so far (one read from the device), and the steps
         at multiples of it (and the last) write ``step_scalars`` of their
@@ -98,14 +109,16 @@ def run_epochs(
             for offset, metrics in enumerate(per_step):
                 at = step - len(per_step) + offset + 1
                 if at % log_every == 0 or at == step:
-                    run.scalars(at, step_scalars(metrics))
-            record, line = end_epoch(Epoch(epoch, step, first, per_step, seconds), state)
-            # The record first: a run killed between the two resumes from the
-            # checkpoint before, cutting the record away, and writes it again;
-            # the other order would lose it (the checkpoint stands, its record not).
-            run.log(record)
+                    run.summaries(at, scalars=step_scalars(metrics))
+            report = end_epoch(Epoch(epoch, step, first, per_step, seconds), state)
+            run.summaries(step, **report.summaries)
+            # The record before the checkpoint: a run killed between the two
+            # resumes from the checkpoint before, cutting the record away, and
+            # writes it again; the other order would lose it (the checkpoint
+            # stands, its record not).
+            run.log(report.record)
             run.save(step, checkpoint(state), {"epoch": epoch + 1})
-            run.print(line)
+            run.print(report.line)
             per_step = []
     except (KeyboardInterrupt, runs.StopRequested):
         partial = [{k: np.asarray(v).tolist() for k, v in m.items()}

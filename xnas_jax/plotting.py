@@ -11,6 +11,7 @@ matplotlib figures with the Agg backend and write PNG files.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -91,6 +92,17 @@ def plot_losses(history: Sequence[dict[str, Any]], path: str | os.PathLike) -> N
         ax.legend()
         ax.grid(alpha=0.3)
     fig.savefig(path, dpi=110)
+
+
+def plot_search(history: Sequence[dict[str, Any]], ops: Sequence[str],
+                folder: str | os.PathLike) -> None:
+    """A search's plots in ``folder``: ``arch_<cell>.png`` per cell type
+    (:func:`plot_arch_trajectories`), ``active_experts.png`` and ``losses.png``."""
+    folder = Path(folder)
+    for cell in history[-1]["arch"]:
+        plot_arch_trajectories(history, ops, cell, folder / f"arch_{cell}.png")
+    plot_active_experts(history, folder / "active_experts.png")
+    plot_losses(history, folder / "losses.png")
 
 
 def plot_seed_agreement(agreement: dict[str, Any], path: str | os.PathLike) -> None:

@@ -368,30 +368,23 @@ class Run:
             raise RuntimeError("Run.restore opens the TensorBoard writer; call it first")
         return self._writer
 
-    def scalars(self, step: int, values: Mapping[str, Any]) -> None:
-        """Writes scalars (host numbers) to TensorBoard at ``step``."""
+    def summaries(self, step: int, *, scalars: Mapping[str, Any] | None = None,
+                  histograms: Mapping[str, Any] | None = None,
+                  images: Mapping[str, Any] | None = None,
+                  texts: Mapping[str, str] | None = None) -> None:
+        """Writes TensorBoard summaries at ``step``, each a ``{tag: value}``: scalars (host
+        numbers), histograms (the distribution of a host array), images ((H, W, 3)
+        uint8) and texts (Markdown; indent lines by 4 to keep them as typed)."""
         board = self._board()
         if board is None:
             return
-        for tag, value in values.items():
+        for tag, value in (scalars or {}).items():
             board.add_scalar(tag, float(value), int(step))
-
-    def histogram(self, step: int, tag: str, values: Any) -> None:
-        """Writes the distribution of ``values`` (a host array) to TensorBoard at ``step``."""
-        board = self._board()
-        if board is not None:
+        for tag, values in (histograms or {}).items():
             board.add_histogram(tag, np.asarray(values, np.float64).ravel(), int(step))
-
-    def image(self, step: int, tag: str, pixels: Any) -> None:
-        """Writes an (H, W, 3) uint8 image to TensorBoard at ``step``."""
-        board = self._board()
-        if board is not None:
+        for tag, pixels in (images or {}).items():
             board.add_image(tag, np.asarray(pixels, np.uint8), int(step), dataformats="HWC")
-
-    def text(self, step: int, tag: str, text: str) -> None:
-        """Writes text (Markdown; indent lines by 4 to keep them as typed) at ``step``."""
-        board = self._board()
-        if board is not None:
+        for tag, text in (texts or {}).items():
             board.add_text(tag, text, int(step))
 
     def print(self, message: str) -> None:

@@ -1,6 +1,11 @@
 """What a search reports: each epoch's record (``log.jsonl``) and printed line, its
 TensorBoard view, and the files it leaves (genotypes, plots, and with several seeds
-``seeds.json`` with their stability)."""
+``seeds.json`` with their stability).
+
+A sink on the host: it takes the searches' results as NumPy arrays
+(:func:`xnas_jax.search_step.host_results`) and writes them through the run
+(:class:`xnas_jax.runs.Run`), one call per epoch.
+"""
 
 from __future__ import annotations
 
@@ -12,11 +17,11 @@ from typing import Any, Callable, Sequence
 import numpy as np
 from PIL import Image
 
-from xnas_jax import plotting, runs, search_step, spaces
+from xnas_jax import loop, plotting, runs, spaces
 from xnas_jax.configs import SearchConfig
 
-__all__ = ["opening_line", "end_epoch", "epoch_records", "epoch_line", "per_seed",
-           "seed_scalars", "step_scalars", "board", "write_board", "write_outputs", "stability"]
+__all__ = ["opening_line", "end_epoch", "epoch_records", "epoch_line", "seed_results", "per_seed",
+           "seed_scalars", "step_scalars", "board", "write_outputs", "stability"]
 
 
 def opening_line(config: SearchConfig, data: Any, directory: Path,
@@ -39,21 +44,22 @@ def opening_line(config: SearchConfig, data: Any, directory: Path,
            if seed_groups * data_groups > 1 else ""))
 
 
-def end_epoch(config: SearchConfig, space: spaces.SearchSpace,
-              method: search_step.ArchMethod, run: runs.Run, epoch: Any,
+def end_epoch(config: SearchConfig, space: spaces.SearchSpace, epoch: Any,
               host: dict[str, Any], computed: dict[str, tuple[str, ...]],
               compile_seconds: float, steps_per_epoch: int, arch_rates: dict[str, float],
-              schedule: Any) -> tuple[dict[str, Any], str]:
-    """An epoch's record and line (:func:`xnas_jax.loop.run_epochs`'s ``end_epoch``), with
-    its TensorBoard scalars and view (:func:`board`, :func:`write_board`).
+              schedule: Any, previous: Sequence[dict[str, Any]], draw: bool = True
+              ) -> Any:
+    """An epoch's :class:`xnas_jax.loop.EpochReport` (:func:`xnas_jax.loop.run_epochs`'s
+    ``end_epoch``): its record, line and TensorBoard summaries (scalars, and with
+    ``draw`` the view of :func:`board`).
 
     ``epoch`` is the loop's :class:`xnas_jax.loop.Epoch`, ``host`` the searches' results
-    on the host (:func:`xnas_jax.search_step.host_results`) and ``schedule`` the network
-    weights' learning rate.
+    on the host (:func:`xnas_jax.search_step.host_results`), ``schedule`` the network
+    weights' learning rate and ``previous`` the earlier epochs' records.
     """
     seeds = config.seed_list
-    record = epoch_records(config, space, method, epoch.index + 1, epoch.step, host, epoch.metrics,
-                           computed, epoch.seconds, compile_seconds, run.records)
+    record = epoch_records(config, space, epoch.index + 1, epoch.step, host, epoch.metrics,
+                           computed, epoch.seconds, compile_seconds, previous)
     # The images of this process's steps only (a resumed epoch ran fewer).
     record["images_per_second"] = (2 * config.batch_size * len(seeds)
                                    * (steps_per_epoch - epoch.first) / max(epoch.seconds, 1e-9))
@@ -64,9 +70,8 @@ def end_epoch(config: SearchConfig, space: spaces.SearchSpace,
         "epoch/learning_rate": float(schedule(epoch.index * steps_per_epoch)),
         **{f"epoch/arch_learning_rate/{cell}": rate for cell, rate in arch_rates.items()}}
     line = epoch_line(record)
-    if run.writer:
-        write_board(run, epoch.step, scalars, board(config, space, epoch.index, record))
-    return record, line
+    view = board(config, space, epoch.index, record) if draw else {}
+    return loop.EpochReport(record, line, {"scalars": scalars, **view})
 
 
 def step_scalars(seeds: Sequence[int],
@@ -83,7 +88,7 @@ def board(config: SearchConfig, space: spaces.SearchSpace, epoch: int,
     u of each cell type (a histogram and an image of the edges) and the genotype as text.
 
     Returns ``{"histograms": {tag: values}, "images": {tag: pixels}, "texts": {tag:
-    text}}``, for :func:`write_board`.
+    text}}``, the keywords of :meth:`xnas_jax.runs.Run.summaries`.
     """
     view: dict[str, dict[str, Any]] = {"histograms": {}, "images": {}, "texts": {}}
     labels = space.edge_labels(config.nodes)
@@ -100,16 +105,11 @@ def board(config: SearchConfig, space: spaces.SearchSpace, epoch: int,
     return view
 
 
-def write_board(run: runs.Run, step: int, scalars: dict[str, float],
-                view: dict[str, dict[str, Any]]) -> None:
-    """Writes an epoch's scalars and its :func:`board` to TensorBoard."""
-    run.scalars(step, scalars)
-    for tag, values in view["histograms"].items():
-        run.histogram(step, tag, values)
-    for tag, pixels in view["images"].items():
-        run.image(step, tag, pixels)
-    for tag, text in view["texts"].items():
-        run.text(step, tag, text)
+def seed_results(host: dict[str, Any], i: int) -> dict[str, Any]:
+    """Search ``i``'s part of the searches' results (``arch``, ``rewards``, ``active`` and
+    ``evidence`` per cell type, ``entropy`` a number)."""
+    return {k: (float(v[i]) if k == "entropy" else None if v is None
+                else {kind: a[i] for kind, a in v.items()}) for k, v in host.items()}
 
 
 def per_seed(record: dict[str, Any]) -> list[dict[str, Any]]:
@@ -125,19 +125,16 @@ def seed_scalars(seeds, prefix: str, values: dict[str, np.ndarray]) -> dict[str,
             for k, v in values.items() for i, seed in enumerate(seeds)}
 
 
-def epoch_records(config, space, method, epoch, step, host, per_step, computed, seconds, compile_seconds,
-                   previous) -> dict[str, Any]:
+def epoch_records(config, space, epoch, step, host, per_step, computed, seconds, compile_seconds,
+                  previous) -> dict[str, Any]:
     """The log record of an epoch: one search's record, or the seeds' records and their means."""
     seeds = config.seed_list
     records = []
     for i, seed in enumerate(seeds):
-        arch = {k: v[i] for k, v in host["arch"].items()}
-        rewards = {k: v[i] for k, v in host["rewards"].items()}
-        active = {k: v[i] for k, v in host["active"].items()}
         metrics = [{k: np.ravel(v)[i] for k, v in m.items()} for m in per_step]
         earlier = [per_seed(r)[i] for r in previous]
-        records.append(_epoch_record(config, space, method, epoch, step, arch, rewards, active,
-                                     metrics, computed, seconds, compile_seconds, earlier))
+        records.append(_epoch_record(config, space, epoch, step, seed_results(host, i), metrics,
+                                     computed, seconds, compile_seconds, earlier))
     if len(seeds) == 1:
         return records[0]
     means = {k: float(np.mean([r[k] for r in records]))
@@ -149,10 +146,12 @@ def epoch_records(config, space, method, epoch, step, host, per_step, computed, 
             "computed": {k: list(v) for k, v in computed.items()}, "seeds": records}
 
 
-def _epoch_record(config, space, method, epoch, step, arch, rewards, active, per_step, computed, seconds,
+def _epoch_record(config, space, epoch, step, results, per_step, computed, seconds,
                   compile_seconds, previous):
-    """One search's record of an epoch (NumPy mixture weights, rewards, active masks and
-    metrics)."""
+    """One search's record of an epoch from its results (NumPy mixture weights, rewards,
+    active masks and selection evidence; :func:`seed_results`) and metrics."""
+    arch, rewards, active, evidence = (results[k] for k in ("arch", "rewards", "active",
+                                                             "evidence"))
     count = len(per_step)
     # float32 means, as the step computes its metrics (a resumed epoch's saved
     # metrics come back as Python floats).
@@ -165,7 +164,6 @@ def _epoch_record(config, space, method, epoch, step, arch, rewards, active, per
         total = sum(v.size for v in arch.values())
         first_wipeout = next((step - count + 1 + i for i, m in enumerate(per_step)
                               if sum(int(m[f"active_{k}"]) for k in arch) < total), None)
-    evidence = method.selection_evidence(rewards)
     return {
         "epoch": epoch,
         "step": step,
@@ -178,7 +176,7 @@ def _epoch_record(config, space, method, epoch, step, arch, rewards, active, per
         "first_wipeout_step": first_wipeout,
         "active_per_step": [[int(m[f"active_{k}"]) for k in arch] for m in per_step],
         "computed": {k: list(v) for k, v in computed.items()},
-        "entropy": search_step.expert_weights_entropy(arch),
+        "entropy": results["entropy"],
         "seconds": seconds,
         "compile_seconds_total": compile_seconds,
         "genotype": space.discretize(config, arch, evidence),
@@ -264,56 +262,45 @@ def stability(genotype_dicts: Sequence[dict[str, Any]], nodes: int) -> dict[str,
     return summary
 
 
-def write_outputs(config: SearchConfig, space: spaces.SearchSpace,
-                  method: search_step.ArchMethod, run: runs.Run, state: Any) -> None:
-    """The genotype(s) and plots of the searches' final state (its mixture weights and
-    rewards); with several seeds, one folder per seed, the best seed's genotype at the
-    top and ``seeds.json`` (per-seed results and their stability)."""
-    host = search_step.host_results(state)  # every process takes part in the read
+def write_outputs(config: SearchConfig, space: spaces.SearchSpace, run: runs.Run,
+                  host: dict[str, Any]) -> None:
+    """The genotype(s) and plots of the searches' final results (``host``:
+    :func:`xnas_jax.search_step.host_results`); with several seeds, one folder per seed,
+    the best seed's genotype at the top and ``seeds.json`` (per-seed results and their
+    stability)."""
     if not run.writer:
         return
     out_dir, seeds = run.directory, config.seed_list
-    results = []
-    for i, seed in enumerate(seeds):
-        arch = {k: v[i] for k, v in host["arch"].items()}
-        rewards = {k: v[i] for k, v in host["rewards"].items()}
-        history = [per_seed(r)[i] for r in run.records]
-        folder = out_dir if len(seeds) == 1 else out_dir / f"seed_{seed}"
-        genotype = _write_seed(config, space, folder, arch,
-                               method.selection_evidence(rewards), history)
+    folders = [out_dir if len(seeds) == 1 else out_dir / f"seed_{seed}" for seed in seeds]
+    histories = [[per_seed(r)[i] for r in run.records] for i in range(len(seeds))]
+    results, pictures = [], {}
+    for i, (seed, folder) in enumerate(zip(seeds, folders)):
+        seeded = seed_results(host, i)
+        folder.mkdir(parents=True, exist_ok=True)
+        genotype = space.write(config, folder, seeded["arch"], seeded["evidence"])
         for picture in space.pictures():  # the cells, drawn
             prefix = f"seed{seed}/" if len(seeds) > 1 else ""
             with Image.open(folder / picture) as image:
-                run.image(history[-1]["step"], f"{prefix}cell/{Path(picture).stem}",
-                          np.asarray(image.convert("RGB")))
-        results.append({"seed": seed, "val_accuracy": history[-1]["val_accuracy"],
-                        "genotype": genotype,
-                        "text": space.text(genotype)})
+                pictures[f"{prefix}cell/{Path(picture).stem}"] = np.asarray(image.convert("RGB"))
+        results.append({"seed": seed, "val_accuracy": histories[i][-1]["val_accuracy"],
+                        "genotype": genotype, "text": space.text(genotype)})
     best = max(range(len(seeds)), key=lambda i: (results[i]["val_accuracy"], -i))
+    lines, agreement = [], None
     if len(seeds) > 1:
         for name in space.files():
-            shutil.copyfile(out_dir / f"seed_{seeds[best]}" / name, out_dir / name)
+            shutil.copyfile(folders[best] / name, out_dir / name)
         agreement = stability([r["genotype"] for r in results], config.nodes)
         (out_dir / "seeds.json").write_text(json.dumps({
             "best_seed": seeds[best], "seeds": results, "stability": agreement}, indent=2) + "\n")
-        if config.space == "darts":
-            plotting.plot_seed_agreement(agreement, out_dir / "stability.png")
-        for r in results:
-            run.print(f"seed {r['seed']}: val acc {100 * r['val_accuracy']:.1f}%")
-        run.print(_stability_text(agreement))
-        run.print(f"best seed {seeds[best]} (final validation accuracy)")
-    run.print(f"genotype ({out_dir / 'genotype.json'}):\n{results[best]['text']}")
-
-
-def _write_seed(config, space, folder, arch, evidence, history) -> dict[str, Any]:
-    """One search's genotype files, cell pictures and plots; returns its genotype dict."""
-    folder.mkdir(parents=True, exist_ok=True)
-    genotype = space.write(config, folder, arch, evidence)
-    for cell in arch:
-        plotting.plot_arch_trajectories(history, config.ops, cell, folder / f"arch_{cell}.png")
-    plotting.plot_active_experts(history, folder / "active_experts.png")
-    plotting.plot_losses(history, folder / "losses.png")
-    return genotype
+        lines += [f"seed {r['seed']}: val acc {100 * r['val_accuracy']:.1f}%" for r in results]
+        lines += [_stability_text(agreement), f"best seed {seeds[best]} (final validation accuracy)"]
+    lines.append(f"genotype ({out_dir / 'genotype.json'}):\n{results[best]['text']}")
+    run.summaries(run.records[-1]["step"], images=pictures)
+    run.print("\n".join(lines))
+    for folder, history in zip(folders, histories):
+        plotting.plot_search(history, config.ops, folder)
+    if agreement is not None and config.space == "darts":
+        plotting.plot_seed_agreement(agreement, out_dir / "stability.png")
 
 
 def _stability_text(agreement: dict[str, Any]) -> str:

@@ -21,12 +21,16 @@ everything that differs between XNAS and the softmax baseline;
 :func:`make_search_step` composes them with the batch gathering from the
 device-resident dataset, augmentation and normalization, and runs several
 searches at once on a mesh (:func:`xnas_jax.parallel.seeded_step`): one
-jitted function with the state donated.
+jitted function with the state donated.  :func:`create_train_state` builds a
+config's initial states and its :class:`SearchSteps` (the optimizers, the
+step compiled for each set of surviving experts, each epoch's batches), and
+:func:`host_results` reads what the reports need back to the host.
 """
 
 from __future__ import annotations
 
 import functools
+import time
 from typing import TYPE_CHECKING, Any, Callable, NamedTuple
 
 import flax.linen as nn
@@ -35,9 +39,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from xnas_jax import feedback, optimizers, parallel
-from xnas_jax.data import augment, shards
-from xnas_jax.prng import KEY_IMPL, prng_key
+from xnas_jax import feedback, optimizers, parallel, prng
+from xnas_jax.data import augment, loading, shards
+from xnas_jax.prng import KEY_IMPL
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -68,15 +72,6 @@ class SearchState(NamedTuple):
 # every leaf (several searches in one state, :func:`create_search_states`); 4 = one
 # xnas state over all cell types (per-feedback rewards inside the transform).
 STATE_LAYOUT = 4
-
-
-def seed_keys(seeds) -> np.ndarray:
-    """The (S, 4) raw data of each search's root key, ``prng_key(seed)``.
-
-    Keys enter the jitted programs as raw data on the mesh, and are wrapped
-    inside them.
-    """
-    return np.stack([np.asarray(jax.random.key_data(prng_key(int(s)))) for s in seeds])
 
 
 class Preprocess(NamedTuple):
@@ -119,9 +114,9 @@ def weight_schedule(config: Any, total_steps: int) -> optax.Schedule:
         alpha=config.learning_rate_min / config.learning_rate)
 
 
-def weight_optimizer(config: Any, total_steps: int) -> optax.GradientTransformation:
-    """DARTS's search optimizer of the network weights: SGD with a cosine-annealed rate."""
-    schedule = weight_schedule(config, total_steps)
+def weight_optimizer(config: Any, schedule: optax.Schedule) -> optax.GradientTransformation:
+    """DARTS's search optimizer of the network weights: SGD at ``schedule``'s rate
+    (:func:`weight_schedule`), with momentum, weight decay and a gradient clip."""
     return optimizers.weight_optimizer(schedule, momentum=config.momentum,
                                        weight_decay=config.weight_decay,
                                        grad_clip=config.grad_clip)
@@ -182,34 +177,30 @@ def xnas_method(
     return ArchMethod("xnas", tx, reward_bound, rates)
 
 
-def darts_method(learning_rate: float, weight_decay: float,
-                 cell_types: tuple[str, ...]) -> ArchMethod:
-    """The DARTS baseline: Adam on softmax logits (:func:`xnas_jax.darts`) on the batch's dL/du."""
-    return ArchMethod("darts", optimizers.darts(learning_rate, weight_decay), None,
-                      {kind: learning_rate for kind in cell_types})
-
-
 def make_arch_method(config: SearchConfig, replicas: dict[str, int],
                      total_steps: int) -> ArchMethod:
-    """The architecture method of a (resolved) search config.
+    """The architecture method of a (resolved) search config: XNAS (:func:`xnas_method`),
+    or the DARTS baseline, Adam on softmax logits (:func:`xnas_jax.darts`) on the
+    batch's dL/du.
 
     ``replicas`` are the cells r_c that share each cell type's mixture
     weights (the supernet's ``feedback_replicas()``), ``total_steps`` the
     steps that play architecture rounds (those after the warm-up): XNAS's
     horizon T.  ``--reward-bound`` enters the search here only.
     """
-    if config.optimizer == "darts":
-        return darts_method(config.darts_learning_rate, config.darts_weight_decay,
-                            tuple(replicas))
-    if config.optimizer != "xnas":
+    if config.optimizer == "xnas":
+        return xnas_method(
+            num_experts=len(config.ops), replicas=replicas, total_steps=total_steps,
+            feedbacks_per_step=config.batch_size, reward_bound=config.reward_bound,
+            wipeout_factor=config.wipeout_factor,
+            learning_rates={"normal": config.arch_learning_rate_normal,
+                            "reduce": config.arch_learning_rate_reduce,
+                            "cell": config.arch_learning_rate_normal})
+    if config.optimizer != "darts":
         raise ValueError(f"unknown --optimizer {config.optimizer!r}")
-    return xnas_method(
-        num_experts=len(config.ops), replicas=replicas, total_steps=total_steps,
-        feedbacks_per_step=config.batch_size, reward_bound=config.reward_bound,
-        wipeout_factor=config.wipeout_factor,
-        learning_rates={"normal": config.arch_learning_rate_normal,
-                        "reduce": config.arch_learning_rate_reduce,
-                        "cell": config.arch_learning_rate_normal})
+    return ArchMethod("darts", optimizers.darts(config.darts_learning_rate,
+                                                config.darts_weight_decay), None,
+                      {kind: config.darts_learning_rate for kind in replicas})
 
 
 def feedback_rewards(
@@ -320,7 +311,7 @@ def create_search_states(
     """The initial states of S searches, stacked on a leading seed axis.
 
     ``key_data`` is the (S, 4) raw data of each search's root key
-    (:func:`seed_keys`).  One jitted program, run once per seed (built
+    (:func:`xnas_jax.prng.seed_keys`).  One jitted program, run once per seed (built
     eagerly, the optimizers' states would compile one small program per leaf
     shape); the states are then placed on the mesh, split over ``seed``.  Seed
     s's state is exactly :func:`create_search_state` of its key.
@@ -508,18 +499,97 @@ def computed_experts(
     return result
 
 
-def host_results(state: SearchState) -> dict[str, Any]:
-    """The searches' mixture weights, accumulated rewards and active masks, on the host."""
-    return parallel.to_host({"arch": state.arch, "rewards": state.rewards,
+def host_results(state: SearchState, method: ArchMethod) -> dict[str, Any]:
+    """The searches' results on the host, each with a leading seed axis: the mixture
+    weights ``arch``, accumulated ``rewards`` and ``active`` masks per cell type, the
+    ``evidence`` the genotype ranks edges by (:meth:`ArchMethod.selection_evidence`;
+    None: by u) and ``entropy``, the mean normalized entropy H(u) / ln N over all
+    forecasters (paper Figure 2).
+
+    Every process takes part in the read.
+    """
+    evidence = method.selection_evidence(state.rewards)
+    host = parallel.to_host({"arch": state.arch, "rewards": state.rewards, "evidence": evidence,
                              "active": optimizers.active_experts(state.arch_opt_state)})
+    rows = np.concatenate([host["arch"][k] for k in sorted(host["arch"])], axis=1)
+    return {**host, "entropy": optimizers.normalized_entropy(rows).mean(axis=1)}
 
 
-def expert_weights_entropy(arch: dict[str, Any]) -> float:
-    """Mean normalized entropy H(u) / ln N over all forecasters (paper Figure 2)."""
-    rows = np.concatenate([np.asarray(jax.device_get(arch[k])) for k in sorted(arch)])
-    return float(np.mean(optimizers.normalized_entropy(rows)))
 
 
-def with_computed(model: nn.Module, computed: dict[str, tuple[str, ...]]) -> nn.Module:
-    """The same supernet evaluating only ``computed`` experts per cell type."""
-    return model.with_computed(computed)
+def create_train_state(config: SearchConfig, model: SearchNetwork, data: loading.SearchData,
+                       mesh: Mesh, log: Callable[[str], None] = print
+                       ) -> tuple[SearchState, SearchSteps]:
+    """The initial states of a config's searches (seed axis first, split over the mesh's
+    ``seed`` axis) and their steps (:class:`SearchSteps`)."""
+    steps = SearchSteps(config, model, data, mesh, log)
+    state = create_search_states(prng.seed_keys(config.seed_list), model, data.image_shape,
+                                 steps.weight_tx, steps.method.tx, mesh)
+    return state, steps
+
+
+class SearchSteps:
+    """A config's search: its optimizers, its compiled step (one per set of surviving
+    experts) and each epoch's batches.
+
+    The network weights follow DARTS's cosine-annealed SGD over the whole search
+    (:func:`weight_schedule`); the architecture method (:func:`make_arch_method`)
+    plays its rounds over the steps after the warm-up, XNAS's horizon T.  With
+    ``--skip-wiped-out`` the supernet leaves out the experts that are wiped out
+    on every edge (of every seed): a smaller program, compiled when the set
+    changes.  Steps of an epoch take their batches from the device-resident
+    data (:func:`xnas_jax.data.loading.search_batches`).
+    """
+
+    def __init__(self, config: SearchConfig, model: SearchNetwork, data: loading.SearchData,
+                 mesh: Mesh, log: Callable[[str], None] = print):
+        self.config, self.model, self.data, self.mesh, self.log = config, model, data, mesh, log
+        total_steps = data.steps_per_epoch * config.epochs
+        self.warmup_steps = config.warmup_epochs * data.steps_per_epoch
+        self.schedule = weight_schedule(config, total_steps)
+        self.method = make_arch_method(config, model.feedback_replicas(),
+                                       total_steps - self.warmup_steps)
+        self.weight_tx = optimizers.weight_optimizer(
+            self.schedule, momentum=config.momentum, weight_decay=config.weight_decay,
+            grad_clip=config.grad_clip)
+        self.preprocess = Preprocess(data.mean, data.std, config.crop_padding, bool(config.flip))
+        self.keys = parallel.global_array(prng.seed_keys([s + 1 for s in config.seed_list]),
+                                          parallel.seed_sharding(mesh))
+        self.compiled: dict[Any, Any] = {}
+        self.compile_seconds = 0.0
+        self.computed: dict[str, tuple[str, ...]] = {}  # the experts the last step computes
+
+    def start_epoch(self, epoch: int, state: SearchState):
+        """``(step_fn, batch)`` of an epoch (:func:`xnas_jax.loop.run_epochs`):
+        ``step_fn(state, *batch(i))`` runs its i-th step."""
+        data, config = self.data, self.config
+        weight_order, arch_order = loading.search_batches(data, config.seed_list, epoch,
+                                                           config.batch_size)
+        split = parallel.batch_sharding(self.mesh, seeded=True)
+
+        def batch(i):
+            return (data.data, parallel.global_array(weight_order[i], split),
+                    parallel.global_array(arch_order[i], split), self.keys)
+
+        return self(state, batch(0)), batch
+
+    def __call__(self, state: SearchState, example_args: tuple[Any, ...]):
+        """The compiled step for ``state``'s surviving experts (compiled on first use)."""
+        ops = tuple(self.config.ops)
+        computed = (computed_experts(ops, optimizers.active_experts(state.arch_opt_state))
+                    if self.config.skip_wiped_out else {kind: ops for kind in state.arch})
+        key = tuple(computed[kind] for kind in sorted(computed))
+        if key not in self.compiled:
+            experts = ", ".join(f"{len(v)} {k}" for k, v in computed.items())
+            # Tracing and compiling take a minute or more: say so before the wait.
+            self.log(f"compiling the search step ({experts} experts)...")
+            started = time.perf_counter()
+            jitted = make_search_step(self.model.with_computed(computed), self.weight_tx,
+                                      self.method, self.preprocess, mesh=self.mesh,
+                                      warmup_steps=self.warmup_steps)
+            self.compiled[key] = jitted.lower(state, *example_args).compile()
+            seconds = time.perf_counter() - started
+            self.compile_seconds += seconds
+            self.log(f"compiled the search step ({experts} experts) in {seconds:.1f} s")
+        self.computed = computed
+        return self.compiled[key]

@@ -157,12 +157,11 @@ def train_and_evaluate(config: TrainConfig) -> dict[str, Any]:
                 "train_images_per_s": round(images_per_second, 1),
                 "eval_images_per_s": round(sum(test_data.sizes) / eval_time, 1),
             }
-            run.scalars(epoch.step, {"epoch/test_loss": record["test_loss"],
-                                     "epoch/test_accuracy": record["test_accuracy"],
-                                     "epoch/train_loss": record["train_loss"],
-                                     "epoch/learning_rate": lr})
             last["record"] = record
-            return record, json.dumps(record)
+            scalars = {"epoch/test_loss": record["test_loss"],
+                       "epoch/test_accuracy": record["test_accuracy"],
+                       "epoch/train_loss": record["train_loss"], "epoch/learning_rate": lr}
+            return loop.EpochReport(record, json.dumps(record), {"scalars": scalars})
 
         def postfix(per_step):
             means = loop.mean_metrics(per_step)
