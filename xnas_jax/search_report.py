@@ -3,8 +3,10 @@ TensorBoard view, and the files it leaves (genotypes, plots, and with several se
 ``seeds.json`` with their stability).
 
 A sink on the host: it takes the searches' results as NumPy arrays
-(:func:`xnas_jax.search_step.host_results`) and writes them through the run
-(:class:`xnas_jax.runs.Run`), one call per epoch.
+(:func:`xnas_jax.search_step.host_results`), never the step or its state.
+Each epoch it hands the loop an :class:`xnas_jax.loop.EpochReport` (record,
+line and TensorBoard summaries, which the loop writes); at the end it writes
+the files, and the cells' pictures through the run (:class:`xnas_jax.runs.Run`).
 """
 
 from __future__ import annotations

@@ -114,14 +114,6 @@ def weight_schedule(config: Any, total_steps: int) -> optax.Schedule:
         alpha=config.learning_rate_min / config.learning_rate)
 
 
-def weight_optimizer(config: Any, schedule: optax.Schedule) -> optax.GradientTransformation:
-    """DARTS's search optimizer of the network weights: SGD at ``schedule``'s rate
-    (:func:`weight_schedule`), with momentum, weight decay and a gradient clip."""
-    return optimizers.weight_optimizer(schedule, momentum=config.momentum,
-                                       weight_decay=config.weight_decay,
-                                       grad_clip=config.grad_clip)
-
-
 def selection_evidence(method: str, rewards: Any) -> Any | None:
     """What a search's genotype ranks edges by: the accumulated rewards, or None for u.
 
@@ -549,6 +541,7 @@ class SearchSteps:
         self.schedule = weight_schedule(config, total_steps)
         self.method = make_arch_method(config, model.feedback_replicas(),
                                        total_steps - self.warmup_steps)
+        # DARTS's search optimizer of the network weights (Algorithm 1 line 4).
         self.weight_tx = optimizers.weight_optimizer(
             self.schedule, momentum=config.momentum, weight_decay=config.weight_decay,
             grad_clip=config.grad_clip)
